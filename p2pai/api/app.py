@@ -1,0 +1,63 @@
+"""The aiohttp application of a node: middlewares, then the routes."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from .errors import APIError, from_exception
+from .routes import routes
+from .state import STATE, NodeState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, ours or aiohttp's (404 route, 405, 413), leaves as OpenAI JSON."""
+    try:
+        return await handler(request)
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - converted into the response
+        return from_exception(exc).response()
+
+
+@web.middleware
+async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = NodeState.of(request).api_keys
+    if keys and request.path not in OPEN_PATHS and not _has_valid_key(request, keys):
+        raise APIError(
+            401,
+            "Incorrect API key provided. Pass it as `Authorization: Bearer <key>`.",
+            code="invalid_api_key",
+        )
+    return await handler(request)
+
+
+def _has_valid_key(request: web.Request, keys: frozenset[str]) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        given = request.headers.get("X-API-Key", "")
+    return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
+
+
+def is_loopback(request: web.Request) -> bool:
+    peer = request.remote or ""
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(state: NodeState) -> web.Application:
+    app = web.Application(middlewares=[openai_errors, api_keys], client_max_size=MAX_BODY_BYTES)
+    app[STATE] = state
+    app.add_routes(routes)
+    return app

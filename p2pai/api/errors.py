@@ -1,0 +1,81 @@
+"""Every failure leaves as OpenAI's error JSON with the status a client expects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from ..backends.base import InvalidRequestError, ModelLoadError, QueueFullError
+from ..serving.manager import UnknownModelError
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
+
+
+def from_validation(exc: ValidationError) -> APIError:
+    """The first problem, named by its field path, as OpenAI reports one problem at a time."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return APIError(400, f"We could not parse the JSON body of your request: {first['msg']}", code="invalid_json")
+    location = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {location}", param=location)
+    message = first["msg"].removeprefix("Value error, ")
+    return APIError(400, f"Invalid value for '{location}': {message}" if location else message, param=location or None)
+
+
+def from_exception(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation(exc)
+    if isinstance(exc, UnknownModelError):
+        return APIError(404, f"The model `{exc.name}` does not exist", code="model_not_found", param="model")
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), code=exc.code, param=exc.param)
+    if isinstance(exc, QueueFullError):
+        return APIError(
+            503, str(exc), "server_overloaded", "overloaded", headers={"Retry-After": str(exc.retry_after)}
+        )
+    if isinstance(exc, ModelLoadError):
+        return APIError(500, f"The model could not be loaded: {exc}", "server_error", "model_load_failed")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return APIError(413, "The request body is too large", code="request_too_large")
+    if isinstance(exc, web.HTTPException):
+        return APIError(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
+    log.exception("unexpected error", exc_info=exc)
+    return APIError(500, f"Internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error")
+
+
+def error_event(exc: BaseException) -> bytes:
+    """An error after a stream began: sent as its own SSE event so the client cannot mistake it for an ending."""
+    return b"data: " + json.dumps(from_exception(exc).body()).encode() + b"\n\n"

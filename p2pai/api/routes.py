@@ -1,0 +1,141 @@
+"""Route handlers: parse the body, call the serving layer, shape the HTTP response."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from ..serving import chat, completions, embeddings
+from ..serving.context import ServedModel, Serving
+from ..serving.protocol import ChatCompletionRequest, CompletionRequest, EditRequest, EmbeddingRequest, TokenizeRequest
+from .sse import send_stream
+from .state import NodeState
+
+R = TypeVar("R", bound=BaseModel)
+
+routes = web.RouteTableDef()
+
+
+async def _parse(request: web.Request, model: type[R]) -> R:
+    return model.model_validate_json(await request.read(), strict=True)
+
+
+def _served_headers(served: ServedModel, state: NodeState) -> dict[str, str]:
+    return {"X-P2PAI-Served-By": state.node_id, "X-P2PAI-Model": served.name}
+
+
+async def _stream_or_json(
+    request: web.Request,
+    served: ServedModel,
+    wants_stream: bool,
+    whole: Callable[[], Awaitable[dict[str, Any]]],
+    parts: Callable[[], AsyncIterator[dict[str, Any]]],
+) -> web.StreamResponse:
+    state = NodeState.of(request)
+    headers = _served_headers(served, state)
+    if not wants_stream:
+        return web.json_response(await whole(), headers=headers)
+    events = parts()
+    first = await anext(events)  # errors before the first event still get their own status
+    return await send_stream(request, first, events, headers)
+
+
+@routes.post("/v1/chat/completions")
+@routes.post("/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, ChatCompletionRequest)
+    served = await NodeState.of(request).serving.model(body.model)
+    return await _stream_or_json(
+        request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
+    )
+
+
+@routes.post("/v1/completions")
+@routes.post("/completions")
+async def text_completions(request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, CompletionRequest)
+    served = await NodeState.of(request).serving.model(body.model)
+    return await _stream_or_json(
+        request,
+        served,
+        body.stream,
+        lambda: completions.complete(served, body),
+        lambda: completions.stream(served, body),
+    )
+
+
+@routes.post("/v1/edits")
+@routes.post("/edits")
+async def edits(request: web.Request) -> web.Response:
+    body = await _parse(request, EditRequest)
+    served = await NodeState.of(request).serving.model(body.model)
+    return web.json_response(await completions.edit(served, body), headers=_served_headers(served, NodeState.of(request)))
+
+
+@routes.post("/v1/embeddings")
+@routes.post("/embeddings")
+async def create_embeddings(request: web.Request) -> web.Response:
+    body = await _parse(request, EmbeddingRequest)
+    served = await NodeState.of(request).serving.model(body.model)
+    return web.json_response(await embeddings.embed(served, body), headers=_served_headers(served, NodeState.of(request)))
+
+
+@routes.post("/v1/tokenize")
+async def tokenize(request: web.Request) -> web.Response:
+    body = await _parse(request, TokenizeRequest)
+    served = await NodeState.of(request).serving.model(body.model)
+    return web.json_response(await embeddings.tokenize(served, body))
+
+
+@routes.get("/v1/models")
+@routes.get("/models")
+async def list_models(request: web.Request) -> web.Response:
+    state = NodeState.of(request)
+    return web.json_response({"object": "list", "data": [state.model_card(name) for name in state.manager.names()]})
+
+
+@routes.get("/v1/models/{model}")
+@routes.get("/models/{model}")
+async def get_model(request: web.Request) -> web.Response:
+    state = NodeState.of(request)
+    name = request.match_info["model"]
+    state.manager.config(name)  # 404 for an unknown model
+    return web.json_response(state.model_card(name))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once the node can answer: preloading done (if asked) and at least one model configured."""
+    state = NodeState.of(request)
+    ready = state.ready and bool(state.manager.names())
+    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+
+
+@routes.get("/system")
+async def system(request: web.Request) -> web.Response:
+    """LocalAI's /system: available backends and loaded models, plus per-model load figures."""
+    state = NodeState.of(request)
+    manager = state.manager
+    return web.json_response(
+        {
+            "backends": state.backends,
+            "loaded_models": [{"id": name, **_stats(state, name)} for name in manager.loaded()],
+            "version": state.version,
+            "node_id": state.node_id,
+        }
+    )
+
+
+def _stats(state: NodeState, name: str) -> dict[str, Any]:
+    stats = state.manager.stats(name)
+    return {"in_flight": stats.in_flight, "queued": stats.queued, "slots": stats.slots, "decode_tps": stats.decode_tps}
+
+
+__all__ = ["routes", "Serving"]

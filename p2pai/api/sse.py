@@ -1,0 +1,41 @@
+"""Server-sent events in OpenAI's streaming format."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from .errors import error_event
+
+DONE = b"data: [DONE]\n\n"
+
+
+async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Write each event as soon as it exists; end with [DONE], or an error event if generation failed."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **(headers or {}),
+        }
+    )
+    await response.prepare(request)
+    await response.write(_event(first))
+    try:
+        async for item in rest:
+            await response.write(_event(item))
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
+        await response.write(error_event(exc))
+    await response.write(DONE)
+    await response.write_eof()
+    return response
+
+
+def _event(item: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

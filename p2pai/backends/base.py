@@ -1,0 +1,142 @@
+"""Types shared by every backend: what a generation asks for and what it yields.
+
+The serving layer speaks only these types to an engine, so the engine behind
+them (one request at a time today, continuous batching later) can change
+without touching the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class BackendError(Exception):
+    """Base of errors a backend reports to the serving layer."""
+
+
+class ModelLoadError(BackendError):
+    """The model could not be loaded; the message says why."""
+
+
+class QueueFullError(BackendError):
+    """The model's queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidRequestError(BackendError):
+    """The request cannot be served by this model as asked (bad grammar, too long...)."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampler settings; defaults follow llama.cpp's server."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None
+    """GBNF text constraining the output (from response_format, tools or `grammar`)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str | tuple[int, ...]
+    """Text to tokenize, or token ids used as they are."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None
+    """None: until end of generation or the context is full."""
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """None: no logprobs; N >= 0: the chosen token's logprob plus the N most likely."""
+    add_special: bool = True
+    """Let the tokenizer add BOS; False when a chat template already wrote it."""
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused instead of recomputed."""
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A piece of output text, with the logprobs of the tokens it came from.
+
+    The last chunk of a generation carries `finish_reason` and `usage`.
+    """
+
+    text: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """Special tokens for fill-in-the-middle prompts (code models)."""
+
+    prefix: int
+    suffix: int
+    middle: int
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Live figures the router and /api/p2p use to judge a model's load."""
+
+    loaded: bool
+    in_flight: int
+    queued: int
+    slots: int
+    decode_tps: float | None
+
+
+class Engine(Protocol):
+    """One loaded model: submit a request, receive chunks, cancel by closing the iterator."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]: ...
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+    def fim_tokens(self) -> FimTokens | None: ...
+
+    def stats(self) -> ModelStats: ...
+
+    async def close(self) -> None: ...

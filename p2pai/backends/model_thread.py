@@ -1,0 +1,148 @@
+"""A dedicated OS thread that runs every call for one model, in FIFO order.
+
+llama.cpp decodes about twice as fast when all compute of a process happens on
+one thread (see FACTS.md), and the event loop must never block on inference,
+so each engine funnels its work through one of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from .base import QueueFullError
+
+T = TypeVar("T")
+
+_STREAM_END = object()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Hand a result to the event loop; after shutdown there is nobody left to tell."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+@dataclass
+class _Job:
+    run: Callable[[], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class ModelThread:
+    """Runs submitted callables one after another on a single daemon thread.
+
+    `max_pending` bounds how many jobs may wait behind the running one: past
+    that, submissions fail fast with QueueFullError instead of piling up.
+    """
+
+    def __init__(self, name: str, max_pending: int = 64) -> None:
+        self._name = name
+        self._max_pending = max_pending
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.pending = 0
+        """Jobs submitted and not yet started."""
+        self.running = 0
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"model:{self._name}", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self.pending -= 1
+                if job.cancelled.is_set():
+                    continue
+                self.running += 1
+            try:
+                job.run()
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+    def _enqueue(self, job: _Job) -> None:
+        with self._lock:
+            if self.pending >= self._max_pending:
+                raise QueueFullError(f"model {self._name!r} has {self.pending} requests waiting; try again shortly")
+            self.pending += 1
+        self._ensure_started()
+        self._jobs.put(job)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the model thread and return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def run() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiting coroutine
+                _call_soon(loop, settle, None, exc)
+            else:
+                _call_soon(loop, settle, result, None)
+
+        job = _Job(run)
+        self._enqueue(job)
+        try:
+            return await future
+        finally:
+            job.cancelled.set()
+
+    async def stream(self, producer: Callable[[Callable[[Any], None], threading.Event], None]) -> AsyncIterator[Any]:
+        """Run `producer(emit, cancelled)` on the thread and yield what it emits.
+
+        Closing the iterator (or cancelling its consumer) sets `cancelled`; the
+        producer checks it between tokens, so a disconnected client stops its
+        generation at the next token.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            _call_soon(loop, items.put_nowait, item)
+
+        def run() -> None:
+            try:
+                producer(emit, job.cancelled)
+            except BaseException as exc:  # re-raised in the consumer
+                emit(exc)
+            finally:
+                emit(_STREAM_END)
+
+        job = _Job(run)
+        self._enqueue(job)
+        try:
+            while True:
+                item = await items.get()
+                if item is _STREAM_END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled.set()
+
+    def stop(self) -> None:
+        """Let the thread exit after the jobs already queued."""
+        if self._thread is not None:
+            self._jobs.put(None)

@@ -1,0 +1,61 @@
+"""What a node tells the person who started it, with rich."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from .serving.manager import LoadEvent, ModelManager
+
+console = Console(stderr=True)
+
+
+class LoadReporter:
+    """A spinner while models load, then one line per model with its load time or error."""
+
+    def __init__(self) -> None:
+        self._loading: set[str] = set()
+        self._status: Status | None = None
+
+    def __call__(self, event: LoadEvent) -> None:
+        if event.phase == "start":
+            self._loading.add(event.model)
+        else:
+            self._loading.discard(event.model)
+            if event.phase == "done":
+                console.print(f"[green]✓[/] model [bold]{event.model}[/] loaded in {event.seconds:.1f} s")
+            else:
+                console.print(f"[red]✗[/] model [bold]{event.model}[/] failed to load: {event.error}")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._loading:
+            text = "Loading " + ", ".join(sorted(self._loading)) + "…"
+            if self._status is None:
+                self._status = console.status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+        elif self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def print_banner(manager: ModelManager, url: str, node_id: str, keyed: bool, problems: list[str]) -> None:
+    table = Table(title="Models", title_justify="left", show_edge=False)
+    table.add_column("model", style="bold")
+    table.add_column("file")
+    table.add_column("embeddings")
+    for name in manager.names():
+        config = manager.config(name)
+        table.add_row(name, str(config.model_path(manager.catalog.models_dir)), "yes" if config.embeddings else "no")
+    console.print(f"[bold]p2pai[/] node [cyan]{node_id}[/] serving OpenAI API at [bold cyan]{url}/v1[/]")
+    if manager.names():
+        console.print(table)
+    else:
+        console.print(f"[yellow]No models.[/] Put GGUF files or YAML configs in {manager.catalog.models_dir} "
+                      "or pass --model PATH.")
+    for problem in problems:
+        console.print(f"[yellow]skipped[/] {problem}")
+    console.print("API key required." if keyed else "[dim]No API key set: anyone who can reach the port may use it.[/]")

@@ -1,0 +1,79 @@
+"""A model's configuration, compatible with LocalAI's model YAML for the fields that apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SamplingDefaults(BaseModel):
+    """`parameters:` in LocalAI's YAML: the model file plus default sampling values."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    max_tokens: int | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+
+
+class TemplateConfig(BaseModel):
+    """How chat messages become a prompt.
+
+    Precedence: `chat` (a Jinja2 template given here), then `chat_format`
+    (a llama-cpp-python format name such as gemma or chatml), then the GGUF's
+    own template when `use_tokenizer_template` holds, then chatml.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    chat: str | None = None
+    chat_format: str | None = None
+    use_tokenizer_template: bool = True
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1)
+    backend: Literal["llama-cpp", "llama.cpp", "llama"] = "llama-cpp"
+    description: str | None = None
+    parameters: SamplingDefaults
+    context_size: int | None = Field(default=None, ge=64)
+    threads: int | None = Field(default=None, ge=1)
+    batch: int = Field(default=512, ge=1)
+    f16: bool = True
+    mmap: bool = True
+    embeddings: bool = False
+    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    gpu_layers: int = Field(default=0, ge=0)
+    stopwords: list[str] = Field(default_factory=list)
+    chat_format: str | None = None
+    """Shorthand for `template.chat_format`."""
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    max_queue: int = Field(default=64, ge=1)
+
+    source: Path | None = Field(default=None, exclude=True)
+    """The YAML file this came from, for error messages."""
+    builtin: bool = Field(default=False, exclude=True)
+    """The built-in default model, assembled from its package on first load."""
+
+    @field_validator("stopwords", mode="before")
+    @classmethod
+    def _stopwords_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    def model_path(self, models_dir: Path) -> Path:
+        path = Path(self.parameters.model).expanduser()
+        return path if path.is_absolute() else models_dir / path
+
+    def effective_chat_format(self) -> str | None:
+        return self.template.chat_format or self.chat_format

@@ -1,0 +1,1 @@
+"""Local serving: OpenAI requests in, engine calls, OpenAI responses out."""

@@ -1,0 +1,151 @@
+"""POST /v1/chat/completions: messages to a prompt, generation, OpenAI's response shapes."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from .protocol import ChatCompletionRequest, ChatMessage, TextPart
+from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
+from .grammar import pick_grammar, response_format_grammar
+from .tools import ToolPlan, parse_tool_calls, plan_tools
+
+
+def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[GenerationRequest, ToolPlan]:
+    template = served.template
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
+    choice = request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice
+    plan = plan_tools(tools, choice, template.supports_tools, served.name)
+    response_format = request.response_format
+    grammar = pick_grammar(
+        ("grammar", request.grammar),
+        ("response_format", response_format and response_format_grammar(
+            response_format.type, response_format.json_schema and response_format.json_schema.schema_
+        )),
+        ("tool_choice", plan.grammar),
+    )
+    prompt = template.render([_message(m, served.name) for m in request.messages], plan.template_tools)
+    generation = GenerationRequest(
+        prompt=prompt.text,
+        sampling=served.sampling(request, grammar),
+        max_tokens=served.max_tokens(request.token_limit()),
+        stop=prompt.stop + tuple(served.config.stopwords) + request.stop_list(),
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        add_special=prompt.add_special,
+    )
+    return generation, plan
+
+
+def _message(message: ChatMessage, model: str) -> dict[str, Any]:
+    content = message.content
+    if isinstance(content, list):
+        if any(not isinstance(part, TextPart) for part in content):
+            raise InvalidRequestError(
+                f"model {model!r} accepts only text content parts", code="unsupported_content", param="messages"
+            )
+        content = "\n".join(part.text for part in content if isinstance(part, TextPart))
+    out: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": content or ""}
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+async def complete(served: ServedModel, request: ChatCompletionRequest) -> dict[str, Any]:
+    generation, plan = prepare(served, request)
+    choices, usages = [], []
+    for index in range(request.n):
+        result = await collect(served.engine.generate(with_seed(generation, index)))
+        usages.append(result.usage)
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        finish = result.finish_reason
+        calls = parse_tool_calls(result.text, plan.names)
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            finish = "tool_calls"
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": _logprobs(result.logprobs) if request.logprobs else None,
+                "finish_reason": finish,
+            }
+        )
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": now(),
+        "model": served.name,
+        "choices": choices,
+        "usage": total_usage(usages, prompt_once=True),
+    }
+
+
+async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    """Chunks as they are generated. Tool calls are recognised on the whole answer, so
+    with tools the answer is sent as one chunk once complete."""
+    generation, plan = prepare(served, request)
+    ident, created = new_id("chatcmpl"), now()
+    usages = []
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": served.name,
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        }
+
+    for index in range(request.n):
+        chunks = await primed(served.engine.generate(with_seed(generation, index)))
+        yield chunk(index, {"role": "assistant", "content": ""})
+        if plan.names:
+            result = await collect(chunks)
+            usages.append(result.usage)
+            calls = parse_tool_calls(result.text, plan.names)
+            if calls:
+                deltas = [{**call, "index": i} for i, call in enumerate(calls)]
+                yield chunk(index, {"tool_calls": deltas})
+                yield chunk(index, {}, "tool_calls")
+            else:
+                yield chunk(index, {"content": result.text}, logprobs=_stream_logprobs(request, result.logprobs))
+                yield chunk(index, {}, result.finish_reason)
+            continue
+        async for piece in chunks:
+            if piece.text or piece.logprobs:
+                yield chunk(index, {"content": piece.text}, logprobs=_stream_logprobs(request, list(piece.logprobs)))
+            if piece.finish_reason is not None:
+                assert piece.usage is not None
+                usages.append(piece.usage)
+                yield chunk(index, {}, piece.finish_reason)
+    if request.stream_options and request.stream_options.include_usage:
+        yield {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": served.name,
+            "choices": [],
+            "usage": total_usage(usages, prompt_once=True),
+        }
+
+
+def _stream_logprobs(request: ChatCompletionRequest, logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
+    return _logprobs(logprobs) if request.logprobs else None
+
+
+def _logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.bytes),
+                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in lp.top],
+            }
+            for lp in logprobs
+        ]
+    }

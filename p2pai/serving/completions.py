@@ -1,0 +1,163 @@
+"""POST /v1/completions and /v1/edits: raw prompts, OpenAI's legacy response shapes."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
+from .grammar import pick_grammar
+from .protocol import CompletionRequest, EditRequest
+
+OPENAI_DEFAULT_MAX_TOKENS = 16
+
+
+async def _prompts(served: ServedModel, request: CompletionRequest) -> list[tuple[str | tuple[int, ...], str]]:
+    """Each prompt as the engine takes it, with the text `echo` repeats."""
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        items: list[str | list[int]] = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        items = [prompt]  # type: ignore[list-item]
+    else:
+        items = list(prompt)  # type: ignore[arg-type]
+    out: list[tuple[str | tuple[int, ...], str]] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, item))
+        else:
+            out.append((tuple(item), await served.engine.detokenize(item)))
+    if request.suffix is not None:
+        out = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in out]
+    return out
+
+
+async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tuple[int, ...]:
+    fim = served.engine.fim_tokens()
+    if fim is None:
+        raise InvalidRequestError(
+            f"model {served.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported", param="suffix"
+        )
+    before = await served.engine.tokenize(prefix, add_special=False)
+    after = await served.engine.tokenize(suffix, add_special=False)
+    return (fim.prefix, *before, fim.suffix, *after, fim.middle)
+
+
+def _generation(served: ServedModel, request: CompletionRequest, prompt: str | tuple[int, ...]) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=prompt,
+        sampling=served.sampling(request, pick_grammar(("grammar", request.grammar))),
+        max_tokens=served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS),
+        stop=tuple(served.config.stopwords) + request.stop_list(),
+        logprobs=request.logprobs,
+    )
+
+
+async def complete(served: ServedModel, request: CompletionRequest) -> dict[str, Any]:
+    choices, usages = [], []
+    for prompt, text in await _prompts(served, request):
+        generation = _generation(served, request, prompt)
+        for n in range(request.n):
+            result = await collect(served.engine.generate(with_seed(generation, n)))
+            usages.append(result.usage)
+            choices.append(
+                {
+                    "index": len(choices),
+                    "text": (text if request.echo else "") + result.text,
+                    "logprobs": _logprobs(result.logprobs, len(text) if request.echo else 0)
+                    if request.logprobs is not None
+                    else None,
+                    "finish_reason": result.finish_reason,
+                }
+            )
+    return {
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": now(),
+        "model": served.name,
+        "choices": choices,
+        "usage": total_usage(usages, prompt_once=False),
+    }
+
+
+async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    ident, created = new_id("cmpl"), now()
+    usages = []
+    index = 0
+
+    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": served.name,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+        }
+
+    for prompt, text in await _prompts(served, request):
+        generation = _generation(served, request, prompt)
+        for n in range(request.n):
+            chunks = await primed(served.engine.generate(with_seed(generation, n)))
+            if request.echo:
+                yield chunk(text)
+            async for piece in chunks:
+                logprobs = _logprobs(list(piece.logprobs), 0) if request.logprobs is not None else None
+                if piece.text or piece.logprobs:
+                    yield chunk(piece.text, logprobs=logprobs)
+                if piece.finish_reason is not None:
+                    assert piece.usage is not None
+                    usages.append(piece.usage)
+                    yield chunk("", piece.finish_reason)
+            index += 1
+    if request.stream_options and request.stream_options.include_usage:
+        yield {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": served.name,
+            "choices": [],
+            "usage": total_usage(usages, prompt_once=False),
+        }
+
+
+def _logprobs(logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """OpenAI's legacy logprobs object: parallel lists plus character offsets."""
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        "text_offset": offsets,
+    }
+
+
+async def edit(served: ServedModel, request: EditRequest) -> dict[str, Any]:
+    """An edit is one chat turn holding the instruction and the input.
+
+    One user message, because several chat formats (gemma's among them) drop system messages.
+    """
+    content = f"{request.instruction}\n\n{request.input}" if request.input else request.instruction
+    messages = [{"role": "user", "content": content}]
+    prompt = served.template.render(messages, None)
+    generation = GenerationRequest(
+        prompt=prompt.text,
+        sampling=served.sampling(request, None),
+        max_tokens=served.max_tokens(request.max_tokens),
+        stop=prompt.stop + tuple(served.config.stopwords),
+        add_special=prompt.add_special,
+    )
+    choices, usages = [], []
+    for n in range(request.n):
+        result = await collect(served.engine.generate(with_seed(generation, n)))
+        usages.append(result.usage)
+        choices.append({"index": n, "text": result.text})
+    return {
+        "object": "edit",
+        "created": now(),
+        "model": served.name,
+        "choices": choices,
+        "usage": total_usage(usages, prompt_once=True),
+    }

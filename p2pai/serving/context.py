@@ -1,0 +1,169 @@
+"""What every endpoint needs first: the model asked for, loaded, and its defaults applied."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator
+
+from ..backends.base import GenerationChunk, GenerationRequest, InvalidRequestError, SamplingParams, TokenLogprob, Usage
+from ..backends.llama import LlamaEngine
+from ..models.config import ModelConfig
+from .chat_prompt import ChatTemplate, chat_template
+from .manager import ModelManager, UnknownModelError
+
+
+@dataclass
+class ServedModel:
+    config: ModelConfig
+    engine: LlamaEngine
+    template: ChatTemplate
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def sampling(self, request: Any, grammar: str | None) -> SamplingParams:
+        """Request values first, then the model's YAML defaults, then llama.cpp's."""
+        defaults = self.config.parameters
+        base = SamplingParams()
+
+        def pick(name: str) -> Any:
+            value = getattr(request, name, None)
+            if value is None:
+                value = getattr(defaults, name, None)
+            return getattr(base, name) if value is None else value
+
+        seed = pick("seed")
+        return SamplingParams(
+            temperature=pick("temperature"),
+            top_p=pick("top_p"),
+            top_k=pick("top_k"),
+            min_p=pick("min_p"),
+            repeat_penalty=pick("repeat_penalty"),
+            presence_penalty=pick("presence_penalty"),
+            frequency_penalty=pick("frequency_penalty"),
+            seed=seed,
+            grammar=grammar,
+        )
+
+    def max_tokens(self, requested: int | None, default: int | None = None) -> int | None:
+        limit = requested or self.config.parameters.max_tokens or default
+        if limit is not None and limit > self.engine.n_ctx:
+            raise InvalidRequestError(
+                f"max_tokens is {limit}, more than this model's context of {self.engine.n_ctx} tokens",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
+        return limit
+
+
+class Serving:
+    """Resolves model names for the endpoint handlers."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self._templates: dict[str, ChatTemplate] = {}
+
+    async def model(self, name: str | None) -> ServedModel:
+        """The model asked for; with none named and exactly one served, that one (as LocalAI does)."""
+        if not name:
+            names = self.manager.names()
+            if len(names) != 1:
+                raise InvalidRequestError(
+                    "you must provide a model parameter" + (f" (one of: {', '.join(names)})" if names else ""),
+                    code="model_required",
+                    param="model",
+                )
+            name = names[0]
+        config = self.manager.config(name)
+        engine = await self.manager.engine(name)
+        template = self._templates.get(name)
+        if template is None:
+            template = chat_template(config, engine.metadata, engine.bos_text, engine.eos_text)
+            self._templates[name] = template
+        return ServedModel(config, engine, template)
+
+
+@dataclass
+class Completion:
+    """One choice generated to the end."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: str
+    usage: Usage
+
+
+async def collect(chunks: AsyncIterator[GenerationChunk]) -> Completion:
+    parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        logprobs.extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            assert chunk.usage is not None
+            return Completion("".join(parts), logprobs, chunk.finish_reason, chunk.usage)
+    raise RuntimeError("the engine ended a generation without a final chunk")
+
+
+async def primed(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    """Start a generation and wait for its first chunk.
+
+    Queue-full and prompt errors then surface before any response byte is
+    sent, so they reach the client with their own HTTP status.
+    """
+    first = await anext(chunks)
+
+    async def replay() -> AsyncIterator[GenerationChunk]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    return replay()
+
+
+def with_seed(request: GenerationRequest, index: int) -> GenerationRequest:
+    """Choice `index` of n: a seeded request stays reproducible yet gives n different answers."""
+    if index == 0 or request.sampling.seed is None:
+        return request
+    return replace(request, sampling=replace(request.sampling, seed=request.sampling.seed + index))
+
+
+def total_usage(usages: list[Usage], prompt_once: bool) -> dict[str, Any]:
+    """OpenAI usage: with n choices of one prompt, the prompt is counted once."""
+    prompt = usages[0].prompt_tokens if prompt_once else sum(u.prompt_tokens for u in usages)
+    cached = usages[0].cached_tokens if prompt_once else sum(u.cached_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+__all__ = [
+    "Completion",
+    "ServedModel",
+    "Serving",
+    "UnknownModelError",
+    "collect",
+    "new_id",
+    "now",
+    "primed",
+    "total_usage",
+    "with_seed",
+]

@@ -1,0 +1,127 @@
+"""Loads each configured model once, on demand, and hands out its engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..backends.base import ModelLoadError, ModelStats
+from ..backends.llama import LlamaEngine, LlamaSettings
+from ..models.catalog import ModelCatalog, ensure_default_model_file
+from ..models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModelError(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The model {name!r} does not exist")
+        self.name = name
+
+
+@dataclass
+class LoadEvent:
+    model: str
+    phase: str
+    """"start", "done" or "failed"."""
+    seconds: float = 0.0
+    error: str = ""
+
+
+class ModelManager:
+    """Owns the engines of this node's models.
+
+    A model loads on first use (or at start with preload); a request arriving
+    while its model loads waits for that load instead of starting another.
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        threads: int | None = None,
+        context_size: int | None = None,
+        on_load: Callable[[LoadEvent], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self._threads = threads
+        self._context_size = context_size
+        self._on_load = on_load or (lambda event: None)
+        self._engines: dict[str, LlamaEngine] = {}
+        self._loading: dict[str, asyncio.Task[LlamaEngine]] = {}
+
+    def names(self) -> list[str]:
+        return self.catalog.names()
+
+    def config(self, name: str) -> ModelConfig:
+        config = self.catalog.get(name)
+        if config is None:
+            raise UnknownModelError(name)
+        return config
+
+    def loaded(self) -> list[str]:
+        return list(self._engines)
+
+    def stats(self, name: str) -> ModelStats:
+        engine = self._engines.get(name)
+        if engine is not None:
+            return engine.stats()
+        return ModelStats(loaded=False, in_flight=0, queued=0, slots=1, decode_tps=None)
+
+    async def engine(self, name: str) -> LlamaEngine:
+        if name in self._engines:
+            return self._engines[name]
+        config = self.config(name)
+        task = self._loading.get(name)
+        if task is None:
+            task = asyncio.create_task(self._load(config))
+            self._loading[name] = task
+            task.add_done_callback(lambda _: self._loading.pop(name, None))
+        # Shielded: one impatient client must not cancel a load others wait for.
+        return await asyncio.shield(task)
+
+    async def preload(self) -> None:
+        for name in self.names():
+            try:
+                await self.engine(name)
+            except ModelLoadError:
+                pass  # reported through on_load; the node still serves the others
+
+    async def _load(self, config: ModelConfig) -> LlamaEngine:
+        started = time.perf_counter()
+        self._on_load(LoadEvent(config.name, "start"))
+        try:
+            if config.builtin:
+                await asyncio.to_thread(ensure_default_model_file, config)
+            engine = await LlamaEngine.load(config.name, self._settings(config))
+        except ModelLoadError as exc:
+            self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
+            raise
+        except Exception as exc:  # e.g. a damaged built-in model package
+            self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
+            raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
+        self._engines[config.name] = engine
+        self._on_load(LoadEvent(config.name, "done", time.perf_counter() - started))
+        return engine
+
+    def _settings(self, config: ModelConfig) -> LlamaSettings:
+        return LlamaSettings(
+            path=str(config.model_path(self.catalog.models_dir)),
+            context_size=config.context_size or self._context_size or 4096,
+            threads=config.threads or self._threads or 0,
+            batch=config.batch,
+            mmap=config.mmap,
+            embeddings=config.embeddings,
+            pooling=config.pooling,
+            gpu_layers=config.gpu_layers,
+            max_queue=config.max_queue,
+        )
+
+    async def close(self) -> None:
+        for task in list(self._loading.values()):
+            task.cancel()
+        for engine in self._engines.values():
+            await engine.close()
+        self._engines.clear()
