@@ -8,7 +8,7 @@ from rich.table import Table
 
 from .serving.manager import LoadEvent, ModelManager
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class LoadReporter:

