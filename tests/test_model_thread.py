@@ -104,3 +104,27 @@ async def test_stream_errors_reach_the_consumer() -> None:
             items.append(item)
     assert items == ["a"]
     worker.stop()
+
+
+async def test_cancelled_waiting_jobs_free_their_queue_place_at_once() -> None:
+    worker = ModelThread("t", max_pending=1)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(worker.call(gate.wait, 10))
+    while worker.running == 0:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(worker.call(lambda: 1))
+    await asyncio.sleep(0.01)
+    assert worker.pending == 1
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert worker.pending == 0
+    replacement = asyncio.ensure_future(worker.call(lambda: 2))
+    await asyncio.sleep(0.01)
+    # The queue is full again, yet housekeeping (freeing the model) is never refused.
+    housekeeping = asyncio.ensure_future(worker.call(lambda: 3, bounded=False))
+    gate.set()
+    assert await replacement == 2
+    assert await housekeeping == 3
+    await blocker
+    assert worker.pending == 0 and worker.running == 0
+    worker.stop()

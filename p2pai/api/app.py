@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -46,14 +45,6 @@ def _has_valid_key(request: web.Request, keys: frozenset[str]) -> bool:
     if scheme.lower() != "bearer" or not given:
         given = request.headers.get("X-API-Key", "")
     return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
-
-
-def is_loopback(request: web.Request) -> bool:
-    peer = request.remote or ""
-    try:
-        return ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        return False
 
 
 def create_app(state: NodeState) -> web.Application:

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..serving import chat, completions, embeddings
-from ..serving.context import ServedModel, Serving
+from ..serving.context import ServedModel
 from ..serving.protocol import ChatCompletionRequest, CompletionRequest, EditRequest, EmbeddingRequest, TokenizeRequest
 from .sse import send_stream
 from .state import NodeState
@@ -137,5 +137,3 @@ def _stats(state: NodeState, name: str) -> dict[str, Any]:
     stats = state.manager.stats(name)
     return {"in_flight": stats.in_flight, "queued": stats.queued, "slots": stats.slots, "decode_tps": stats.decode_tps}
 
-
-__all__ = ["routes", "Serving"]

@@ -32,6 +32,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
 class _Job:
     run: Callable[[], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
 
 
 class ModelThread:
@@ -62,9 +63,10 @@ class ModelThread:
             if job is None:
                 return
             with self._lock:
-                self.pending -= 1
                 if job.cancelled.is_set():
-                    continue
+                    continue  # already taken off the pending count by _drop
+                job.started = True
+                self.pending -= 1
                 self.running += 1
             try:
                 job.run()
@@ -72,16 +74,26 @@ class ModelThread:
                 with self._lock:
                     self.running -= 1
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: _Job, bounded: bool = True) -> None:
         with self._lock:
-            if self.pending >= self._max_pending:
+            if bounded and self.pending >= self._max_pending:
                 raise QueueFullError(f"model {self._name!r} has {self.pending} requests waiting; try again shortly")
             self.pending += 1
         self._ensure_started()
         self._jobs.put(job)
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` on the model thread and return its result."""
+    def _drop(self, job: _Job) -> None:
+        """The caller went away: a job that has not started leaves the queue count at once."""
+        with self._lock:
+            if not job.started and not job.cancelled.is_set():
+                self.pending -= 1
+            job.cancelled.set()
+
+    async def call(self, fn: Callable[..., T], *args: Any, bounded: bool = True) -> T:
+        """Run `fn(*args)` on the model thread and return its result.
+
+        `bounded=False` skips the queue limit, for housekeeping such as freeing the model.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -102,11 +114,11 @@ class ModelThread:
                 _call_soon(loop, settle, result, None)
 
         job = _Job(run)
-        self._enqueue(job)
+        self._enqueue(job, bounded)
         try:
             return await future
         finally:
-            job.cancelled.set()
+            self._drop(job)
 
     async def stream(self, producer: Callable[[Callable[[Any], None], threading.Event], None]) -> AsyncIterator[Any]:
         """Run `producer(emit, cancelled)` on the thread and yield what it emits.
@@ -140,7 +152,7 @@ class ModelThread:
                     raise item
                 yield item
         finally:
-            job.cancelled.set()
+            self._drop(job)
 
     def stop(self) -> None:
         """Let the thread exit after the jobs already queued."""

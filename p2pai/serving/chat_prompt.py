@@ -51,7 +51,7 @@ def _jinja(template: str, bos: str, eos: str, source: str) -> ChatTemplate:
         try:
             result = formatter(messages=messages, tools=tools)
         except Exception as exc:  # the template itself rejects the conversation (raise_exception)
-            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", param="messages")
+            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", param="messages") from exc
         return ChatPrompt(result.prompt, _stops(result.stop), add_special=not result.added_special)
 
     return ChatTemplate(render, supports_tools="tools" in template, source=source)

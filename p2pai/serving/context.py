@@ -11,7 +11,7 @@ from ..backends.base import GenerationChunk, GenerationRequest, InvalidRequestEr
 from ..backends.llama import LlamaEngine
 from ..models.config import ModelConfig
 from .chat_prompt import ChatTemplate, chat_template
-from .manager import ModelManager, UnknownModelError
+from .manager import ModelManager
 
 
 @dataclass
@@ -154,16 +154,3 @@ def new_id(prefix: str) -> str:
 def now() -> int:
     return int(time.time())
 
-
-__all__ = [
-    "Completion",
-    "ServedModel",
-    "Serving",
-    "UnknownModelError",
-    "collect",
-    "new_id",
-    "now",
-    "primed",
-    "total_usage",
-    "with_seed",
-]

@@ -119,7 +119,7 @@ class LlamaEngine:
                 if llm is not None:
                     llm.close()
 
-        await self._thread.call(free)
+        await self._thread.call(free, bounded=False)
         self._thread.stop()
 
     # Everything below runs on the model thread.
