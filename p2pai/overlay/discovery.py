@@ -1,0 +1,111 @@
+"""LAN discovery over mDNS with our own AsyncZeroconf (asyncio side).
+
+Not libp2p's mDNS: that one uses sync zeroconf on every interface and blocks
+its thread for ~1.5 s. The TXT record carries the peer id, its multiaddrs and
+the swarm's public discriminator; peers of other swarms are ignored. Finding a
+peer only tells us where to dial: membership still needs its sealed,
+signed announcements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from zeroconf import InterfaceChoice, ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from p2pai.overlay.addresses import parse_tcp
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_p2pai._tcp.local."
+MAX_TXT_ADDRS = 8
+RESOLVE_TIMEOUT_MS = 3000
+
+
+class MdnsDiscovery:
+    def __init__(
+        self,
+        peer_id: str,
+        addrs: list[str],
+        discriminator: str,
+        interfaces: list[str] | None,
+        on_found: Callable[[str, list[str]], None],
+    ) -> None:
+        self._peer_id = peer_id
+        self._addrs = addrs[:MAX_TXT_ADDRS]
+        self._discriminator = discriminator
+        self._interfaces = interfaces
+        self._on_found = on_found
+        self._zeroconf: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start browsing; registering (≈1.2 s of name probing) continues in the background."""
+        self._zeroconf = AsyncZeroconf(interfaces=self._interfaces or InterfaceChoice.All)
+        self._browser = AsyncServiceBrowser(
+            self._zeroconf.zeroconf, [SERVICE_TYPE], handlers=[self._on_state_change]
+        )
+        self._spawn(self._register())
+
+    async def _register(self) -> None:
+        endpoints = [parsed for parsed in map(parse_tcp, self._addrs) if parsed]
+        if not endpoints or self._zeroconf is None:
+            return
+        properties = {"id": self._peer_id, "net": self._discriminator}
+        properties.update({f"a{i}": addr for i, addr in enumerate(self._addrs)})
+        info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"{self._peer_id}.{SERVICE_TYPE}",
+            addresses=sorted({ip.packed for ip, _, _ in endpoints}),
+            port=endpoints[0][1],
+            properties=properties,
+        )
+        await self._zeroconf.async_register_service(info)
+
+    def _on_state_change(self, *, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            self._spawn(self._resolve(service_type, name))
+
+    async def _resolve(self, service_type: str, name: str) -> None:
+        if self._zeroconf is None:
+            return
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
+            return
+        txt = {
+            key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
+            for key, value in info.properties.items()
+            if value is not None
+        }
+        peer_id = txt.get("id", "")
+        if txt.get("net") != self._discriminator or peer_id in ("", self._peer_id):
+            return
+        addrs = [txt[f"a{i}"] for i in range(MAX_TXT_ADDRS) if f"a{i}" in txt]
+        self._on_found(peer_id, addrs)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(_logged(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        if self._zeroconf is not None:
+            await self._zeroconf.async_unregister_all_services()
+            await self._zeroconf.async_close()
+
+
+async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Discovery is best effort (bootstrap still works): log its failures, go on."""
+    try:
+        await coroutine
+    except Exception as exc:
+        log.warning("mDNS: %r", exc)

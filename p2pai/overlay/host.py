@@ -1,0 +1,245 @@
+"""The libp2p side of the overlay; every object here lives in the trio thread.
+
+A TCP + yamux host that accepts Noise only (py-libp2p would otherwise also
+accept TLS, SECIO and PLAINTEXT) inside a PSK private network, and streams
+length-prefixed announcement frames to every connected peer over one
+long-lived stream each. Frames are opaque here: the overlay seals and checks
+them; this side only bounds their size and rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pai.overlay.addresses import advertised, parse_tcp
+from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
+from p2pai.overlay.dialer import Dialer
+from p2pai.overlay.identity import Identity, is_peer_id
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost, INetStream
+    from libp2p.peer.id import ID
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_PROTOCOL = "/p2pai/announce/1.0.0"
+SEND_TIMEOUT = 2.0
+LINK_RETRY_DELAY = 1.0  # after a failed link, before the next stream to that peer
+POLL_INTERVAL = 0.1  # how often connections are checked; bounds detection of a closed one
+FRAMES_PER_SECOND = 20.0  # per peer; a healthy peer sends about 1, more on changes
+FRAME_BURST = 40
+MAX_STREAMS_PER_PEER = 2
+_LENGTH_BYTES = 4
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._stamp = burst, now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class OverlayHost:
+    """Runs the libp2p host; reports frames and connections through callbacks.
+
+    The callbacks are called in the trio thread and must only hand over
+    (e.g. ``loop.call_soon_threadsafe``); ``on_frame`` returns False when the
+    receiver is overloaded and the frame is dropped.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        psk_hex: str,
+        listen: list[str],
+        bootstrap: list[str],
+        max_peers: int,
+        on_frame: Callable[[str, bytes], bool],
+        on_connections: Callable[[frozenset[str]], None],
+    ) -> None:
+        self._identity = identity
+        self._psk_hex = psk_hex
+        self._listen = listen
+        self._bootstrap = _parse_bootstrap(bootstrap)
+        self._max_peers = max_peers
+        self._on_frame = on_frame
+        self._on_connections = on_connections
+        self._frame: bytes | None = None
+        self._frame_changed = trio.Event()
+        self._links: set[str] = set()
+        self._streams: defaultdict[str, int] = defaultdict(int)
+        self._buckets: dict[str, TokenBucket] = {}
+        self._dialer: Dialer | None = None
+        # Read by the overlay from the asyncio thread: keys never change, so
+        # reading while the trio thread increments is safe.
+        self.drops = dict.fromkeys(("rate_limited", "overloaded", "oversized", "too_many_streams"), 0)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, then report our advertised addresses through ``task_status``."""
+        from multiaddr import Multiaddr
+
+        host = self._new_host()
+        async with host.run([Multiaddr(a) for a in self._listen]), trio.open_nursery() as nursery:
+            host.set_stream_handler(ANNOUNCE_PROTOCOL, self._receive)
+            self._dialer = Dialer(host, self._bootstrap)
+            nursery.start_soon(self._dialer.run)
+            nursery.start_soon(self._watch_connections, host, nursery)
+            listening = [str(a) for a in host.get_transport_addrs()]
+            task_status.started(advertised(listening, self._identity.peer_id))
+            await trio.sleep_forever()
+
+    def _new_host(self) -> IHost:
+        from libp2p import NOISE_PROTOCOL_ID, YAMUX_PROTOCOL_ID, NoiseTransport, Yamux, new_host
+        from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+        from libp2p.network.config import ConnectionConfig, RetryConfig
+
+        _route_libp2p_logs()
+        key_pair = self._identity.to_libp2p_key_pair()
+        noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},  # never PLAINTEXT/SECIO/TLS
+            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            psk=self._psk_hex,
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,  # the default 3 adds ~250 ms to every dial
+                max_connections=self._max_peers,
+                high_watermark=self._max_peers,
+                # No libp2p auto-connector: the Dialer alone decides whom to dial.
+                min_connections=0,
+                low_watermark=0,
+            ),
+            enable_quic=False,  # the PSK is not applied on QUIC
+            enable_mDNS=False,
+            enable_upnp=False,
+        )
+        host.get_network().retry_config = RetryConfig(max_retries=0)  # the Dialer retries
+        return host
+
+    def broadcast(self, frame: bytes) -> None:
+        """Make ``frame`` the current announcement and send it to every peer."""
+        self._frame = frame
+        self._frame_changed.set()
+        self._frame_changed = trio.Event()
+
+    def set_dial_targets(self, targets: dict[str, list[str]]) -> None:
+        if self._dialer is not None:
+            self._dialer.set_targets(targets)
+
+    async def _watch_connections(self, host: IHost, nursery: trio.Nursery) -> None:
+        """Give each connected peer a link and report the connected set on change."""
+        reported: frozenset[str] | None = None
+        while True:
+            peers = {str(peer): peer for peer in host.get_connected_peers()}
+            for key, peer in peers.items():
+                if key not in self._links:
+                    self._links.add(key)
+                    nursery.start_soon(self._link, host, peer)
+            connected = frozenset(peers)
+            if connected != reported:
+                self._on_connections(connected)
+                reported = connected
+                for gone in set(self._buckets) - connected - set(self._streams):
+                    del self._buckets[gone]
+            await trio.sleep(POLL_INTERVAL)
+
+    async def _link(self, host: IHost, peer: ID) -> None:
+        """Send the current frame, then every new one, over one stream to ``peer``."""
+        stream: INetStream | None = None
+        try:
+            with trio.fail_after(SEND_TIMEOUT):
+                stream = await host.new_stream(peer, [ANNOUNCE_PROTOCOL])
+            sent: bytes | None = None
+            while True:
+                frame, changed = self._frame, self._frame_changed
+                if frame is not None and frame is not sent:
+                    with trio.fail_after(SEND_TIMEOUT):  # a frozen peer stops reading
+                        await stream.write(len(frame).to_bytes(_LENGTH_BYTES, "big") + frame)
+                    sent = frame
+                await changed.wait()
+        except Exception as exc:  # a lost peer surfaces as many different exception types
+            log.debug("announce link to %s ended: %r", peer, exc)
+            await _reset(stream)
+            await trio.sleep(LINK_RETRY_DELAY)
+        finally:
+            self._links.discard(str(peer))
+
+    async def _receive(self, stream: INetStream) -> None:
+        """Read frames from one peer's stream, dropping oversized and excess ones."""
+        from libp2p.io.utils import read_exactly
+
+        peer = str(stream.muxed_conn.peer_id)
+        if self._streams[peer] >= MAX_STREAMS_PER_PEER:
+            self.drops["too_many_streams"] += 1
+            await _reset(stream)
+            return
+        self._streams[peer] += 1
+        now = trio.current_time()
+        bucket = self._buckets.setdefault(peer, TokenBucket(FRAMES_PER_SECOND, FRAME_BURST, now))
+        try:
+            while True:
+                length = int.from_bytes(await read_exactly(stream, _LENGTH_BYTES), "big")
+                if length > MAX_MESSAGE_BYTES:
+                    self.drops["oversized"] += 1
+                    break
+                frame = await read_exactly(stream, length)
+                if not bucket.take(trio.current_time()):
+                    self.drops["rate_limited"] += 1
+                elif not self._on_frame(peer, frame):
+                    self.drops["overloaded"] += 1
+        except Exception as exc:  # end of stream, reset or a dead peer
+            log.debug("announce stream from %s ended: %r", peer, exc)
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
+            await _reset(stream)
+
+
+def _route_libp2p_logs() -> None:
+    """Let the application's logging configuration handle py-libp2p's logs.
+
+    Unless LIBP2P_DEBUG is set, py-libp2p detaches its logger (no handler, no
+    propagation), so its warnings reach stderr unformatted through logging's
+    last resort. Its TCP transport also logs an ERROR for every failed dial,
+    which the Dialer expects while a peer is down (and logs itself).
+    """
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    logging.getLogger("libp2p").propagate = True
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
+
+
+async def _reset(stream: INetStream | None) -> None:
+    if stream is None:
+        return
+    try:
+        with trio.move_on_after(0.5):
+            await stream.reset()
+    except Exception as exc:
+        log.debug("stream reset failed: %r", exc)
+
+
+def _parse_bootstrap(bootstrap: list[str]) -> dict[str, list[str]]:
+    """``/ip4/…/tcp/…/p2p/<id>`` strings -> {peer id: [address without /p2p]}."""
+    peers: dict[str, list[str]] = defaultdict(list)
+    for addr in bootstrap:
+        parsed = parse_tcp(addr)
+        if parsed is None or parsed[2] is None or not is_peer_id(parsed[2]):
+            raise ValueError(f"bootstrap address {addr!r} is not /ip4|ip6/<ip>/tcp/<port>/p2p/<peer id>")
+        ip, port, peer_id = parsed
+        peers[peer_id].append(f"/ip{ip.version}/{ip}/tcp/{port}")
+    return dict(peers)

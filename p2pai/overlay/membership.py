@@ -1,0 +1,165 @@
+"""Who is in the swarm, judged by this node's own clock (asyncio side).
+
+A member is online while it is connected and its last announcement (sent
+every second, so also the heartbeat) is younger than HEARTBEAT_TIMEOUT; libp2p
+alone never notices a frozen peer. Offline members are pruned after MEMBER_TTL.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any
+
+from p2pai.overlay.addresses import dialable
+from p2pai.overlay.announcement import Announcement, Rejected
+from p2pai.overlay.identity import is_peer_id
+
+HEARTBEAT_TIMEOUT = 2.0
+MEMBER_TTL = 300.0
+MAX_PEERS = 256
+
+
+@dataclass
+class Member:
+    peer_id: str
+    name: str
+    version: str
+    roles: list[str]
+    addrs: list[str]
+    payload: dict[str, Any]
+    last_seen: float  # time.time() when its last announcement arrived
+    online: bool
+    connected: bool
+
+    def snapshot(self) -> Member:
+        """A copy the caller may keep or modify."""
+        return replace(self, roles=list(self.roles), addrs=list(self.addrs), payload=copy.deepcopy(self.payload))
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    kind: str  # "online", "offline", "updated" or "removed"
+    member: Member
+
+
+class Membership:
+    def __init__(
+        self,
+        max_peers: int = MAX_PEERS,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        ttl: float = MEMBER_TTL,
+    ) -> None:
+        self._max_peers = max_peers
+        self._heartbeat_timeout = heartbeat_timeout
+        self._ttl = ttl
+        self._members: dict[str, Member] = {}
+        self._last_seq: dict[str, int] = {}
+
+    def accept(self, sender: str, announcement: Announcement, now: float) -> list[MemberEvent]:
+        """Apply a verified announcement that ``sender``'s connection delivered.
+
+        Raises Rejected for a replay (sequence number not above the last one
+        seen), for an announcement relayed from another peer, or when the table
+        is full of online members.
+        """
+        peer_id = announcement.peer_id
+        if peer_id != sender:
+            raise Rejected("wrong_sender")  # announcements travel only from their author
+        if announcement.seq <= self._last_seq.get(peer_id, -1):
+            raise Rejected("replay")
+        events: list[MemberEvent] = []
+        member = self._members.get(peer_id)
+        if member is None:
+            if len(self._members) >= self._max_peers:
+                events += self._evict_oldest_offline()
+            member = Member(peer_id, "", "", [], [], {}, now, online=False, connected=True)
+            self._members[peer_id] = member
+        elif _describes_differently(member, announcement):
+            events.append(MemberEvent("updated", member))
+        self._last_seq[peer_id] = announcement.seq
+        member.name, member.version = announcement.name, announcement.version
+        member.roles, member.addrs = announcement.roles, announcement.addrs
+        member.payload = announcement.payload
+        member.last_seen = now
+        member.connected = True  # the announcement just came over a direct connection
+        events += self._refresh(member, now)
+        return [MemberEvent(e.kind, e.member.snapshot()) for e in events]
+
+    def _evict_oldest_offline(self) -> list[MemberEvent]:
+        offline = [m for m in self._members.values() if not m.online]
+        if not offline:
+            raise Rejected("too_many_peers")
+        return self._remove(min(offline, key=lambda m: m.last_seen))
+
+    def set_connected(self, peer_ids: frozenset[str], now: float) -> list[MemberEvent]:
+        for member in self._members.values():
+            member.connected = member.peer_id in peer_ids
+        return self.sweep(now)
+
+    def sweep(self, now: float) -> list[MemberEvent]:
+        """Re-judge liveness and prune members offline for longer than the TTL."""
+        events: list[MemberEvent] = []
+        for member in list(self._members.values()):
+            events += self._refresh(member, now)
+            if not member.online and now - member.last_seen > self._ttl:
+                events += self._remove(member)
+        return [MemberEvent(e.kind, e.member.snapshot()) for e in events]
+
+    def _refresh(self, member: Member, now: float) -> list[MemberEvent]:
+        online = member.connected and now - member.last_seen <= self._heartbeat_timeout
+        if online == member.online:
+            return []
+        member.online = online
+        return [MemberEvent("online" if online else "offline", member)]
+
+    def _remove(self, member: Member) -> list[MemberEvent]:
+        del self._members[member.peer_id]
+        del self._last_seq[member.peer_id]
+        return [MemberEvent("removed", member)]
+
+    def members(self) -> list[Member]:
+        return [m.snapshot() for m in self._members.values()]
+
+    def online_addrs(self) -> dict[str, list[str]]:
+        return {m.peer_id: list(m.addrs) for m in self._members.values() if m.online}
+
+
+def _describes_differently(member: Member, a: Announcement) -> bool:
+    return (member.name, member.version, member.roles, member.addrs, member.payload) != (
+        a.name,
+        a.version,
+        a.roles,
+        a.addrs,
+        a.payload,
+    )
+
+
+class AddressBook:
+    """Peers to stay connected to and where to dial them.
+
+    Learned first-hand (a peer's own announcement, mDNS) or second-hand
+    (another member's hints); an entry not heard of for ``ttl`` is forgotten,
+    and new peers are refused while the book is full.
+    """
+
+    def __init__(self, self_id: str, max_peers: int = MAX_PEERS, ttl: float = MEMBER_TTL) -> None:
+        self._self_id = self_id
+        self._max_peers = max_peers
+        self._ttl = ttl
+        self._entries: dict[str, tuple[list[str], float]] = {}
+
+    def learn(self, peer_id: str, addrs: list[str], now: float) -> None:
+        if peer_id == self._self_id or not is_peer_id(peer_id):
+            return
+        usable = dialable(addrs, peer_id)
+        if not usable or (peer_id not in self._entries and len(self._entries) >= self._max_peers):
+            return
+        self._entries[peer_id] = (usable, now)
+
+    def targets(self, now: float) -> dict[str, list[str]]:
+        """The current entries, after forgetting expired ones."""
+        for peer_id, (_, heard) in list(self._entries.items()):
+            if now - heard > self._ttl:
+                del self._entries[peer_id]
+        return {peer_id: list(addrs) for peer_id, (addrs, _) in self._entries.items()}

@@ -1,0 +1,301 @@
+"""The overlay facade the node uses from asyncio: start, stop, announce a
+payload, list members.
+
+Policy lives here, on the asyncio side: what to announce, which frames to
+believe, who is alive and whom to dial. The trio thread (OverlayHost) only
+moves bytes and dials what it is told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2pai.overlay.announcement import (
+    MAX_ADDRS,
+    MAX_HINTED_PEERS,
+    MAX_PAYLOAD_BYTES,
+    Announcement,
+    Rejected,
+    open_sealed,
+    seal,
+)
+from p2pai.overlay.identity import Identity
+from p2pai.overlay.membership import MAX_PEERS, AddressBook, Member, MemberEvent, Membership
+
+if TYPE_CHECKING:
+    from p2pai.overlay.discovery import MdnsDiscovery
+    from p2pai.overlay.host import OverlayHost
+    from p2pai.overlay.trio_bridge import TrioBridge
+    from p2pai.token import NetworkKeys
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL = 1.0  # announcements double as the heartbeat
+MIN_ANNOUNCE_GAP = 0.1  # coalesces bursts of changes
+SWEEP_INTERVAL = 0.25
+MAX_HINT_ADDRS = 4
+EVENT_QUEUE_SIZE = 1000
+MAX_QUEUED_FRAMES = 256  # frames handed to asyncio but not yet checked; more are dropped
+STOP_TIMEOUT = 1.0  # per stage (mDNS, trio thread): stop() stays under 3 s
+
+
+@dataclass
+class OverlayConfig:
+    data_dir: Path
+    keys: NetworkKeys
+    name: str
+    version: str
+    roles: list[str]
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)  # multiaddrs ending in /p2p/<peer id>
+    mdns: bool = True
+    mdns_interfaces: list[str] | None = None  # None = all interfaces
+
+
+class Overlay:
+    def __init__(self, config: OverlayConfig) -> None:
+        self.config = config
+        self.peer_id = ""  # set by start()
+        self._identity: Identity | None = None
+        self._bridge: TrioBridge | None = None
+        self._host: OverlayHost | None = None
+        self._discovery: MdnsDiscovery | None = None
+        self._membership = Membership()
+        self._book: AddressBook | None = None
+        self._addrs: list[str] = []
+        self._payload: dict[str, Any] = {}
+        self._seq = 0
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribers: list[asyncio.Queue[MemberEvent]] = []
+        self._pushed_targets: dict[str, list[str]] | None = None
+        self._connections = 0
+        self._counts: Counter[str] = Counter()
+        self._running = False  # trio callbacks may still arrive after stop()
+        self._frame_slots = threading.BoundedSemaphore(MAX_QUEUED_FRAMES)
+
+    async def start(self) -> None:
+        """Listen and start announcing; dialing peers continues in the background."""
+        # Imported here, not at the top: trio, zeroconf and libp2p (imported in the
+        # trio thread) cost about 0.7 s that `p2pai --help` should not pay.
+        from p2pai.overlay.discovery import MdnsDiscovery
+        from p2pai.overlay.host import OverlayHost
+        from p2pai.overlay.trio_bridge import TrioBridge
+
+        config = self.config
+        self._identity = Identity.load_or_create(config.data_dir)
+        self.peer_id = self._identity.peer_id
+        self._book = AddressBook(self.peer_id)
+        bridge = self._bridge = TrioBridge()
+        self._host = OverlayHost(
+            self._identity,
+            config.keys.psk_hex,
+            config.listen,
+            config.bootstrap,
+            MAX_PEERS,
+            on_frame=self._hand_over_frame,
+            on_connections=lambda peers: bridge.to_asyncio(self._on_connections, peers),
+        )
+        await bridge.start()
+        self._running = True
+        try:
+            self._addrs = await bridge.start_task(self._host.serve)
+            # Microseconds since the epoch: stays above what peers saw before a restart.
+            self._seq = time.time_ns() // 1000
+            first = self._sealed_announcement()  # raises now if name or roles are too big
+        except BaseException:
+            self._running = False
+            await bridge.stop(STOP_TIMEOUT)
+            raise
+        bridge.call_soon(self._host.broadcast, first)
+        self._tasks = [
+            asyncio.create_task(self._announce_forever(), name="overlay-announce"),
+            asyncio.create_task(self._sweep_forever(), name="overlay-sweep"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(_log_failure)
+        if config.mdns:
+            discovery = MdnsDiscovery(
+                self.peer_id, self._addrs, config.keys.discriminator, config.mdns_interfaces, self._on_discovered
+            )
+            try:
+                await discovery.start()
+            except OSError as exc:  # e.g. an interface that is gone; bootstrap may still work
+                log.warning("mDNS discovery is off: %r", exc)
+                await discovery.stop()
+            else:
+                self._discovery = discovery
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._discovery is not None:
+            try:
+                await asyncio.wait_for(self._discovery.stop(), STOP_TIMEOUT)
+            except Exception as exc:
+                log.warning("stopping mDNS: %r", exc)
+            self._discovery = None
+        if self._bridge is not None:
+            await self._bridge.stop(STOP_TIMEOUT)
+
+    def set_payload(self, payload: dict[str, Any]) -> None:
+        """Replace the announced payload (JSON-able, at most 32 KiB as JSON)."""
+        text = json.dumps(payload)
+        if len(text.encode()) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"the payload exceeds {MAX_PAYLOAD_BYTES} bytes as JSON")
+        copy = json.loads(text)
+        if copy != self._payload:
+            self._payload = copy
+            self._changed.set()
+
+    def members(self) -> list[Member]:
+        """Known peers (not this node): online ones and offline ones not yet pruned."""
+        return self._membership.members()
+
+    def self_member(self) -> Member:
+        if self._identity is None:
+            raise RuntimeError("the overlay is not started")
+        return Member(
+            peer_id=self.peer_id,
+            name=self.config.name,
+            version=self.config.version,
+            roles=list(self.config.roles),
+            addrs=list(self._addrs),
+            payload=json.loads(json.dumps(self._payload)),
+            last_seen=time.time(),
+            online=True,
+            connected=True,
+        )
+
+    def subscribe(self) -> asyncio.Queue[MemberEvent]:
+        """A queue of membership changes; when it is full the oldest are dropped."""
+        queue: asyncio.Queue[MemberEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[MemberEvent]) -> None:
+        self._subscribers.remove(queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for diagnostics: connections, accepted and dropped announcements."""
+        host_drops = self._host.drops if self._host is not None else {}
+        return {
+            "connections": self._connections,
+            "accepted": self._counts["accepted"],
+            "dropped": {**{k: v for k, v in self._counts.items() if k != "accepted"}, **host_drops},
+        }
+
+    def _sealed_announcement(self) -> bytes:
+        assert self._identity is not None
+        self._seq += 1
+        hints = self._membership.online_addrs()
+        if len(hints) > MAX_HINTED_PEERS:  # a random share each time still reaches everyone
+            hints = dict(random.sample(sorted(hints.items()), MAX_HINTED_PEERS))
+        announcement = Announcement(
+            peer_id=self.peer_id,
+            name=self.config.name,
+            version=self.config.version,
+            roles=list(self.config.roles),
+            addrs=self._addrs[:MAX_ADDRS],
+            seq=self._seq,
+            timestamp=time.time(),
+            payload=self._payload,
+            peers={peer: addrs[:MAX_HINT_ADDRS] for peer, addrs in hints.items()},
+        )
+        keys = self.config.keys
+        return seal(announcement, self._identity, keys.seal_key, keys.discriminator)
+
+    async def _announce_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sent = loop.time()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), ANNOUNCE_INTERVAL)
+            await asyncio.sleep(max(0.0, sent + MIN_ANNOUNCE_GAP - loop.time()))
+            self._changed.clear()
+            assert self._bridge is not None and self._host is not None
+            self._bridge.call_soon(self._host.broadcast, self._sealed_announcement())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.time()
+            self._publish(self._membership.sweep(now))
+            self._push_dial_targets(now)
+
+    def _hand_over_frame(self, sender: str, frame: bytes) -> bool:
+        """In the trio thread: queue a frame for checking, unless too many are queued."""
+        if not self._frame_slots.acquire(blocking=False):
+            return False
+        assert self._bridge is not None
+        self._bridge.to_asyncio(self._on_frame, sender, frame)
+        return True
+
+    def _on_frame(self, sender: str, frame: bytes) -> None:
+        self._frame_slots.release()
+        if not self._running:
+            return
+        assert self._book is not None
+        now = time.time()
+        keys = self.config.keys
+        try:
+            announcement = open_sealed(frame, keys.seal_key, keys.discriminator, now)
+            events = self._membership.accept(sender, announcement, now)
+        except Rejected as rejected:
+            self._counts[rejected.reason] += 1
+            return
+        self._counts["accepted"] += 1
+        self._book.learn(announcement.peer_id, announcement.addrs, now)
+        for peer_id, addrs in announcement.peers.items():
+            self._book.learn(peer_id, addrs, now)
+        self._push_dial_targets(now)
+        self._publish(events)
+
+    def _on_connections(self, peers: frozenset[str]) -> None:
+        if not self._running:
+            return
+        self._connections = len(peers)
+        self._publish(self._membership.set_connected(peers, time.time()))
+
+    def _on_discovered(self, peer_id: str, addrs: list[str]) -> None:
+        if not self._running:
+            return
+        assert self._book is not None
+        now = time.time()
+        self._book.learn(peer_id, addrs, now)
+        self._push_dial_targets(now)
+
+    def _push_dial_targets(self, now: float) -> None:
+        assert self._book is not None and self._bridge is not None and self._host is not None
+        targets = self._book.targets(now)
+        if targets != self._pushed_targets:
+            self._bridge.call_soon(self._host.set_dial_targets, targets)
+            self._pushed_targets = targets
+
+    def _publish(self, events: list[MemberEvent]) -> None:
+        if any(event.kind != "updated" for event in events):
+            self._changed.set()  # tell the others promptly whom we now see online
+        for queue in self._subscribers:
+            for event in events:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait(event)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Without this, a crashed heartbeat would only show as this node going offline."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
