@@ -15,9 +15,11 @@ def schema_grammar(schema: dict[str, Any], param: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain Exceptions for unsupported schemas
         raise InvalidRequestError(f"unsupported JSON schema: {exc}", code="invalid_schema", param=param) from exc
+    # The converter lets raw control characters into strings, which JSON forbids; exclude them as llama.cpp does.
+    return grammar.replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]')
 
 
 def response_format_grammar(kind: str, schema: dict[str, Any] | None) -> str | None:
