@@ -143,6 +143,10 @@ async def test_queue_overflow_is_refused_fast(engine: LlamaEngine) -> None:
     # Hold the model thread so the burst really waits; max_queue is 4.
     gate = threading.Event()
     busy = asyncio.ensure_future(engine._thread.call(gate.wait, 10))
+    for _ in range(100):
+        if engine.stats().in_flight:
+            break
+        await asyncio.sleep(0.01)
     streams = [engine.generate(GenerationRequest("x", GREEDY, max_tokens=4)) for _ in range(5)]
     started = [asyncio.ensure_future(anext(s)) for s in streams]
     await asyncio.sleep(0.1)
