@@ -9,6 +9,17 @@ from p2pai.backends.base import QueueFullError
 from p2pai.backends.model_thread import ModelThread
 
 
+async def occupy(worker: ModelThread) -> tuple[threading.Event, asyncio.Future]:
+    """Keep the worker's thread busy until the returned gate is set; waits until it really runs."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(worker.call(gate.wait, 10))
+    for _ in range(500):
+        if worker.running:
+            return gate, busy
+        await asyncio.sleep(0.01)
+    raise AssertionError("the blocking call never started")
+
+
 async def test_every_call_runs_on_the_same_thread_in_order() -> None:
     worker = ModelThread("t")
     seen: list[tuple[int, int]] = []
@@ -39,10 +50,7 @@ async def test_exception_reaches_the_caller() -> None:
 
 async def test_queue_is_bounded() -> None:
     worker = ModelThread("t", max_pending=2)
-    gate = threading.Event()
-    running = asyncio.ensure_future(worker.call(gate.wait, 10))
-    while worker.running == 0:
-        await asyncio.sleep(0.01)
+    gate, running = await occupy(worker)
     waiting = [asyncio.ensure_future(worker.call(lambda: 1)) for _ in range(2)]
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFullError):
@@ -108,10 +116,7 @@ async def test_stream_errors_reach_the_consumer() -> None:
 
 async def test_cancelled_waiting_jobs_free_their_queue_place_at_once() -> None:
     worker = ModelThread("t", max_pending=1)
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(worker.call(gate.wait, 10))
-    while worker.running == 0:
-        await asyncio.sleep(0.01)
+    gate, blocker = await occupy(worker)
     waiting = asyncio.ensure_future(worker.call(lambda: 1))
     await asyncio.sleep(0.01)
     assert worker.pending == 1
