@@ -11,6 +11,7 @@ import pytest
 from p2pai.backends.base import GenerationRequest, InvalidRequestError, QueueFullError, SamplingParams
 from p2pai.backends.llama import LlamaEngine, LlamaSettings
 from p2pai.serving.context import collect
+from busy_thread import occupy
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -141,12 +142,7 @@ async def test_concurrent_requests_are_all_served_in_arrival_order(engine: Llama
 
 async def test_queue_overflow_is_refused_fast(engine: LlamaEngine) -> None:
     # Hold the model thread so the burst really waits; max_queue is 4.
-    gate = threading.Event()
-    busy = asyncio.ensure_future(engine._thread.call(gate.wait, 10))
-    for _ in range(100):
-        if engine.stats().in_flight:
-            break
-        await asyncio.sleep(0.01)
+    gate, busy = await occupy(engine._thread)
     streams = [engine.generate(GenerationRequest("x", GREEDY, max_tokens=4)) for _ in range(5)]
     started = [asyncio.ensure_future(anext(s)) for s in streams]
     await asyncio.sleep(0.1)

@@ -7,17 +7,7 @@ import pytest
 
 from p2pai.backends.base import QueueFullError
 from p2pai.backends.model_thread import ModelThread
-
-
-async def occupy(worker: ModelThread) -> tuple[threading.Event, asyncio.Future]:
-    """Keep the worker's thread busy until the returned gate is set; waits until it really runs."""
-    gate = threading.Event()
-    busy = asyncio.ensure_future(worker.call(gate.wait, 10))
-    for _ in range(500):
-        if worker.running:
-            return gate, busy
-        await asyncio.sleep(0.01)
-    raise AssertionError("the blocking call never started")
+from busy_thread import occupy
 
 
 async def test_every_call_runs_on_the_same_thread_in_order() -> None:
