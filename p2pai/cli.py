@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 
 from . import __version__
-from .settings import add_node_arguments, settings_from_args
+from .settings import add_node_arguments, add_swarm_arguments, env_default, settings_from_args
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -17,15 +18,53 @@ def _start(args: argparse.Namespace) -> int:
     from .console import console
     from .models.catalog import ModelsError
     from .node import run_node
+    from .token import TokenError
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    if settings.log_level != "debug":  # libp2p logs every dial round at INFO
+        logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
         asyncio.run(run_node(settings))
-    except ModelsError as exc:
+    except (ModelsError, TokenError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    return 0
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    from .token import new_token
+
+    print(new_token())
+    return 0
+
+
+def _token_inspect(args: argparse.Namespace) -> int:
+    from .token import TokenError, parse_token
+
+    try:
+        fields = parse_token(args.token.strip()).public_fields()
+    except TokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(fields, indent=2))
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from .console import console
+    from .peers import PeersError, fetch_swarm, swarm_table
+
+    try:
+        swarm = fetch_swarm(args.url, args.api_key)
+    except PeersError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(swarm, indent=2))
+    else:
+        console.print(swarm_table(swarm))
     return 0
 
 
@@ -33,9 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pai", description="Peer-to-peer federated inference node.")
     parser.add_argument("--version", action="version", version=f"p2pai {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     start = commands.add_parser("start", help="start a node serving the OpenAI-compatible API")
     add_node_arguments(start)
+    add_swarm_arguments(start)
     start.set_defaults(run=_start)
+
+    token = commands.add_parser("token", help="create or inspect swarm tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    token_commands.add_parser("new", help="print a new swarm token").set_defaults(run=_token_new)
+    inspect = token_commands.add_parser("inspect", help="print a token's public fields (never its secret)")
+    inspect.add_argument("token")
+    inspect.set_defaults(run=_token_inspect)
+
+    peers = commands.add_parser("peers", help="show the swarm as a node sees it")
+    peers.add_argument("--url", default=env_default("URL", "http://127.0.0.1:8080"),
+                       help="a node's API (default http://127.0.0.1:8080; P2PAI_URL)")
+    peers.add_argument("--api-key", default=env_default("API_KEY"), help="the node's API key (P2PAI_API_KEY)")
+    peers.add_argument("--json", action="store_true", help="print the raw /api/p2p answer")
+    peers.set_defaults(run=_peers)
     return parser
 
 

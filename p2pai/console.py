@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
 from .serving.manager import LoadEvent, ModelManager
+
+if TYPE_CHECKING:
+    from .settings import NodeSettings
+    from .swarm.join import Membership
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -59,3 +65,19 @@ def print_banner(manager: ModelManager, url: str, node_id: str, keyed: bool, pro
     for problem in problems:
         console.print(f"[yellow]skipped[/] {problem}")
     console.print("API key required." if keyed else "[dim]No API key set: anyone who can reach the port may use it.[/]")
+
+
+def print_swarm(settings: NodeSettings, membership: Membership, addrs: tuple[str, ...]) -> None:
+    """How to join this node's swarm. The full token is shown only when this start
+    created it: later starts name the file instead of echoing the secret into logs."""
+    network = membership.parsed.network_id
+    console.print(f"swarm [cyan]{network}[/] · p2p {', '.join(addrs) or 'not listening'}")
+    if membership.created:
+        console.print("[bold]New swarm token[/] (kept in the data dir; anyone holding it can join):")
+        console.print(membership.token, markup=False, highlight=False)
+        console.print("Join from another machine on this network with:")
+        console.print(f"  p2pai start --token {membership.token}", markup=False, highlight=False)
+        if addrs:
+            console.print(f"  and from another network add: --bootstrap {addrs[0]}", markup=False, highlight=False)
+    elif not settings.token:
+        console.print(f"[dim]token: {settings.data_dir / 'token'} (or GET /api/p2p/token from this machine)[/]")

@@ -1,10 +1,10 @@
-"""Run one node: build its models, serve the API, stop cleanly on a signal."""
+"""Run one node: join the swarm, build its models, serve the API, stop cleanly on a signal."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import secrets
 import signal
 
 from aiohttp import web
@@ -12,46 +12,52 @@ from aiohttp import web
 from . import __version__
 from .api.app import create_app
 from .api.state import NodeState
-from .console import LoadReporter, console, print_banner
+from .console import LoadReporter, console, print_banner, print_swarm
 from .models.catalog import build_catalog
-from .serving.manager import ModelManager
+from .overlay.addresses import parse_tcp
+from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings
+from .swarm.join import build_overlay, resolve_token
+from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
+from .swarm.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
 
-def node_id(settings: NodeSettings) -> str:
-    """A stable id for this node, kept in its data dir."""
-    path = settings.data_dir / "node-id"
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_hex(8)
-    path.write_text(value + "\n")
-    return value
-
-
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    membership = resolve_token(settings)  # a bad token fails here, before anything listens
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models))
-    manager = ModelManager(catalog, settings.threads, settings.context_size, on_load=LoadReporter())
+    reporter = LoadReporter()
+    endpoint: PeerEndpoint | None = None
+
+    def on_load(event: LoadEvent) -> None:
+        reporter(event)
+        swarm.refresh()
+
+    manager = ModelManager(catalog, settings.threads, settings.context_size, on_load=on_load)
+    overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
+    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
+    try:
+        await swarm.start()
+    except Exception as exc:
+        raise SystemExit(f"cannot join the swarm: {exc}") from exc
     state = NodeState(
         manager=manager,
-        node_id=node_id(settings),
+        node_id=swarm.peer_id,
         version=__version__,
         api_keys=frozenset(settings.api_keys),
+        swarm=swarm,
+        token=membership.token,
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise SystemExit(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror}") from exc
-    url = f"http://{settings.listen_host}:{settings.listen_port}"
-    print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
-    stop = stop or _stop_on_signals()
-    try:
+        await _listen(runner, settings.listen_host, settings.listen_port)
+        url = f"http://{settings.listen_host}:{settings.listen_port}"
+        print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
+        print_swarm(settings, membership, swarm.self_node().addrs)
+        stop = stop or _stop_on_signals()
         if settings.preload:
             await manager.preload()
         state.ready = True
@@ -60,7 +66,30 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     finally:
         console.print("stopping…")
         await runner.cleanup()
+        await swarm.stop()
         await manager.close()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return site
+
+
+def endpoint_hosts(bound_host: str, p2p_addrs: tuple[str, ...]) -> list[str]:
+    """The IPs peers should use for an endpoint bound to ``bound_host``: the IPs the
+    overlay advertises when it is a wildcard, since those are known to be dialable."""
+    if not ipaddress.ip_address(bound_host).is_unspecified:
+        return [bound_host]
+    hosts = []
+    for addr in p2p_addrs:
+        parsed = parse_tcp(addr)
+        if parsed is not None and str(parsed[0]) not in hosts:
+            hosts.append(str(parsed[0]))
+    return hosts
 
 
 def _stop_on_signals() -> asyncio.Event:

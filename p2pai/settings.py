@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ ENV_PREFIX = "P2PAI_"
 class NodeSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    peer_host: str = "0.0.0.0"
+    peer_port: int = 0
+    """The peer (data-plane) endpoint: only requests signed with the swarm key."""
     data_dir: Path = field(default_factory=lambda: Path(user_data_dir("p2pai")))
     models_dir: Path | None = None
     models: tuple[str, ...] = ()
@@ -24,6 +28,14 @@ class NodeSettings:
     context_size: int | None = None
     preload: bool = False
     log_level: str = "info"
+    token: str | None = None
+    """None: the token kept in the data dir (created on first start)."""
+    name: str = field(default_factory=socket.gethostname)
+    p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    """Empty: every interface."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -50,6 +62,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", type=parse_listen, default=env_default("LISTEN", "127.0.0.1:8080"),
                         help="HOST:PORT of the client API (default 127.0.0.1:8080; P2PAI_LISTEN)")
+    parser.add_argument("--peer-listen", type=parse_listen, default=env_default("PEER_LISTEN", "0.0.0.0:0"),
+                        help="HOST:PORT where peers send requests signed with the swarm key "
+                             "(default 0.0.0.0:0, a free port; P2PAI_PEER_LISTEN)")
     parser.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR"),
                         help="state of this node (default: the user's data directory; P2PAI_DATA_DIR)")
     parser.add_argument("--models-dir", type=Path, default=env_default("MODELS_DIR"),
@@ -68,12 +83,46 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
 
+def add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that joins a swarm (`start`, `worker`)."""
+    parser.add_argument("--token", default=env_default("TOKEN", os.environ.get("TOKEN")),
+                        help="swarm token (P2PAI_TOKEN or TOKEN; default: the one kept in DATA_DIR, "
+                             "created on first start)")
+    parser.add_argument("--name", default=env_default("NAME"),
+                        help="name shown to the swarm (default: the host name; P2PAI_NAME)")
+    parser.add_argument("--p2p-listen", action="append", default=env_list("P2P_LISTEN"), metavar="MULTIADDR",
+                        help="libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/0; P2PAI_P2P_LISTEN)")
+    parser.add_argument("--bootstrap", action="append", default=env_list("BOOTSTRAP"), metavar="MULTIADDR",
+                        help="peer to join, /ip4/IP/tcp/PORT/p2p/PEER_ID (repeatable; P2PAI_BOOTSTRAP)")
+    parser.add_argument("--no-mdns", dest="mdns", action="store_false",
+                        default=env_default("NO_MDNS", "") not in ("1", "true", "yes"),
+                        help="no LAN discovery; join through --bootstrap only (P2PAI_NO_MDNS=1)")
+    parser.add_argument("--mdns-interface", action="append", default=env_list("MDNS_INTERFACE"), metavar="IP",
+                        help="run LAN discovery on this interface only (repeatable; P2PAI_MDNS_INTERFACE)")
+
+
+def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The NodeSettings fields that add_swarm_arguments fills."""
+    defaults = NodeSettings()
+    return {
+        "token": args.token.strip() if args.token else None,
+        "name": args.name or defaults.name,
+        "p2p_listen": tuple(args.p2p_listen) or defaults.p2p_listen,
+        "bootstrap": tuple(args.bootstrap),
+        "mdns": args.mdns,
+        "mdns_interfaces": tuple(args.mdns_interface),
+    }
+
+
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     host, port = args.listen if isinstance(args.listen, tuple) else parse_listen(args.listen)
+    peer_host, peer_port = args.peer_listen if isinstance(args.peer_listen, tuple) else parse_listen(args.peer_listen)
     defaults = NodeSettings()
     return NodeSettings(
         listen_host=host,
         listen_port=port,
+        peer_host=peer_host,
+        peer_port=peer_port,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
         models_dir=Path(args.models_dir).expanduser() if args.models_dir else None,
         models=tuple(args.model),
@@ -82,4 +131,5 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         context_size=int(args.context_size) if args.context_size else None,
         preload=args.preload,
         log_level=args.log_level,
+        **swarm_fields(args),
     )

@@ -66,10 +66,12 @@ async def client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
 
 
 class _client:
-    def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset(),
+                 token: str | None = None) -> None:
         catalog = build_catalog(models_dir, data_dir, [])
         self.manager = ModelManager(catalog, threads=2)
-        state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True)
+        state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True,
+                          token=token)
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
     async def __aenter__(self) -> TestClient:
@@ -94,17 +96,43 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    """A real `p2pai start` process on a free loopback port; stopped by its own PID."""
+    """A real `p2pai start` process on loopback ports only; stopped by its own PID.
 
-    def __init__(self, *args: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    Its swarm stays on 127.0.0.1: libp2p and the peer endpoint listen there, and
+    mDNS is either off or (``mdns=True``) bound to the loopback interface.
+    """
+
+    def __init__(self, *args: str, data_dir: Path, env: dict[str, str] | None = None,
+                 mdns: bool = False) -> None:
         self.port = free_port()
+        self.p2p_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
         self.log = data_dir / "node.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "p2pai", "start", "--listen", f"127.0.0.1:{self.port}",
-                   "--data-dir", str(data_dir), *args]
-        self.proc = subprocess.Popen(command, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        swarm = ["--p2p-listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}", "--peer-listen", "127.0.0.1:0"]
+        swarm += ["--mdns-interface", "127.0.0.1"] if mdns else ["--no-mdns"]
+        self.command = [sys.executable, "-m", "p2pai", "start", "--listen", f"127.0.0.1:{self.port}",
+                        "--data-dir", str(data_dir), *swarm, *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env)
+
+    def restart(self) -> None:
+        """Start the same command again (same ports and data dir) after it ended."""
+        assert self.proc.poll() is not None, "stop or kill it first"
+        self.proc = self._spawn()
+
+    def swarm(self) -> dict:
+        return httpx.get(self.url + "/api/p2p", timeout=2).json()
+
+    def peer_id(self) -> str:
+        return self.swarm()["self"]["id"]
+
+    def bootstrap_addr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id()}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -121,6 +149,7 @@ class NodeProcess:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
@@ -134,8 +163,9 @@ class NodeProcess:
 def start_node(tmp_path: Path) -> Iterator:
     started: list[NodeProcess] = []
 
-    def start(*args: str, name: str = "node", env: dict[str, str] | None = None, ready: bool = True) -> NodeProcess:
-        node = NodeProcess(*args, data_dir=tmp_path / name, env=env)
+    def start(*args: str, name: str = "node", env: dict[str, str] | None = None, ready: bool = True,
+              mdns: bool = False) -> NodeProcess:
+        node = NodeProcess(*args, data_dir=tmp_path / name, env=env, mdns=mdns)
         started.append(node)
         if ready:
             node.wait_ready()

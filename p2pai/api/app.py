@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from .errors import APIError, from_exception
+from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -51,4 +52,5 @@ def create_app(state: NodeState) -> web.Application:
     app = web.Application(middlewares=[openai_errors, api_keys], client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
+    app.add_routes(p2p_routes)
     return app

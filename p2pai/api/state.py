@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..serving.context import Serving
 from ..serving.manager import ModelManager
+from ..swarm.swarm import Swarm
 
 
 @dataclass
@@ -20,6 +21,9 @@ class NodeState:
     api_keys: frozenset[str] = frozenset()
     backends: list[str] = field(default_factory=lambda: ["llama-cpp"])
     ready: bool = False
+    swarm: Swarm | None = None
+    """None only for an app built without an overlay (in-process tests)."""
+    token: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     serving: Serving = field(init=False)
 

@@ -1,0 +1,100 @@
+"""GET /api/p2p (the swarm, in the shape of LocalAI's P2PNodesResponse) and GET /api/p2p/token."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from ..swarm.view import SwarmNode
+from .errors import APIError
+from .state import NodeState
+
+p2p_routes = web.RouteTableDef()
+
+
+@p2p_routes.get("/api/p2p")
+async def swarm_nodes(request: web.Request) -> web.Response:
+    state = NodeState.of(request)
+    if state.swarm is None:
+        raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
+    nodes = state.swarm.nodes()
+    return web.json_response(
+        {
+            "federated_nodes": [node_data(node) for node in nodes if node.federated],
+            "llama_cpp_nodes": [worker_data(node) for node in nodes if node.llama_worker],
+            "mlx_nodes": [],
+            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.overlay.stats()},
+        }
+    )
+
+
+@p2p_routes.get("/api/p2p/token")
+async def swarm_token(request: web.Request) -> web.Response:
+    """The token lets anyone join: with API keys the middleware demands one, without
+    keys only a caller on this machine may read it."""
+    state = NodeState.of(request)
+    if state.token is None:
+        raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
+    if not state.api_keys and not _is_loopback(request.remote):
+        raise APIError(
+            403,
+            "The swarm token is only given to callers on this machine unless the node has an API key.",
+            type_="permission_error",
+            code="forbidden",
+        )
+    return web.Response(text=state.token, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+
+def node_data(node: SwarmNode) -> dict[str, Any]:
+    """LocalAI's NodeData (id, name, serviceID, tunnelAddress, lastSeen) plus our own fields."""
+    payload = node.payload
+    urls = node.endpoint_urls()
+    return {
+        **_common(node, "p2pai-federated"),
+        "tunnelAddress": urls[0].removeprefix("http://") if urls else "",
+        "address": urls[0] if urls else "",
+        "models": [offer.name for offer in payload.models],
+        "loaded": [offer.name for offer in payload.models if offer.loaded],
+        "model_stats": [offer.model_dump() for offer in payload.models],
+        "capacity": payload.capacity.model_dump(),
+        "memory": payload.memory.model_dump(),
+        "cpus": payload.cpus,
+        "gpus": payload.gpus,
+    }
+
+
+def worker_data(node: SwarmNode) -> dict[str, Any]:
+    worker = node.worker
+    assert worker is not None
+    host = worker.rpc.hosts[0] if worker.rpc.hosts else ""
+    return {
+        **_common(node, "p2pai-llama-cpp-worker"),
+        "tunnelAddress": f"{host}:{worker.rpc.port}" if host else "",
+        **worker.model_dump(exclude={"rpc"}),
+    }
+
+
+def _common(node: SwarmNode, service: str) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "serviceID": service,
+        "lastSeen": datetime.fromtimestamp(node.last_seen, timezone.utc).isoformat(timespec="seconds").replace(
+            "+00:00", "Z"
+        ),
+        "online": node.online,
+        "connected": node.connected,
+        "self": node.is_self,
+        "version": node.version,
+        "roles": list(node.roles),
+    }
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:  # a unix socket peer has no IP
+        return False

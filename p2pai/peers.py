@@ -1,0 +1,82 @@
+"""`p2pai peers`: the swarm as a node sees it, as a table."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+REQUEST_TIMEOUT = 5.0
+
+
+class PeersError(Exception):
+    pass
+
+
+def fetch_swarm(url: str, api_key: str | None) -> dict[str, Any]:
+    request = urllib.request.Request(url.rstrip("/") + "/api/p2p")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise PeersError(f"{url} answered {exc.code}: {_error_message(exc)}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PeersError(f"cannot reach a node at {url}: {reason}") from exc
+    except ValueError as exc:
+        raise PeersError(f"{url} did not answer with JSON: {exc}") from exc
+
+
+def swarm_table(swarm: dict[str, Any], now: float | None = None) -> Table:
+    now = time.time() if now is None else now
+    table = Table(title="Swarm", title_justify="left")
+    for column in ("", "name", "id", "role", "address", "models (loaded in bold)", "load", "last seen"):
+        table.add_column(column)
+    for node in swarm.get("federated_nodes", []):
+        loaded = set(node.get("loaded", []))
+        models = ", ".join(f"[bold]{m}[/]" if m in loaded else m for m in node.get("models", [])) or "-"
+        capacity = node.get("capacity", {})
+        load = f"{capacity.get('in_flight', 0)} running, {capacity.get('queued', 0)} queued"
+        table.add_row(_state(node), _name(node), _short(node["id"]), "node", node.get("address", ""), models,
+                      load, _age(node, now))
+    for node in swarm.get("llama_cpp_nodes", []):
+        free = node.get("free_memory", 0) / (1 << 30)
+        user = node.get("in_use_by")
+        table.add_row(_state(node), _name(node), _short(node["id"]), "llama.cpp worker", node.get("tunnelAddress", ""),
+                      f"{free:.1f} GiB free", f"used by {_short(user)}" if user else "idle", _age(node, now))
+    return table
+
+
+def _state(node: dict[str, Any]) -> str:
+    return "[green]●[/]" if node.get("online") else "[red]○[/]"
+
+
+def _name(node: dict[str, Any]) -> str:
+    return f"{node.get('name', '')} (this node)" if node.get("self") else node.get("name", "")
+
+
+def _short(peer_id: str) -> str:
+    return peer_id if len(peer_id) <= 14 else f"{peer_id[:6]}…{peer_id[-6:]}"
+
+
+def _age(node: dict[str, Any], now: float) -> str:
+    try:
+        seen = datetime.fromisoformat(node["lastSeen"].replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return "?"
+    seconds = max(0.0, now - seen)
+    return "now" if seconds < 2 else f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return json.load(exc)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return exc.reason

@@ -1,0 +1,67 @@
+"""Run this node's overlay membership: keep its announcement current, list the swarm."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Callable
+
+from ..overlay import Overlay
+from .view import SwarmNode
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL = 0.5  # how often live figures are re-read; only changes are announced
+
+
+class Swarm:
+    """The overlay plus a payload source. `payload()` is called on the asyncio loop
+    and must be cheap; changes are announced within PUBLISH_INTERVAL (or at once
+    after `refresh()`)."""
+
+    def __init__(self, overlay: Overlay, payload: Callable[[], dict[str, Any]]) -> None:
+        self.overlay = overlay
+        self._payload = payload
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self.overlay.peer_id
+
+    async def start(self) -> None:
+        await self.overlay.start()
+        self.overlay.set_payload(self._payload())
+        self._task = asyncio.create_task(self._publish_forever(), name="swarm-publish")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.overlay.stop()
+
+    def refresh(self) -> None:
+        """Announce the current payload now, e.g. after a model loaded."""
+        self._wake.set()
+
+    def self_node(self) -> SwarmNode:
+        return SwarmNode.from_member(self.overlay.self_member(), is_self=True)
+
+    def nodes(self) -> list[SwarmNode]:
+        """This node first, then the peers (offline ones until they are pruned)."""
+        return [self.self_node(), *(SwarmNode.from_member(m) for m in self.overlay.members())]
+
+    def peers(self) -> list[SwarmNode]:
+        return [SwarmNode.from_member(m) for m in self.overlay.members()]
+
+    async def _publish_forever(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PUBLISH_INTERVAL)
+            self._wake.clear()
+            try:
+                self.overlay.set_payload(self._payload())
+            except Exception:  # a bad figure must not stop the heartbeat's payload updates
+                log.exception("could not build this node's announcement")

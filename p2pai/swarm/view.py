@@ -1,0 +1,82 @@
+"""The swarm as this node sees it: typed members, this node included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from ..overlay import Member
+from .payload import FEDERATED_ROLE, WORKER_ROLE, NodePayload, PeerEndpoint, _Lenient
+
+
+class WorkerOffer(_Lenient):
+    """What a llama.cpp RPC worker announces under the payload key "worker"."""
+
+    rpc: PeerEndpoint = Field(default_factory=PeerEndpoint)
+    free_memory: int = 0
+    total_memory: int = 0
+    threads: int = 0
+    protocol: str = ""
+    in_use_by: str | None = None
+    cache: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any) -> WorkerOffer | None:
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return cls.model_validate(raw)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    id: str
+    name: str
+    version: str
+    roles: tuple[str, ...]
+    addrs: tuple[str, ...]
+    online: bool
+    connected: bool
+    last_seen: float
+    is_self: bool
+    payload: NodePayload
+    worker: WorkerOffer | None
+
+    @classmethod
+    def from_member(cls, member: Member, is_self: bool = False) -> SwarmNode:
+        return cls(
+            id=member.peer_id,
+            name=member.name,
+            version=member.version,
+            roles=tuple(member.roles),
+            addrs=tuple(member.addrs),
+            online=member.online,
+            connected=member.connected,
+            last_seen=member.last_seen,
+            is_self=is_self,
+            payload=NodePayload.parse(member.payload),
+            worker=WorkerOffer.parse(member.payload.get("worker")),
+        )
+
+    @property
+    def federated(self) -> bool:
+        return FEDERATED_ROLE in self.roles
+
+    @property
+    def llama_worker(self) -> bool:
+        return WORKER_ROLE in self.roles and self.worker is not None
+
+    def endpoint_urls(self) -> list[str]:
+        """Base URLs of this node's peer (data-plane) HTTP endpoint, best first."""
+        endpoint = self.payload.endpoint
+        if endpoint is None or not endpoint.port:
+            return []
+        return [f"http://{_host(host)}:{endpoint.port}" for host in endpoint.hosts]
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
