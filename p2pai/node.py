@@ -11,11 +11,15 @@ from aiohttp import web
 
 from . import __version__
 from .api.app import create_app
+from .api.peer_app import create_peer_app
 from .api.state import NodeState
 from .console import LoadReporter, console, print_banner, print_swarm
 from .models.catalog import build_catalog
 from .overlay.addresses import parse_tcp
 from .serving.manager import LoadEvent, ModelManager
+from .routing.forward import Forwarder
+from .routing.peer_auth import Verifier
+from .routing.router import Router
 from .settings import NodeSettings
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
@@ -29,7 +33,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models))
     reporter = LoadReporter()
-    endpoint: PeerEndpoint | None = None
+    endpoint = PeerEndpoint()  # filled in once the peer site listens
 
     def on_load(event: LoadEvent) -> None:
         reporter(event)
@@ -42,17 +46,27 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await swarm.start()
     except Exception as exc:
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
+    router = Router(manager, swarm, Forwarder(swarm.peer_id, membership.keys.http_key), settings.routing)
+    await router.start()
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
         version=__version__,
         api_keys=frozenset(settings.api_keys),
         swarm=swarm,
+        router=router,
         token=membership.token,
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
+    peer_runner = web.AppRunner(create_peer_app(state, Verifier(membership.keys.http_key)),
+                                handler_cancellation=True, access_log=None)
     await runner.setup()
+    await peer_runner.setup()
     try:
+        peer_site = await _listen(peer_runner, settings.peer_host, settings.peer_port)
+        endpoint.port = _bound_port(peer_site)
+        endpoint.hosts = endpoint_hosts(settings.peer_host, swarm.self_node().addrs)
+        swarm.refresh()
         await _listen(runner, settings.listen_host, settings.listen_port)
         url = f"http://{settings.listen_host}:{settings.listen_port}"
         print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
@@ -66,6 +80,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     finally:
         console.print("stopping…")
         await runner.cleanup()
+        await peer_runner.cleanup()
+        await router.stop()
         await swarm.stop()
         await manager.close()
 
@@ -77,6 +93,12 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
     except OSError as exc:
         raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     return site
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server private; port 0 needs the real one
+    assert server is not None and server.sockets
+    return server.sockets[0].getsockname()[1]
 
 
 def endpoint_hosts(bound_host: str, p2p_addrs: tuple[str, ...]) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from platformdirs import user_data_dir
 
+from .routing.placement import Policy
+
 ENV_PREFIX = "P2PAI_"
 
 
@@ -36,6 +38,7 @@ class NodeSettings:
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: every interface."""
+    routing: Policy = Policy.LEAST_LOADED
 
     @property
     def effective_models_dir(self) -> Path:
@@ -79,6 +82,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context size of models whose config sets none (default 4096; P2PAI_CONTEXT_SIZE)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
+    parser.add_argument("--routing", choices=[policy.value for policy in Policy], default=env_default("ROUTING", "least-loaded"),
+                        help="which node answers a request: least-loaded (default), local-first or random "
+                             "(P2PAI_ROUTING)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
@@ -131,5 +137,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         context_size=int(args.context_size) if args.context_size else None,
         preload=args.preload,
         log_level=args.log_level,
+        routing=Policy(args.routing),
         **swarm_fields(args),
     )

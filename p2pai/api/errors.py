@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..backends.base import InvalidRequestError, ModelLoadError, QueueFullError
+from ..routing.router import NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ def from_exception(exc: BaseException) -> APIError:
         return from_validation(exc)
     if isinstance(exc, UnknownModelError):
         return APIError(404, f"The model `{exc.name}` does not exist", code="model_not_found", param="model")
+    if isinstance(exc, UnknownNodeError):
+        return APIError(404, str(exc), code="node_not_found", param="X-P2PAI-Node")
+    if isinstance(exc, NoNodeAvailable):
+        return APIError(
+            503, str(exc), "server_overloaded", "no_node_available", headers={"Retry-After": str(exc.retry_after)}
+        )
     if isinstance(exc, InvalidRequestError):
         return APIError(400, str(exc), code=exc.code, param=exc.param)
     if isinstance(exc, QueueFullError):

@@ -21,9 +21,14 @@ async def swarm_nodes(request: web.Request) -> web.Response:
     if state.swarm is None:
         raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
     nodes = state.swarm.nodes()
+    metrics = state.router.metrics if state.router is not None else {}
     return web.json_response(
         {
-            "federated_nodes": [node_data(node) for node in nodes if node.federated],
+            "federated_nodes": [
+                {**node_data(node), "metrics": metrics[node.id].as_json() if node.id in metrics else None}
+                for node in nodes
+                if node.federated
+            ],
             "llama_cpp_nodes": [worker_data(node) for node in nodes if node.llama_worker],
             "mlx_nodes": [],
             "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.overlay.stats()},

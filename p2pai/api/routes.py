@@ -8,7 +8,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..serving import chat, completions, embeddings
+from ..routing.router import FORWARDED
 from ..serving.context import ServedModel
+from ..serving.manager import UnknownModelError
 from ..serving.protocol import ChatCompletionRequest, CompletionRequest, EditRequest, EmbeddingRequest, TokenizeRequest
 from .sse import send_stream
 from .state import NodeState
@@ -42,58 +44,86 @@ async def _stream_or_json(
     return await send_stream(request, first, events, headers)
 
 
+async def _dispatch(request: web.Request, model: str | None, local: Callable[[], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+    """Answer here or through the peer the router picks."""
+    router = NodeState.of(request).router
+    if router is None:
+        return await local()
+    return await router.dispatch(request, model, local)
+
+
 @routes.post("/v1/chat/completions")
 @routes.post("/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, ChatCompletionRequest)
-    served = await NodeState.of(request).serving.model(body.model)
-    return await _stream_or_json(
-        request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
-    )
+
+    async def local() -> web.StreamResponse:
+        served = await NodeState.of(request).serving.model(body.model)
+        return await _stream_or_json(
+            request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
+        )
+
+    return await _dispatch(request, body.model, local)
 
 
 @routes.post("/v1/completions")
 @routes.post("/completions")
 async def text_completions(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, CompletionRequest)
-    served = await NodeState.of(request).serving.model(body.model)
-    return await _stream_or_json(
-        request,
-        served,
-        body.stream,
-        lambda: completions.complete(served, body),
-        lambda: completions.stream(served, body),
-    )
+
+    async def local() -> web.StreamResponse:
+        served = await NodeState.of(request).serving.model(body.model)
+        return await _stream_or_json(
+            request,
+            served,
+            body.stream,
+            lambda: completions.complete(served, body),
+            lambda: completions.stream(served, body),
+        )
+
+    return await _dispatch(request, body.model, local)
 
 
 @routes.post("/v1/edits")
 @routes.post("/edits")
-async def edits(request: web.Request) -> web.Response:
+async def edits(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, EditRequest)
-    served = await NodeState.of(request).serving.model(body.model)
-    return web.json_response(await completions.edit(served, body), headers=_served_headers(served, NodeState.of(request)))
+    return await _dispatch(request, body.model, _json_answer(request, body.model, completions.edit, body))
 
 
 @routes.post("/v1/embeddings")
 @routes.post("/embeddings")
-async def create_embeddings(request: web.Request) -> web.Response:
+async def create_embeddings(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, EmbeddingRequest)
-    served = await NodeState.of(request).serving.model(body.model)
-    return web.json_response(await embeddings.embed(served, body), headers=_served_headers(served, NodeState.of(request)))
+    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.embed, body))
 
 
 @routes.post("/v1/tokenize")
-async def tokenize(request: web.Request) -> web.Response:
+async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, TokenizeRequest)
-    served = await NodeState.of(request).serving.model(body.model)
-    return web.json_response(await embeddings.tokenize(served, body))
+    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.tokenize, body))
+
+
+def _json_answer(
+    request: web.Request, model: str | None, serve: Callable[[ServedModel, R], Awaitable[dict[str, Any]]], body: R
+) -> Callable[[], Awaitable[web.StreamResponse]]:
+    """This node's answer to a request with a JSON (never streamed) response."""
+
+    async def local() -> web.StreamResponse:
+        state = NodeState.of(request)
+        served = await state.serving.model(model)
+        return web.json_response(await serve(served, body), headers=_served_headers(served, state))
+
+    return local
 
 
 @routes.get("/v1/models")
 @routes.get("/models")
 async def list_models(request: web.Request) -> web.Response:
+    """Every model of the swarm, once (this node's own when asked by a peer)."""
     state = NodeState.of(request)
-    return web.json_response({"object": "list", "data": [state.model_card(name) for name in state.manager.names()]})
+    return web.json_response({"object": "list", "data": state.model_cards(swarm_wide=FORWARDED not in request)})
 
 
 @routes.get("/v1/models/{model}")
@@ -101,8 +131,10 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     state = NodeState.of(request)
     name = request.match_info["model"]
-    state.manager.config(name)  # 404 for an unknown model
-    return web.json_response(state.model_card(name))
+    for card in state.model_cards(swarm_wide=FORWARDED not in request):
+        if card["id"] == name:
+            return web.json_response(card)
+    raise UnknownModelError(name)
 
 
 @routes.get("/healthz")

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..routing.router import Router
 from ..serving.context import Serving
 from ..serving.manager import ModelManager
 from ..swarm.swarm import Swarm
@@ -23,6 +24,7 @@ class NodeState:
     ready: bool = False
     swarm: Swarm | None = None
     """None only for an app built without an overlay (in-process tests)."""
+    router: Router | None = None
     token: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     serving: Serving = field(init=False)
@@ -34,19 +36,33 @@ class NodeState:
     def of(request: web.Request) -> "NodeState":
         return request.app[STATE]
 
-    def model_card(self, name: str) -> dict[str, Any]:
-        config = self.manager.config(name)
-        stats = self.manager.stats(name)
+    def model_cards(self, swarm_wide: bool = True) -> list[dict[str, Any]]:
+        """OpenAI model objects plus where each model is served (our extra fields)."""
+        if swarm_wide and self.router is not None:
+            return [
+                self._card(m.name, m.backend, bool(m.loaded_on), m.embeddings, list(m.nodes), list(m.loaded_on))
+                for m in self.router.models()
+            ]
+        cards = []
+        for name in self.manager.names():
+            loaded = self.manager.stats(name).loaded
+            embeddings = self.manager.config(name).embeddings
+            cards.append(self._card(name, "llama-cpp", loaded, embeddings, [self.node_id],
+                                    [self.node_id] if loaded else []))
+        return cards
+
+    def _card(self, name: str, backend: str, loaded: bool, embeddings: bool, nodes: list[str],
+              loaded_on: list[str]) -> dict[str, Any]:
         return {
             "id": name,
             "object": "model",
             "created": self.started,
             "owned_by": "p2pai",
-            "backend": "llama-cpp",
-            "loaded": stats.loaded,
-            "embeddings": config.embeddings,
-            "description": config.description,
-            "nodes": [self.node_id],
+            "backend": backend,
+            "loaded": loaded,
+            "embeddings": embeddings,
+            "nodes": nodes,
+            "loaded_on": loaded_on,
         }
 
 

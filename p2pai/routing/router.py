@@ -1,0 +1,275 @@
+"""Per request: this node or a peer? Forward, pass the answer through, fail over.
+
+A request is tried on at most MAX_ATTEMPTS candidates, best first. A candidate
+that fails before anything reached the client (cannot connect, 5xx, full queue,
+went offline) is skipped for the next one; a streamed answer that breaks after
+it began ends with an explicit error event, never a clean-looking end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from ..backends.base import ModelLoadError, QueueFullError
+from ..serving.manager import ModelManager, UnknownModelError
+from ..swarm.payload import ModelOffer
+from ..swarm.swarm import Swarm
+from ..swarm.view import SwarmNode
+from .forward import Forwarder, PeerUnavailable
+from .metrics import PeerMetrics
+from .placement import Candidate, Policy, rank
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "p2pai_forwarded_by"  # request key: set by the peer endpoint to the sender's id
+PIN_HEADER = "X-P2PAI-Node"
+MAX_ATTEMPTS = 3
+RETRY_AFTER = 2
+_PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
+_DONE = b"data: [DONE]\n\n"
+
+Local = Callable[[], Awaitable[web.StreamResponse]]
+
+
+class NoNodeAvailable(Exception):
+    """The model exists in the swarm but no node can take the request now."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = RETRY_AFTER
+
+
+class UnknownNodeError(LookupError):
+    def __init__(self, pin: str) -> None:
+        super().__init__(f"No node named or with the id {pin!r} is known to this swarm")
+        self.pin = pin
+
+
+@dataclass(frozen=True)
+class Target:
+    candidate: Candidate
+    urls: tuple[str, ...]  # empty for this node
+
+
+@dataclass(frozen=True)
+class SwarmModel:
+    """A model as the swarm offers it: /v1/models lists each once."""
+
+    name: str
+    nodes: tuple[str, ...]
+    loaded_on: tuple[str, ...]
+    backend: str
+    embeddings: bool
+
+
+class Router:
+    def __init__(self, manager: ModelManager, swarm: Swarm, forwarder: Forwarder,
+                 policy: Policy = Policy.LEAST_LOADED, rng: random.Random | None = None) -> None:
+        self._manager = manager
+        self._swarm = swarm
+        self._forwarder = forwarder
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self._outstanding: Counter[tuple[str, str]] = Counter()
+        self.metrics: defaultdict[str, PeerMetrics] = defaultdict(PeerMetrics)
+        self._aborts: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._abort_on_offline(), name="router-offline-watch")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self._forwarder.close()
+
+    # What the swarm offers
+
+    def models(self) -> list[SwarmModel]:
+        offers: dict[str, list[tuple[SwarmNode, ModelOffer]]] = defaultdict(list)
+        for node in self._serving_nodes():
+            for offer in node.payload.models:
+                offers[offer.name].append((node, offer))
+        self_id = self._swarm.peer_id
+        for name in self._manager.names():  # live, not the last announcement
+            if all(node.id != self_id for node, _ in offers.get(name, [])):
+                offers[name].insert(0, (self._swarm.self_node(), ModelOffer(name=name)))
+        return [
+            SwarmModel(
+                name=name,
+                nodes=tuple(node.id for node, _ in entries),
+                loaded_on=tuple(node.id for node, offer in entries if self._loaded(node, offer)),
+                backend=entries[0][1].backend,
+                embeddings=any(offer.embeddings for _, offer in entries),
+            )
+            for name, entries in sorted(offers.items())
+        ]
+
+    def targets(self, model: str, pin: str | None = None) -> list[Target]:
+        """Where ``model`` can be served now, best first."""
+        nodes = self._serving_nodes(include_offline=True)
+        if pin:
+            nodes = [node for node in nodes if pin in (node.id, node.name)]
+            if not nodes:
+                raise UnknownNodeError(pin)
+        having = [(node, offer) for node in nodes for offer in node.payload.models if offer.name == model]
+        if any(node.is_self for node in nodes) and model in self._manager.names():
+            having = [(node, offer) for node, offer in having if not node.is_self]
+            having.append((self._swarm.self_node(), ModelOffer(name=model)))
+        if not having:
+            raise UnknownModelError(model)
+        online = [(node, offer) for node, offer in having if node.online and (node.is_self or node.endpoint_urls())]
+        if not online:
+            raise NoNodeAvailable(f"every node serving {model!r} is offline")
+        candidates = {node.id: (node, self._candidate(node, offer)) for node, offer in online}
+        ranked = rank([c for _, c in candidates.values()], self._policy, self._rng)
+        return [Target(c, tuple(candidates[c.node_id][0].endpoint_urls())) for c in ranked]
+
+    def _serving_nodes(self, include_offline: bool = False) -> list[SwarmNode]:
+        return [n for n in self._swarm.nodes() if n.federated and (include_offline or n.online)]
+
+    def _loaded(self, node: SwarmNode, offer: ModelOffer) -> bool:
+        return self._manager.stats(offer.name).loaded if node.is_self else offer.loaded
+
+    def _candidate(self, node: SwarmNode, offer: ModelOffer) -> Candidate:
+        if node.is_self:
+            stats = self._manager.stats(offer.name)
+            figures = (stats.loaded, stats.slots, stats.in_flight, stats.queued, stats.decode_tps)
+        else:
+            figures = (offer.loaded, offer.slots, offer.in_flight, offer.queued, offer.decode_tps)
+        loaded, slots, in_flight, queued, tps = figures
+        return Candidate(node.id, node.name, node.is_self, loaded, slots, in_flight, queued, tps,
+                         self._outstanding[(node.id, offer.name)])
+
+    # Serving a request
+
+    async def dispatch(self, request: web.Request, model: str | None, local: Local) -> web.StreamResponse:
+        """Answer locally or through a peer. Requests from peers are always answered here (one hop)."""
+        if FORWARDED in request or not model:
+            return await local()
+        targets = self.targets(model, request.headers.get(PIN_HEADER))
+        failures = []
+        for target in targets[:MAX_ATTEMPTS]:
+            try:
+                if target.candidate.is_self:
+                    return await local()
+                return await self._forward(request, target, model)
+            except (QueueFullError, ModelLoadError, PeerUnavailable) as exc:
+                if len(targets) == 1 and not isinstance(exc, PeerUnavailable):
+                    raise  # this node was the only choice: its own error says it best
+                failures.append(f"{target.candidate.name}: {exc}")
+                log.info("%s could not take a request for %s: %s", target.candidate.name, model, exc)
+        raise NoNodeAvailable(f"no node could take the request for {model!r} ({'; '.join(failures)})")
+
+    async def _forward(self, request: web.Request, target: Target, model: str) -> web.StreamResponse:
+        peer = target.candidate.node_id
+        metrics = self.metrics[peer]
+        loop = asyncio.get_running_loop()
+        body = await request.read()
+        metrics.started()
+        self._outstanding[(peer, model)] += 1
+        started = loop.time()
+        try:
+            send = self._forwarder.send(
+                list(target.urls), request.method, request.path_qs, body, request.headers.get("Content-Type")
+            )
+            upstream = await self._abortable(peer, send)
+            try:
+                if upstream.status >= 500:
+                    detail = (await upstream.read())[:300].decode(errors="replace")
+                    raise PeerUnavailable(f"answered {upstream.status}: {detail}")
+                waited = loop.time() - started
+                metrics.answered(waited)
+                return await self._relay(request, upstream, peer, waited)
+            finally:
+                upstream.release()
+        except PeerUnavailable as exc:
+            metrics.failed(str(exc))
+            raise
+        finally:
+            metrics.finished()
+            self._outstanding[(peer, model)] -= 1
+
+    async def _abortable(self, peer: str, send: Awaitable[aiohttp.ClientResponse]) -> aiohttp.ClientResponse:
+        """Wait for the peer's response headers, giving up if the peer goes offline meanwhile."""
+        task = asyncio.ensure_future(send)
+        self._aborts[peer].add(task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the client went away
+            raise PeerUnavailable("it went offline while the request waited") from None
+        finally:
+            self._aborts[peer].discard(task.cancel)
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, peer: str,
+                     waited: float) -> web.StreamResponse:
+        headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
+        headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
+        headers["X-P2PAI-Entry"] = self._swarm.peer_id
+        headers["X-P2PAI-Upstream-Ms"] = f"{waited * 1000:.1f}"
+        if upstream.content_type != "text/event-stream":
+            try:  # read whole before answering: a peer dying now is still a clean failover
+                body = await upstream.read()
+            except aiohttp.ClientError as exc:
+                raise PeerUnavailable(f"the answer broke off: {exc!r}") from exc
+            return web.Response(status=upstream.status, body=body, headers=headers)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        lost = asyncio.Event()
+
+        def abort() -> None:
+            lost.set()
+            upstream.close()
+
+        self._aborts[peer].add(abort)
+        tail = b""
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                tail = (tail + chunk)[-len(_DONE):]
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            lost.set()
+        finally:
+            self._aborts[peer].discard(abort)
+        if lost.is_set() or tail != _DONE:
+            self.metrics[peer].failed("the stream broke off")
+            await response.write(_broken_stream_event(peer))
+            await response.write(_DONE)
+        await response.write_eof()
+        return response
+
+    async def _abort_on_offline(self) -> None:
+        events = self._swarm.overlay.subscribe()
+        try:
+            while True:
+                event = await events.get()
+                if event.kind in ("offline", "removed"):
+                    for abort in list(self._aborts.get(event.member.peer_id, ())):
+                        abort()
+        finally:
+            self._swarm.overlay.unsubscribe(events)
+
+
+def _broken_stream_event(peer: str) -> bytes:
+    error = {
+        "message": f"The node serving this answer ({peer}) failed mid-stream; the answer is incomplete.",
+        "type": "server_error",
+        "param": None,
+        "code": "peer_failed",
+    }
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
