@@ -60,7 +60,7 @@ def print_banner(manager: ModelManager, url: str, node_id: str, keyed: bool, pro
     if manager.names():
         console.print(table)
     else:
-        console.print(f"[yellow]No models.[/] Put GGUF files or YAML configs in {manager.catalog.models_dir} "
+        console.print(f"[yellow]No local models:[/] requests go to the swarm. Put GGUF files or YAML configs in {manager.catalog.models_dir} "
                       "or pass --model PATH.")
     for problem in problems:
         console.print(f"[yellow]skipped[/] {problem}")

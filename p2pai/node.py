@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
-    catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models))
+    catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models), settings.default_model)
     reporter = LoadReporter()
     endpoint = PeerEndpoint()  # filled in once the peer site listens
 

@@ -25,6 +25,7 @@ class NodeSettings:
     data_dir: Path = field(default_factory=lambda: Path(user_data_dir("p2pai")))
     models_dir: Path | None = None
     models: tuple[str, ...] = ()
+    default_model: bool = True
     api_keys: tuple[str, ...] = ()
     threads: int | None = None
     context_size: int | None = None
@@ -74,6 +75,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model YAML configs and GGUF files (default DATA_DIR/models; P2PAI_MODELS_DIR)")
     parser.add_argument("--model", action="append", default=env_list("MODEL"), metavar="PATH_OR_NAME",
                         help="serve this GGUF file or configured model (repeatable; P2PAI_MODEL, comma-separated)")
+    parser.add_argument("--no-default-model", dest="default_model", action="store_false",
+                        default=env_default("NO_DEFAULT_MODEL", "") not in ("1", "true", "yes"),
+                        help="serve no built-in model when none is configured: the node only routes to its "
+                             "swarm (P2PAI_NO_DEFAULT_MODEL=1)")
     parser.add_argument("--api-key", action="append", default=env_list("API_KEY"), metavar="KEY",
                         help="require `Authorization: Bearer KEY` (repeatable; P2PAI_API_KEY, comma-separated)")
     parser.add_argument("--threads", type=int, default=env_default("THREADS"),
@@ -132,6 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
         models_dir=Path(args.models_dir).expanduser() if args.models_dir else None,
         models=tuple(args.model),
+        default_model=args.default_model,
         api_keys=tuple(args.api_key),
         threads=int(args.threads) if args.threads else None,
         context_size=int(args.context_size) if args.context_size else None,

@@ -144,9 +144,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once the node can answer: preloading done (if asked) and at least one model configured."""
+    """Ready once the node can answer: preloading done (if asked) and a model here or a swarm to ask."""
     state = NodeState.of(request)
-    ready = state.ready and bool(state.manager.names())
+    ready = state.ready and (bool(state.manager.names()) or state.router is not None)
     return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
 
 

@@ -36,11 +36,11 @@ class ModelCatalog:
         return list(self.models)
 
 
-def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str]) -> ModelCatalog:
+def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
     """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries.
 
     With none of these, the built-in gemma-3-270m is served when its package
-    is installed.
+    is installed, unless `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
@@ -48,7 +48,7 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str]) -> Mo
         _add_loose_files(catalog)
     for entry in cli_models:
         _add_cli_model(catalog, entry)
-    if not catalog.models:
+    if not catalog.models and default_model:
         default = default_model_config(data_dir)
         if default is not None:
             catalog.models[default.name] = default

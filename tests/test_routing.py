@@ -1,0 +1,174 @@
+"""Any node answers for the swarm: real `p2pai start` processes on 127.0.0.1.
+
+A routes only (no model); B and C serve `tiny`; D serves `tiny-b`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from p2pai.routing.peer_auth import sign
+from p2pai.token import derive_keys, new_token, parse_token
+from test_swarm import online_peers, wait_for
+
+CHAT = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return new_token()
+
+
+@pytest.fixture
+def swarm(start_node, models_dir: Path, token: str):
+    a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a")
+    seed = a.bootstrap_addr()
+    common = ("--token", token, "--bootstrap", seed, "--threads", "1")
+    b = start_node(*common, "--model", str(models_dir / "tiny.gguf"), "--name", "b", name="b", ready=False)
+    c = start_node(*common, "--model", str(models_dir / "tiny.gguf"), "--name", "c", name="c", ready=False)
+    d = start_node(*common, "--model", str(models_dir / "tiny-b.gguf"), "--name", "d", name="d", ready=False)
+    for node in (b, c, d):
+        node.wait_ready()
+    wait_for(lambda: len(online_peers(a)) == 3, 3.0)
+    return {"a": a, "b": b, "c": c, "d": d, "ids": {n.peer_id(): name for name, n in zip("bcd", (b, c, d))}}
+
+
+def client(node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def served_by(swarm, raw) -> str:
+    return swarm["ids"][raw.headers["X-P2PAI-Served-By"]]
+
+
+def test_entry_node_lists_and_answers_every_model_of_the_swarm(swarm) -> None:
+    api = client(swarm["a"])
+    models = {m.id: m for m in api.models.list().data}
+    assert set(models) == {"tiny", "tiny-b"}
+    assert len(models["tiny"].model_extra["nodes"]) == 2
+    for model, servers in (("tiny", {"b", "c"}), ("tiny-b", {"d"})):
+        raw = api.chat.completions.with_raw_response.create(model=model, messages=CHAT, max_tokens=8)
+        assert served_by(swarm, raw) in servers
+        assert raw.headers["X-P2PAI-Entry"] == swarm["a"].peer_id()
+        assert raw.parse().usage.completion_tokens == 8
+        stream = api.completions.create(model=model, prompt="the people", max_tokens=12, stream=True,
+                                        stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert chunks[-1].usage.completion_tokens == 12
+        assert "".join(c.choices[0].text for c in chunks if c.choices)
+    # The answer through A is the one B gives itself (greedy on the same weights).
+    direct = client(swarm["b"]).completions.create(model="tiny", prompt="the people", max_tokens=12, temperature=0)
+    routed = api.completions.create(model="tiny", prompt="the people", max_tokens=12, temperature=0)
+    assert routed.choices[0].text == direct.choices[0].text
+
+
+def test_load_spreads_over_the_nodes_having_the_model(swarm) -> None:
+    api = client(swarm["a"])
+
+    def ask(_: int) -> str:
+        raw = api.completions.with_raw_response.create(model="tiny", prompt="the people of", max_tokens=200)
+        return served_by(swarm, raw)
+
+    with ThreadPoolExecutor(8) as pool:
+        servers = Counter(pool.map(ask, range(16)))
+    assert set(servers) == {"b", "c"}, servers
+    metrics = {n["name"]: n["metrics"] for n in swarm["a"].swarm()["federated_nodes"]}
+    assert metrics["b"]["requests"] + metrics["c"]["requests"] >= 16
+
+
+def test_a_killed_node_is_skipped_without_error(swarm) -> None:
+    api = client(swarm["a"])
+    swarm["b"].proc.send_signal(signal.SIGKILL)  # A still believes B is online for a moment
+    for _ in range(6):
+        raw = api.completions.with_raw_response.create(model="tiny", prompt="hello", max_tokens=4)
+        assert served_by(swarm, raw) == "c"
+    b_metrics = next(n for n in swarm["a"].swarm()["federated_nodes"] if n["name"] == "b")["metrics"]
+    assert b_metrics is None or b_metrics["failures"] >= 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_node_failing_mid_stream_never_looks_like_a_clean_end(swarm, signum: int) -> None:
+    raw = client(swarm["a"]).completions.with_raw_response.create(
+        model="tiny", prompt="the people", max_tokens=2000, stream=True
+    )
+    server = swarm[served_by(swarm, raw)]
+    chunks = iter(raw.parse())
+    assert next(chunks).choices[0].text is not None
+    server.proc.send_signal(signal.SIGSTOP)  # freeze first, so the answer is surely unfinished
+    if signum == signal.SIGKILL:
+        server.proc.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as broken:
+        for _ in chunks:
+            pass
+    assert time.monotonic() - started < 5  # a frozen node is given up within the liveness limit
+    assert broken.value.body["code"] == "peer_failed"
+    if signum == signal.SIGSTOP:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+def test_pinning_a_node_and_the_404_and_503_cases(swarm) -> None:
+    api = client(swarm["a"])
+    for name in ("b", "c", "c", "b"):
+        raw = api.completions.with_raw_response.create(model="tiny", prompt="hi", max_tokens=2,
+                                                       extra_headers={"X-P2PAI-Node": name})
+        assert served_by(swarm, raw) == name
+    by_id = api.completions.with_raw_response.create(model="tiny", prompt="hi", max_tokens=2,
+                                                     extra_headers={"X-P2PAI-Node": swarm["c"].peer_id()})
+    assert served_by(swarm, by_id) == "c"
+    with pytest.raises(openai.NotFoundError) as unknown_node:
+        api.completions.create(model="tiny", prompt="hi", max_tokens=2, extra_headers={"X-P2PAI-Node": "nobody"})
+    assert unknown_node.value.body["code"] == "node_not_found"
+    with pytest.raises(openai.NotFoundError) as wrong_node:
+        api.completions.create(model="tiny", prompt="hi", max_tokens=2, extra_headers={"X-P2PAI-Node": "d"})
+    assert wrong_node.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as unknown_model:
+        api.chat.completions.create(model="nope", messages=CHAT)
+    assert unknown_model.value.body["code"] == "model_not_found"
+    # tiny-b lives on D only: with D dead the model is known but nobody can serve it.
+    d_id = swarm["d"].peer_id()
+    swarm["d"].proc.send_signal(signal.SIGKILL)
+    wait_for(lambda: d_id not in online_peers(swarm["a"]), 3.0)
+    response = httpx.post(swarm["a"].url + "/v1/completions", json={"model": "tiny-b", "prompt": "x"}, timeout=10)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert response.json()["error"]["code"] == "no_node_available"
+
+
+def test_the_peer_endpoint_takes_only_fresh_requests_signed_for_this_swarm(swarm, token: str) -> None:
+    b = swarm["b"]
+    url = next(n for n in b.swarm()["federated_nodes"] if n["self"])["address"]
+    assert url.startswith("http://127.0.0.1:")
+    path = "/v1/completions"
+    body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 2}).encode()
+    key = derive_keys(parse_token(token)).http_key
+
+    def post(headers: dict[str, str], data: bytes = body) -> httpx.Response:
+        return httpx.post(url + path, content=data, headers={"Content-Type": "application/json", **headers},
+                          timeout=10)
+
+    good = sign(key, "tester", "POST", path, body)
+    assert post(good).status_code == 200
+    refused = {
+        "replayed": post(good),
+        "unsigned": post({}),
+        "wrong key": post(sign(b"k" * 32, "tester", "POST", path, body)),
+        "other swarm": post(sign(derive_keys(parse_token(new_token())).http_key, "tester", "POST", path, body)),
+        "stale": post(sign(key, "tester", "POST", path, body, now=time.time() - 120)),
+        "other body": post(sign(key, "tester", "POST", path, body), data=body.replace(b"2", b"9")),
+        "other path": post(sign(key, "tester", "POST", "/v1/embeddings", body)),
+    }
+    for case, response in refused.items():
+        assert response.status_code == 401, case
+        assert response.json()["error"]["code"] == "invalid_peer_signature", case
+    # Client API keys do not open the peer endpoint either.
+    assert post({"Authorization": "Bearer anything"}).status_code == 401
