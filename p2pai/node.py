@@ -20,6 +20,7 @@ from .serving.manager import LoadEvent, ModelManager
 from .routing.forward import Forwarder
 from .routing.peer_auth import Verifier
 from .routing.router import Router
+from .routing.tunnel_http import serve_locally
 from .settings import NodeSettings
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
@@ -46,7 +47,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await swarm.start()
     except Exception as exc:
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
-    router = Router(manager, swarm, Forwarder(swarm.peer_id, membership.keys.http_key), settings.routing)
+    forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tunnel=overlay.tunnel)
+    router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
     state = NodeState(
         manager=manager,
@@ -64,8 +66,13 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     await peer_runner.setup()
     try:
         peer_site = await _listen(peer_runner, settings.peer_host, settings.peer_port)
-        endpoint.port = _bound_port(peer_site)
-        endpoint.hosts = endpoint_hosts(settings.peer_host, swarm.self_node().addrs)
+        bound_port = _bound_port(peer_site)
+        local_peer_url = f"http://{_loopback_for(settings.peer_host)}:{bound_port}"
+        overlay.set_tunnel_handler(serve_locally(forwarder.session, lambda: local_peer_url))
+        if settings.peer_advertise is not None:
+            endpoint.hosts, endpoint.port = [settings.peer_advertise[0]], settings.peer_advertise[1]
+        else:
+            endpoint.hosts, endpoint.port = endpoint_hosts(settings.peer_host, swarm.self_node().addrs), bound_port
         swarm.refresh()
         await _listen(runner, settings.listen_host, settings.listen_port)
         url = f"http://{settings.listen_host}:{settings.listen_port}"
@@ -99,6 +106,14 @@ def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp keeps the asyncio server private; port 0 needs the real one
     assert server is not None and server.sockets
     return server.sockets[0].getsockname()[1]
+
+
+def _loopback_for(bound_host: str) -> str:
+    """Where this node reaches its own peer endpoint (to answer tunnelled requests)."""
+    ip = ipaddress.ip_address(bound_host)
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def endpoint_hosts(bound_host: str, p2p_addrs: tuple[str, ...]) -> list[str]:

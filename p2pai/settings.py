@@ -21,6 +21,8 @@ class NodeSettings:
     listen_port: int = 8080
     peer_host: str = "0.0.0.0"
     peer_port: int = 0
+    peer_advertise: tuple[str, int] | None = None
+    """Announce this HOST:PORT for the peer endpoint instead (port forwarding, containers)."""
     """The peer (data-plane) endpoint: only requests signed with the swarm key."""
     data_dir: Path = field(default_factory=lambda: Path(user_data_dir("p2pai")))
     models_dir: Path | None = None
@@ -69,6 +71,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-listen", type=parse_listen, default=env_default("PEER_LISTEN", "0.0.0.0:0"),
                         help="HOST:PORT where peers send requests signed with the swarm key "
                              "(default 0.0.0.0:0, a free port; P2PAI_PEER_LISTEN)")
+    parser.add_argument("--peer-advertise", type=parse_listen, default=env_default("PEER_ADVERTISE"),
+                        help="HOST:PORT to announce for the peer endpoint when peers must use another address "
+                             "(port forwarding, containers; P2PAI_PEER_ADVERTISE). Peers that cannot connect "
+                             "use a tunnel over libp2p")
     parser.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR"),
                         help="state of this node (default: the user's data directory; P2PAI_DATA_DIR)")
     parser.add_argument("--models-dir", type=Path, default=env_default("MODELS_DIR"),
@@ -125,6 +131,12 @@ def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _listen_or_none(value: str | tuple[str, int] | None) -> tuple[str, int] | None:
+    if value is None or isinstance(value, tuple):
+        return value
+    return parse_listen(value)
+
+
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     host, port = args.listen if isinstance(args.listen, tuple) else parse_listen(args.listen)
     peer_host, peer_port = args.peer_listen if isinstance(args.peer_listen, tuple) else parse_listen(args.peer_listen)
@@ -134,6 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         listen_port=port,
         peer_host=peer_host,
         peer_port=peer_port,
+        peer_advertise=_listen_or_none(args.peer_advertise),
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
         models_dir=Path(args.models_dir).expanduser() if args.models_dir else None,
         models=tuple(args.model),

@@ -172,3 +172,24 @@ def test_the_peer_endpoint_takes_only_fresh_requests_signed_for_this_swarm(swarm
         assert response.json()["error"]["code"] == "invalid_peer_signature", case
     # Client API keys do not open the peer endpoint either.
     assert post({"Authorization": "Bearer anything"}).status_code == 401
+
+
+def test_a_peer_that_cannot_be_reached_directly_is_served_through_the_tunnel(start_node, tiny_path: Path,
+                                                                             token: str) -> None:
+    from conftest import free_port
+
+    a = start_node("--token", token, "--no-default-model", "--models-dir", "/nonexistent", name="a")
+    closed = free_port()  # nobody listens there: every direct attempt fails
+    b = start_node("--token", token, "--bootstrap", a.bootstrap_addr(), "--model", str(tiny_path),
+                   "--peer-advertise", f"127.0.0.1:{closed}", "--name", "b", name="b")
+    wait_for(lambda: len(online_peers(a)) == 1, 3.0)
+    assert online_peers(a)[b.peer_id()]["address"] == f"http://127.0.0.1:{closed}"
+    api = client(a)
+    direct = client(b).completions.create(model="tiny", prompt="the people", max_tokens=40, temperature=0)
+    raw = api.completions.with_raw_response.create(model="tiny", prompt="the people", max_tokens=40, temperature=0)
+    assert raw.headers["X-P2PAI-Served-By"] == b.peer_id()
+    assert raw.parse().choices[0].text == direct.choices[0].text
+    streamed = api.completions.create(model="tiny", prompt="the people", max_tokens=40, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == direct.choices[0].text
+    with pytest.raises(openai.BadRequestError):  # the peer's 4xx comes back through the tunnel unchanged
+        api.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=7)

@@ -21,6 +21,7 @@ from p2pai.overlay.addresses import advertised, parse_tcp
 from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
 from p2pai.overlay.dialer import Dialer
 from p2pai.overlay.identity import Identity, is_peer_id
+from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, TunnelBroken, TunnelClient, TunnelServer
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
@@ -69,6 +70,7 @@ class OverlayHost:
         max_peers: int,
         on_frame: Callable[[str, bytes], bool],
         on_connections: Callable[[frozenset[str]], None],
+        tunnel: TunnelServer,
     ) -> None:
         self._identity = identity
         self._psk_hex = psk_hex
@@ -83,6 +85,10 @@ class OverlayHost:
         self._streams: defaultdict[str, int] = defaultdict(int)
         self._buckets: dict[str, TokenBucket] = {}
         self._dialer: Dialer | None = None
+        self._tunnel = tunnel
+        self._tunnel_client = TunnelClient()
+        self._host: IHost | None = None
+        self._nursery: trio.Nursery | None = None
         # Read by the overlay from the asyncio thread: keys never change, so
         # reading while the trio thread increments is safe.
         self.drops = dict.fromkeys(("rate_limited", "overloaded", "oversized", "too_many_streams"), 0)
@@ -94,6 +100,8 @@ class OverlayHost:
         host = self._new_host()
         async with host.run([Multiaddr(a) for a in self._listen]), trio.open_nursery() as nursery:
             host.set_stream_handler(ANNOUNCE_PROTOCOL, self._receive)
+            host.set_stream_handler(TUNNEL_PROTOCOL, self._tunnel.handle)
+            self._host, self._nursery = host, nursery
             self._dialer = Dialer(host, self._bootstrap)
             nursery.start_soon(self._dialer.run)
             nursery.start_soon(self._watch_connections, host, nursery)
@@ -126,7 +134,12 @@ class OverlayHost:
             enable_mDNS=False,
             enable_upnp=False,
         )
-        host.get_network().retry_config = RetryConfig(max_retries=0)  # the Dialer retries
+        network = host.get_network()
+        network.retry_config = RetryConfig(max_retries=0)  # the Dialer retries
+        # libp2p's auto-connector aims at (low + high watermark) / 2 connections whatever
+        # min_connections says, and its redials race the Dialer's (a connection replaced by a
+        # simultaneous dial takes streams opened on it down). The Dialer alone decides.
+        network.auto_connector.maybe_connect = _no_auto_dials
         return host
 
     def broadcast(self, frame: bytes) -> None:
@@ -134,6 +147,12 @@ class OverlayHost:
         self._frame = frame
         self._frame_changed.set()
         self._frame_changed = trio.Event()
+
+    async def exchange(self, peer_id: str, request: bytes, deliver: Callable[[int, bytes], None]) -> None:
+        """One tunnelled request to a connected peer (see tunnel.TunnelClient)."""
+        if self._host is None or self._nursery is None:
+            raise TunnelBroken("the host is not running")
+        await self._tunnel_client.exchange(self._host, self._nursery, peer_id, request, deliver)
 
     def set_dial_targets(self, targets: dict[str, list[str]]) -> None:
         if self._dialer is not None:
@@ -221,6 +240,18 @@ def _route_libp2p_logs() -> None:
         return
     logging.getLogger("libp2p").propagate = True
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
+    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.WARNING)  # it sets INFO itself
+    # Some libp2p modules log through the root logger (logging.warning), e.g. a harmless
+    # "Error getting transport addresses" on most new connections.
+    logging.getLogger().addFilter(_not_from_libp2p)
+
+
+def _not_from_libp2p(record: logging.LogRecord) -> bool:
+    return not (record.name == "root" and f"{os.sep}libp2p{os.sep}" in record.pathname)
+
+
+async def _no_auto_dials() -> None:
+    return None
 
 
 async def _reset(stream: INetStream | None) -> None:

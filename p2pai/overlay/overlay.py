@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pai.overlay.announcement import (
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from p2pai.token import NetworkKeys
 
 log = logging.getLogger(__name__)
+
+TunnelHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 
 ANNOUNCE_INTERVAL = 1.0  # announcements double as the heartbeat
 MIN_ANNOUNCE_GAP = 0.1  # coalesces bursts of changes
@@ -83,6 +86,8 @@ class Overlay:
         self._counts: Counter[str] = Counter()
         self._running = False  # trio callbacks may still arrive after stop()
         self._frame_slots = threading.BoundedSemaphore(MAX_QUEUED_FRAMES)
+        self._tunnel_handler: TunnelHandler | None = None
+        self._tunnel_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Listen and start announcing; dialing peers continues in the background."""
@@ -91,6 +96,7 @@ class Overlay:
         from p2pai.overlay.discovery import MdnsDiscovery
         from p2pai.overlay.host import OverlayHost
         from p2pai.overlay.trio_bridge import TrioBridge
+        from p2pai.overlay.tunnel import TunnelServer
 
         config = self.config
         self._identity = Identity.load_or_create(config.data_dir)
@@ -105,6 +111,7 @@ class Overlay:
             MAX_PEERS,
             on_frame=self._hand_over_frame,
             on_connections=lambda peers: bridge.to_asyncio(self._on_connections, peers),
+            tunnel=TunnelServer(lambda peer, request, send: bridge.to_asyncio(self._serve_tunnel, peer, request, send)),
         )
         await bridge.start()
         self._running = True
@@ -138,7 +145,7 @@ class Overlay:
 
     async def stop(self) -> None:
         self._running = False
-        for task in self._tasks:
+        for task in [*self._tasks, *self._tunnel_tasks]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -188,6 +195,73 @@ class Overlay:
 
     def unsubscribe(self, queue: asyncio.Queue[MemberEvent]) -> None:
         self._subscribers.remove(queue)
+
+    def set_tunnel_handler(self, handler: TunnelHandler) -> None:
+        """Answer tunnelled requests from peers: ``handler(peer_id, request)`` yields the answer's bytes."""
+        self._tunnel_handler = handler
+
+    async def tunnel(self, peer_id: str, request: bytes) -> AsyncIterator[bytes]:
+        """Send ``request`` to a connected peer over libp2p and yield its answer's bytes.
+
+        Raises TunnelBroken unless the answer ends with the explicit end marker.
+        """
+        from p2pai.overlay.tunnel import DATA, END, TunnelBroken
+
+        assert self._bridge is not None and self._host is not None
+        bridge = self._bridge
+        arrived: asyncio.Queue[tuple[int, bytes] | asyncio.Future[None]] = asyncio.Queue()
+        exchange = asyncio.ensure_future(
+            bridge.run(self._host.exchange, peer_id, request, lambda kind, data: bridge.to_asyncio(
+                arrived.put_nowait, (kind, data)))
+        )
+        # Frames are handed over in order before the exchange's result, so this comes last.
+        exchange.add_done_callback(arrived.put_nowait)
+        try:
+            while True:
+                item = await arrived.get()
+                if isinstance(item, asyncio.Future):
+                    error = None if item.cancelled() else item.exception()
+                    raise TunnelBroken(f"the tunnel to {peer_id} broke: {error!r}")
+                kind, data = item
+                if kind == DATA:
+                    yield data
+                elif kind == END:
+                    return
+                else:
+                    raise TunnelBroken(f"{peer_id} could not answer: {data.decode(errors='replace')}")
+        finally:
+            exchange.cancel()
+
+    def _serve_tunnel(self, peer: str, request: bytes, send: Any) -> None:
+        task = asyncio.create_task(self._answer_tunnel(peer, request, send), name="overlay-tunnel")
+        self._tunnel_tasks.add(task)
+        task.add_done_callback(self._tunnel_tasks.discard)
+
+    async def _answer_tunnel(self, peer: str, request: bytes, send: Any) -> None:
+        """Run the handler and push its bytes, then END or ERROR, into the trio stream's channel."""
+        import trio
+
+        from p2pai.overlay.trio_bridge import BridgeClosed
+        from p2pai.overlay.tunnel import DATA, END, ERROR, MAX_DATA_BYTES
+
+        assert self._bridge is not None
+        bridge = self._bridge
+        try:
+            if self._tunnel_handler is None:
+                raise LookupError("this node answers no tunnelled requests")
+            async for chunk in self._tunnel_handler(peer, request):
+                for start in range(0, len(chunk), MAX_DATA_BYTES):
+                    await bridge.run(send.send, (DATA, chunk[start : start + MAX_DATA_BYTES]))
+            await bridge.run(send.send, (END, b""))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BridgeClosed):
+            pass  # the asking peer went away
+        except Exception as exc:
+            log.warning("tunnelled request from %s failed: %r", peer, exc)
+            with contextlib.suppress(Exception):
+                await bridge.run(send.send, (ERROR, repr(exc).encode()[:1000]))
+        finally:
+            with contextlib.suppress(BridgeClosed):
+                bridge.call_soon(send.close)
 
     def stats(self) -> dict[str, Any]:
         """Counters for diagnostics: connections, accepted and dropped announcements."""

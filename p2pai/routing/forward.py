@@ -1,13 +1,18 @@
-"""Send a request to a peer's endpoint, signed, over pooled keep-alive connections."""
+"""Send a request to a peer, signed: directly over pooled keep-alive HTTP
+connections, or through the overlay's tunnel when no direct address answers."""
 
 from __future__ import annotations
 
 import aiohttp
 
+from ..overlay.tunnel import TunnelBroken
 from .peer_auth import sign
+from .tunnel_http import Tunnel, TunnelResponse, encode_request
 
 CONNECT_TIMEOUT = 3.0  # a reachable peer on a LAN connects in milliseconds
 POOL_SIZE = 256
+
+Upstream = aiohttp.ClientResponse | TunnelResponse
 
 
 class PeerUnavailable(Exception):
@@ -15,12 +20,13 @@ class PeerUnavailable(Exception):
 
 
 class Forwarder:
-    def __init__(self, peer_id: str, key: bytes) -> None:
+    def __init__(self, peer_id: str, key: bytes, tunnel: Tunnel | None = None) -> None:
         self._peer_id = peer_id
         self._key = key
+        self._tunnel = tunnel
         self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the running loop
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=POOL_SIZE, keepalive_timeout=60, enable_cleanup_closed=True),
@@ -30,22 +36,30 @@ class Forwarder:
             )
         return self._session
 
-    async def send(self, urls: list[str], method: str, path: str, body: bytes,
-                   content_type: str | None) -> aiohttp.ClientResponse:
-        """The peer's response (headers read, body not yet), trying its addresses in order."""
-        if not urls:
-            raise PeerUnavailable("it announces no reachable endpoint")
-        failure = ""
+    async def send(self, peer: str, urls: list[str], method: str, path: str, body: bytes,
+                   content_type: str | None) -> Upstream:
+        """The peer's response (headers read, body not yet): its addresses in order, then the tunnel."""
+        failures = []
         for url in urls:
-            # A fresh nonce per attempt: the peer may have seen the previous one.
-            headers = sign(self._key, self._peer_id, method, path, body)
-            if content_type:
-                headers["Content-Type"] = content_type
             try:
-                return await self._client().request(method, url + path, data=body, headers=headers)
+                return await self.session().request(method, url + path, data=body,
+                                                    headers=self._headers(method, path, body, content_type))
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                failure = f"{url}: {exc!r}"
-        raise PeerUnavailable(f"cannot connect ({failure})")
+                failures.append(f"{url}: {exc!r}")
+        if self._tunnel is not None:
+            request = encode_request(method, path, self._headers(method, path, body, content_type), body)
+            try:
+                return await TunnelResponse.open(self._tunnel(peer, request))
+            except (TunnelBroken, StopAsyncIteration, ValueError) as exc:
+                failures.append(f"tunnel: {exc!r}")
+        raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})")
+
+    def _headers(self, method: str, path: str, body: bytes, content_type: str | None) -> dict[str, str]:
+        """Signed headers; a fresh nonce for every attempt, since the peer may have seen the last one."""
+        headers = sign(self._key, self._peer_id, method, path, body)
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
 
     async def close(self) -> None:
         if self._session is not None:

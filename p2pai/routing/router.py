@@ -25,7 +25,7 @@ from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
-from .forward import Forwarder, PeerUnavailable
+from .forward import Forwarder, PeerUnavailable, Upstream
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
 
@@ -130,7 +130,7 @@ class Router:
             having.append((self._swarm.self_node(), ModelOffer(name=model)))
         if not having:
             raise UnknownModelError(model)
-        online = [(node, offer) for node, offer in having if node.online and (node.is_self or node.endpoint_urls())]
+        online = [(node, offer) for node, offer in having if node.online]
         if not online:
             raise NoNodeAvailable(f"every node serving {model!r} is offline")
         candidates = {node.id: (node, self._candidate(node, offer)) for node, offer in online}
@@ -183,7 +183,7 @@ class Router:
         started = loop.time()
         try:
             send = self._forwarder.send(
-                list(target.urls), request.method, request.path_qs, body, request.headers.get("Content-Type")
+                peer, list(target.urls), request.method, request.path_qs, body, request.headers.get("Content-Type")
             )
             upstream = await self._abortable(peer, send)
             try:
@@ -202,7 +202,7 @@ class Router:
             metrics.finished()
             self._outstanding[(peer, model)] -= 1
 
-    async def _abortable(self, peer: str, send: Awaitable[aiohttp.ClientResponse]) -> aiohttp.ClientResponse:
+    async def _abortable(self, peer: str, send: Awaitable[Upstream]) -> Upstream:
         """Wait for the peer's response headers, giving up if the peer goes offline meanwhile."""
         task = asyncio.ensure_future(send)
         self._aborts[peer].add(task.cancel)
@@ -216,7 +216,7 @@ class Router:
         finally:
             self._aborts[peer].discard(task.cancel)
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, peer: str,
+    async def _relay(self, request: web.Request, upstream: Upstream, peer: str,
                      waited: float) -> web.StreamResponse:
         headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
         headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
