@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .settings import add_node_arguments, settings_from_args
+from .worker import add_worker_arguments, run_worker
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="start a node serving the OpenAI-compatible API")
     add_node_arguments(start)
     start.set_defaults(run=_start)
+    worker = commands.add_parser("worker", help="lend this machine to the swarm as a llama.cpp RPC worker")
+    add_worker_arguments(worker)
+    worker.set_defaults(run=run_worker)
     return parser
 
 

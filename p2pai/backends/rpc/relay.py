@@ -105,7 +105,14 @@ class _Sealer:
         return struct.pack("!I", len(body)) + body
 
     async def open(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        (size,) = struct.unpack("!I", await reader.readexactly(4))
+        """The next frame; EOFError when the peer closed cleanly between frames."""
+        try:
+            header = await reader.readexactly(4)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            raise EOFError from None
+        (size,) = struct.unpack("!I", header)
         if size > MAX_FRAME + 64:
             raise ConnectionError("oversized frame")
         plain = self._cipher.decrypt(self._nonce(), await reader.readexactly(size), None)
@@ -147,7 +154,10 @@ async def pipe(
 
     async def inbound() -> None:
         while True:
-            kind, data = await asyncio.wait_for(receive.open(sealed_reader), IDLE_TIMEOUT)
+            try:
+                kind, data = await asyncio.wait_for(receive.open(sealed_reader), IDLE_TIMEOUT)
+            except EOFError:
+                return
             if kind == _DATA:
                 plain_writer.write(data)
                 if traffic:

@@ -53,3 +53,27 @@ def _parse(peer_id: str, name: str, online: bool, payload: Any) -> WorkerInfo | 
     if not isinstance(protocol, str) or not (in_use_by is None or isinstance(in_use_by, str)):
         return None
     return WorkerInfo(peer_id, str(name), tuple(hosts), port, int(free), protocol, in_use_by, bool(online))
+
+
+def select_workers(wanted: str | list[str], workers: list[WorkerInfo], self_id: str, protocol: str) -> list[WorkerInfo]:
+    """The workers a model config asks for that look usable, in a stable (device) order.
+
+    `wanted` is "auto" (every online worker) or a list of peer ids or names.
+    Offline workers, those leased to another node and those speaking another
+    RPC protocol version are left out; `protocol` "" skips the version check.
+    """
+    if wanted == "auto":
+        chosen = sorted(workers, key=lambda worker: (worker.name, worker.peer_id))
+    else:
+        chosen = []
+        for entry in wanted:
+            match = next((w for w in workers if entry in (w.peer_id, w.name)), None)
+            if match is not None and match not in chosen:
+                chosen.append(match)
+    return [
+        worker
+        for worker in chosen
+        if worker.online
+        and worker.in_use_by in (None, self_id)
+        and (not protocol or not worker.protocol or worker.protocol == protocol)
+    ]
