@@ -134,8 +134,11 @@ async def pipe(
     send: _Sealer,
     receive: _Sealer,
     traffic: Traffic | None = None,
-) -> None:
-    """Move bytes both ways until either side ends, stalls past IDLE_TIMEOUT or tampers."""
+) -> bool:
+    """Move bytes both ways until either side ends, stalls past IDLE_TIMEOUT or tampers.
+
+    Returns True when the sealed (remote) side hung up first.
+    """
     plain_reader, plain_writer = plain
     sealed_reader, sealed_writer = sealed
     last_sent = asyncio.get_running_loop().time()
@@ -175,12 +178,14 @@ async def pipe(
     tasks = [asyncio.create_task(coro) for coro in (outbound(), inbound(), keepalive())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        remote_closed = tasks[1].done()
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 exc = task.exception()
                 if isinstance(exc, asyncio.TimeoutError):
                     raise ConnectionError(f"no traffic for {IDLE_TIMEOUT:.0f} s: the peer is frozen or gone")
                 raise ConnectionError(f"the relay connection failed: {exc!r}")
+        return remote_closed
     finally:
         for task in tasks:
             task.cancel()
@@ -349,13 +354,18 @@ class Forwarder:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             remote_reader, remote_writer, send, receive = await connect(self.endpoint, self._key, self._client_id)
-            await pipe((reader, writer), (remote_reader, remote_writer), send, receive)
+            if await pipe((reader, writer), (remote_reader, remote_writer), send, receive):
+                await self._lost("the worker closed the connection")
         except (OSError, ValueError) as exc:  # ConnectionError and RelayRefused are OSErrors
-            result = self._on_lost(self.endpoint, str(exc) or repr(exc))
-            if result is not None:
-                await result
+            await self._lost(str(exc) or repr(exc))
         finally:
             writer.close()
+
+
+    async def _lost(self, reason: str) -> None:
+        result = self._on_lost(self.endpoint, reason)
+        if result is not None:
+            await result
 
 
 async def probe(endpoint: Endpoint, key: bytes, client_id: str) -> str:
