@@ -10,6 +10,7 @@ import sys
 
 from . import __version__
 from .settings import add_node_arguments, add_swarm_arguments, env_default, settings_from_args
+from .worker import add_worker_arguments, run_worker
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(start)
     add_swarm_arguments(start)
     start.set_defaults(run=_start)
+
+    worker = commands.add_parser("worker", help="lend this machine to the swarm as a llama.cpp RPC worker")
+    add_worker_arguments(worker)
+    worker.set_defaults(run=run_worker)
 
     token = commands.add_parser("token", help="create or inspect swarm tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)

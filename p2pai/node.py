@@ -13,9 +13,11 @@ from . import __version__
 from .api.app import create_app
 from .api.peer_app import create_peer_app
 from .api.state import NodeState
+from .backends.rpc.loader import RpcIdentity
 from .console import LoadReporter, console, print_banner, print_swarm
 from .models.catalog import build_catalog
-from .overlay.addresses import parse_tcp
+from .overlay.addresses import ips
+from .overlay.identity import Identity
 from .serving.manager import LoadEvent, ModelManager
 from .routing.forward import Forwarder
 from .routing.peer_auth import Verifier
@@ -40,7 +42,14 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         reporter(event)
         swarm.refresh()
 
-    manager = ModelManager(catalog, settings.threads, settings.context_size, on_load=on_load)
+    manager = ModelManager(
+        catalog,
+        settings.threads,
+        settings.context_size,
+        on_load=on_load,
+        workers=lambda: swarm.workers(),
+        rpc_identity=RpcIdentity(Identity.load_or_create(settings.data_dir).peer_id, membership.keys.rpc_key),
+    )
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
     try:
@@ -121,12 +130,7 @@ def endpoint_hosts(bound_host: str, p2p_addrs: tuple[str, ...]) -> list[str]:
     overlay advertises when it is a wildcard, since those are known to be dialable."""
     if not ipaddress.ip_address(bound_host).is_unspecified:
         return [bound_host]
-    hosts = []
-    for addr in p2p_addrs:
-        parsed = parse_tcp(addr)
-        if parsed is not None and str(parsed[0]) not in hosts:
-            hosts.append(str(parsed[0]))
-    return hosts
+    return ips(p2p_addrs)
 
 
 def _stop_on_signals() -> asyncio.Event:

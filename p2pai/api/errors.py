@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..backends.base import InvalidRequestError, ModelLoadError, QueueFullError
+from ..backends.rpc.engine import WorkerLostError
 from ..routing.router import NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
 
@@ -73,6 +74,8 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(
             503, str(exc), "server_overloaded", "overloaded", headers={"Retry-After": str(exc.retry_after)}
         )
+    if isinstance(exc, WorkerLostError):
+        return APIError(502, f"{exc}; retry to run the model on the remaining workers", "server_error", "worker_lost")
     if isinstance(exc, ModelLoadError):
         return APIError(500, f"The model could not be loaded: {exc}", "server_error", "model_load_failed")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):

@@ -54,7 +54,12 @@ class ModelConfig(BaseModel):
     mmap: bool = True
     embeddings: bool = False
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
-    gpu_layers: int = Field(default=0, ge=0)
+    gpu_layers: int | None = Field(default=None, ge=0)
+    """Layers to offload (to RPC workers when `rpc` is set); default: none locally, all with `rpc`."""
+    rpc: Literal["auto"] | list[str] | None = None
+    """Spread the model over the swarm's llama.cpp RPC workers: "auto" or worker peer ids / names."""
+    tensor_split: list[float] | None = None
+    """Relative share of the offloaded layers per worker, in the order of `rpc`."""
     stopwords: list[str] = Field(default_factory=list)
     chat_format: str | None = None
     """Shorthand for `template.chat_format`."""

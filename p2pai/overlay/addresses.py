@@ -28,6 +28,16 @@ def parse_tcp(addr: str) -> tuple[_Ip, int, str | None] | None:
     return ip, port, parts[6] if len(parts) == 7 else None
 
 
+def ips(addrs: list[str] | tuple[str, ...]) -> list[str]:
+    """The distinct IPs of TCP multiaddrs, in order (e.g. to offer other services on them)."""
+    found: list[str] = []
+    for addr in addrs:
+        parsed = parse_tcp(addr)
+        if parsed is not None and str(parsed[0]) not in found:
+            found.append(str(parsed[0]))
+    return found
+
+
 def dialable(addrs: list[str], peer_id: str) -> list[str]:
     """The addresses of ``peer_id`` worth dialing, as ``/ipX/<ip>/tcp/<port>``."""
     result = []

@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..backends.base import ModelLoadError, ModelStats
+from ..backends.base import Engine, ModelLoadError, ModelStats
 from ..backends.llama import LlamaEngine, LlamaSettings
+from ..backends.rpc.loader import RpcIdentity, load_rpc_model
+from ..backends.rpc.workers import WorkerInfo
 from ..models.catalog import ModelCatalog, ensure_default_model_file
 from ..models.config import ModelConfig
 
@@ -44,13 +46,19 @@ class ModelManager:
         threads: int | None = None,
         context_size: int | None = None,
         on_load: Callable[[LoadEvent], None] | None = None,
+        workers: Callable[[], list[WorkerInfo]] | None = None,
+        rpc_identity: RpcIdentity | None = None,
     ) -> None:
+        """`workers` lists the swarm's RPC workers and `rpc_identity` is how this node
+        authenticates to them; both are needed only by models configured with `rpc:`."""
         self.catalog = catalog
         self._threads = threads
         self._context_size = context_size
         self._on_load = on_load or (lambda event: None)
-        self._engines: dict[str, LlamaEngine] = {}
-        self._loading: dict[str, asyncio.Task[LlamaEngine]] = {}
+        self._workers = workers or (lambda: [])
+        self._rpc_identity = rpc_identity
+        self._engines: dict[str, Engine] = {}
+        self._loading: dict[str, asyncio.Task[Engine]] = {}
 
     def names(self) -> list[str]:
         return self.catalog.names()
@@ -70,7 +78,7 @@ class ModelManager:
             return engine.stats()
         return ModelStats(loaded=False, in_flight=0, queued=0, slots=1, decode_tps=None)
 
-    async def engine(self, name: str) -> LlamaEngine:
+    async def engine(self, name: str) -> Engine:
         if name in self._engines:
             return self._engines[name]
         config = self.config(name)
@@ -89,13 +97,13 @@ class ModelManager:
             except ModelLoadError:
                 pass  # reported through on_load; the node still serves the others
 
-    async def _load(self, config: ModelConfig) -> LlamaEngine:
+    async def _load(self, config: ModelConfig) -> Engine:
         started = time.perf_counter()
         self._on_load(LoadEvent(config.name, "start"))
         try:
             if config.builtin:
                 await asyncio.to_thread(ensure_default_model_file, config)
-            engine = await LlamaEngine.load(config.name, self._settings(config))
+            engine = await self._start_engine(config)
         except ModelLoadError as exc:
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
             raise
@@ -106,6 +114,18 @@ class ModelManager:
         self._on_load(LoadEvent(config.name, "done", time.perf_counter() - started))
         return engine
 
+    async def _start_engine(self, config: ModelConfig) -> Engine:
+        if config.rpc is None:
+            return await LlamaEngine.load(config.name, self._settings(config))
+
+        def forget(engine: Engine) -> None:
+            """The model lost a worker: the next request reloads it on what is left."""
+            if self._engines.get(config.name) is engine:
+                del self._engines[config.name]
+
+        return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
+                                    config.gpu_layers, self._workers(), self._rpc_identity, forget)
+
     def _settings(self, config: ModelConfig) -> LlamaSettings:
         return LlamaSettings(
             path=str(config.model_path(self.catalog.models_dir)),
@@ -115,7 +135,7 @@ class ModelManager:
             mmap=config.mmap,
             embeddings=config.embeddings,
             pooling=config.pooling,
-            gpu_layers=config.gpu_layers,
+            gpu_layers=config.gpu_layers or 0,
             max_queue=config.max_queue,
         )
 

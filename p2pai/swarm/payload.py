@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 MAX_ANNOUNCED_MODELS = 64  # keeps the payload far below the overlay's 32 KiB limit
 FEDERATED_ROLE = "federated"
 WORKER_ROLE = "llama-cpp-worker"
+WORKER_PAYLOAD_KEY = "worker"
 
 
 class _Lenient(BaseModel):

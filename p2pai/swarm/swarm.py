@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import Any, Callable
 
+from ..backends.rpc.workers import WorkerInfo
 from ..overlay import Overlay
 from .view import SwarmNode
 
@@ -55,6 +56,10 @@ class Swarm:
 
     def peers(self) -> list[SwarmNode]:
         return [SwarmNode.from_member(m) for m in self.overlay.members()]
+
+    def workers(self) -> list[WorkerInfo]:
+        """The llama.cpp RPC workers of the swarm, for models placed on them."""
+        return [info for node in self.peers() if (info := node.worker_info()) is not None]
 
     async def _publish_forever(self) -> None:
         while True:

@@ -8,19 +8,22 @@ from typing import Any
 from pydantic import Field
 
 from ..overlay import Member
-from .payload import FEDERATED_ROLE, WORKER_ROLE, NodePayload, PeerEndpoint, _Lenient
+from ..backends.rpc.workers import WorkerInfo
+from .payload import FEDERATED_ROLE, WORKER_PAYLOAD_KEY, WORKER_ROLE, NodePayload, PeerEndpoint, _Lenient
 
 
 class WorkerOffer(_Lenient):
     """What a llama.cpp RPC worker announces under the payload key "worker"."""
 
     rpc: PeerEndpoint = Field(default_factory=PeerEndpoint)
-    free_memory: int = 0
-    total_memory: int = 0
-    threads: int = 0
+    free_memory: int = Field(0, ge=0)
+    total_memory: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)
     protocol: str = ""
     in_use_by: str | None = None
     cache: bool = False
+    served: dict[str, int] = Field(default_factory=dict)
+    """Sessions, bytes and restarts so far: shows from the outside that a worker is used."""
 
     @classmethod
     def parse(cls, raw: Any) -> WorkerOffer | None:
@@ -59,7 +62,7 @@ class SwarmNode:
             last_seen=member.last_seen,
             is_self=is_self,
             payload=NodePayload.parse(member.payload),
-            worker=WorkerOffer.parse(member.payload.get("worker")),
+            worker=WorkerOffer.parse(member.payload.get(WORKER_PAYLOAD_KEY)),
         )
 
     @property
@@ -69,6 +72,14 @@ class SwarmNode:
     @property
     def llama_worker(self) -> bool:
         return WORKER_ROLE in self.roles and self.worker is not None
+
+    def worker_info(self) -> WorkerInfo | None:
+        """What the RPC loader needs to use this node as a worker, if it is a usable one."""
+        worker = self.worker
+        if not self.llama_worker or worker is None or not worker.rpc.port or not worker.rpc.hosts:
+            return None
+        return WorkerInfo(self.id, self.name, tuple(worker.rpc.hosts), worker.rpc.port, worker.free_memory,
+                          worker.protocol, worker.in_use_by, self.online)
 
     def endpoint_urls(self) -> list[str]:
         """Base URLs of this node's peer (data-plane) HTTP endpoint, best first."""

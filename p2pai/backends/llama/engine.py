@@ -46,6 +46,8 @@ class LlamaSettings:
     pooling: str = "auto"
     """auto: the GGUF's own pooling type, else mean (a generative model has none)."""
     gpu_layers: int = 0
+    tensor_split: tuple[float, ...] | None = None
+    """Shares of the offloaded layers per device (RPC workers), in registration order."""
     max_queue: int = 64
 
 
@@ -230,6 +232,7 @@ def _load_llama(settings: LlamaSettings, embedding: bool) -> "Llama":
             n_threads_batch=_threads(settings),
             use_mmap=settings.mmap,
             n_gpu_layers=settings.gpu_layers,
+            tensor_split=list(settings.tensor_split) if settings.tensor_split else None,
             logits_all=False,
             verbose=False,
             **kwargs,

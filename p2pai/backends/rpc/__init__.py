@@ -1,0 +1,7 @@
+"""Models whose layers live on llama.cpp RPC workers of the swarm.
+
+Workers run llama.cpp's RPC server on loopback behind a token-authenticated
+relay (relay.py); a node places layers on them (placement.py) and runs the
+model in a child process (child.py, engine.py) so a dying worker, which aborts
+llama.cpp, cannot take the node down.
+"""

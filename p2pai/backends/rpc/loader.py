@@ -1,0 +1,90 @@
+"""Load a model configured with `rpc:` on the swarm's workers, or locally when none is usable."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ..base import ModelLoadError
+from ..llama import LlamaEngine, LlamaSettings
+from . import native
+from .child import ChildSpec
+from .engine import RpcEngine
+from .placement import Capacity, Placement, gguf_layout, place
+from .relay import Endpoint, RelayRefused, probe
+from .workers import WorkerInfo, select_workers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RpcIdentity:
+    """Who this node is to workers: its overlay peer id and the swarm's rpc_key."""
+
+    peer_id: str
+    key: bytes = dataclasses.field(repr=False)
+
+
+async def healthy_endpoint(worker: WorkerInfo, identity: RpcIdentity) -> Endpoint | None:
+    """The first of the worker's hosts where the relay authenticates and the RPC server answers."""
+    for host in worker.hosts:
+        endpoint = Endpoint(worker.peer_id, host, worker.port)
+        try:
+            await probe(endpoint, identity.key, identity.peer_id)
+            return endpoint
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = exc if isinstance(exc, RelayRefused) else repr(exc)
+            log.warning("RPC worker %s (%s) at %s:%s is not usable: %s", worker.name, worker.peer_id, host,
+                        worker.port, reason)
+    return None
+
+
+async def load_rpc_model(
+    name: str,
+    settings: LlamaSettings,
+    wanted: str | list[str],
+    tensor_split: list[float] | None,
+    gpu_layers: int | None,
+    workers: list[WorkerInfo],
+    identity: RpcIdentity | None,
+    on_failed: Callable[[RpcEngine], None],
+) -> LlamaEngine | RpcEngine:
+    """Health-check the wanted workers, explain the placement, then start the model's child process.
+
+    With no usable worker the model loads locally, in this process, so a swarm
+    whose workers are gone keeps serving; a model that does not fit on the
+    usable workers is refused (PlacementError).
+    """
+    if identity is None:
+        raise ModelLoadError(f"model {name!r} uses RPC workers, but this node is not in a swarm")
+    candidates = select_workers(wanted, workers, identity.peer_id, native.protocol_version())
+    endpoints = await asyncio.gather(*(healthy_endpoint(worker, identity) for worker in candidates))
+    usable = [(worker, endpoint) for worker, endpoint in zip(candidates, endpoints) if endpoint is not None]
+    if not usable:
+        log.warning("model %r: no usable RPC worker (asked for %s); loading it locally", name, wanted)
+        return await LlamaEngine.load(name, settings)
+    if tensor_split is not None and len(usable) != len(candidates):
+        tensor_split = None  # the shares named workers that are gone; split by memory instead
+    layout = await asyncio.to_thread(gguf_layout, settings.path)
+    placement: Placement = place(
+        layout,
+        [Capacity(worker.peer_id, worker.free_memory) for worker, _ in usable],
+        settings.context_size,
+        settings.batch,
+        gpu_layers,
+        tensor_split,
+    )
+    log.info("model %r placement: %s", name, placement.explain({w.peer_id: w.name for w, _ in usable}))
+    spec = ChildSpec(
+        name=name,
+        settings=dataclasses.replace(settings, gpu_layers=placement.gpu_layers, tensor_split=placement.tensor_split),
+        workers=tuple(endpoint for _, endpoint in usable),
+        client_id=identity.peer_id,
+        key=identity.key,
+    )
+    engine = await RpcEngine.start(spec, on_failed)
+    engine.placement = placement
+    return engine

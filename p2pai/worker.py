@@ -1,0 +1,171 @@
+"""`p2pai worker`: lend this machine's memory and compute to the swarm as a llama.cpp RPC worker.
+
+It runs llama.cpp's RPC server on loopback (restarted if it dies), exposes it
+only through the token-authenticated relay, and announces itself over the
+overlay with role `llama-cpp-worker` and a `worker` payload that nodes use to
+place layers. A JSON status line goes to stdout whenever the status changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .backends.rpc.relay import RelayServer
+from .backends.rpc.server import RpcServerProcess
+from .overlay.addresses import ips
+from .settings import NodeSettings, add_swarm_arguments, env_default, swarm_fields
+from .swarm.join import build_overlay
+from .swarm.payload import WORKER_PAYLOAD_KEY, WORKER_ROLE
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 1.0
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    add_swarm_arguments(parser)
+    parser.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR"),
+                        help="this worker's identity (default: the user's data directory; P2PAI_DATA_DIR)")
+    parser.add_argument("--rpc-port", type=int, default=int(env_default("RPC_PORT", "0") or 0),
+                        help="port of the authenticated RPC relay, on the IP of --p2p-listen "
+                             "(default: any free port; P2PAI_RPC_PORT)")
+    parser.add_argument("--threads", type=int, default=int(env_default("THREADS", "0") or 0),
+                        help="llama.cpp compute threads (default: all cores; P2PAI_THREADS)")
+    parser.add_argument("--memory", type=int, default=int(env_default("MEMORY", "0") or 0), metavar="MB",
+                        help="advertise at most this much memory (default: what is available; P2PAI_MEMORY)")
+    parser.add_argument("--cache-dir", default=env_default("CACHE_DIR"),
+                        help="llama.cpp's tensor cache, speeds up reloads (default: none; P2PAI_CACHE_DIR)")
+    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
+
+
+def memory(limit_mb: int) -> tuple[int, int]:
+    """(free, total) bytes to advertise: MemAvailable and MemTotal, capped by --memory."""
+    info: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0]) * 1024
+    total = info.get("MemTotal", 0)
+    free = info.get("MemAvailable", total)
+    if limit_mb:
+        cap = limit_mb * 2**20
+        total, free = min(total, cap) if total else cap, min(free, cap) if free else cap
+    return free, total
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .token import derive_keys, parse_token
+
+        if not args.token:
+            raise SystemExit("p2pai worker needs the swarm's token: --token, P2PAI_TOKEN or TOKEN")
+        self.args = args
+        defaults = NodeSettings()
+        self.settings = NodeSettings(
+            data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir, **swarm_fields(args)
+        )
+        self.keys = derive_keys(parse_token(self.settings.token or ""))
+        self.data_dir = self.settings.data_dir
+        self.threads = args.threads or os.cpu_count() or 1
+        self.rpc = RpcServerProcess(self.threads, args.cache_dir)
+        self.relay: RelayServer | None = None
+        self.hosts: list[str] = []
+        self.port = 0
+        self._last_status: dict[str, Any] | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The announced `worker` payload; GET /api/p2p shows it under llama_cpp_nodes."""
+        assert self.relay is not None
+        free, total = memory(self.args.memory)
+        return {
+            "rpc": {"port": self.port, "hosts": self.hosts},
+            "free_memory": free,
+            "total_memory": total,
+            "threads": self.threads,
+            "protocol": self.rpc.protocol,
+            "in_use_by": self.relay.lease.holder,
+            "cache": bool(self.args.cache_dir),
+            "served": {
+                "sessions": self.relay.traffic.sessions,
+                "bytes_in": self.relay.traffic.bytes_in,
+                "bytes_out": self.relay.traffic.bytes_out,
+                "refused": self.relay.refused,
+                "server_restarts": self.rpc.restarts,
+            },
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listen_ip = _listen_ip(self.settings.p2p_listen[0])
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.rpc.start()
+        supervisor = asyncio.create_task(self.rpc.supervise())
+        overlay = build_overlay(self.settings, self.keys, [WORKER_ROLE])
+        await overlay.start()
+        try:
+            self.relay = RelayServer(self.keys.rpc_key, overlay.peer_id, lambda: self.rpc.port, self._publish_soon)
+            self.port = await self.relay.start(listen_ip, self.args.rpc_port)
+            self.hosts = ips(overlay.self_member().addrs)  # the relay listens on the overlay's IP
+            self._overlay = overlay
+            log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d",
+                     overlay.peer_id, ",".join(self.hosts), self.port, self.rpc.protocol, self.rpc.port)
+            while not stop.is_set():
+                self._publish()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
+        finally:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+            if self.relay is not None:
+                await self.relay.stop()
+            await overlay.stop()
+            await self.rpc.stop()
+
+    def _publish_soon(self) -> None:
+        asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        payload = self.payload()
+        self._overlay.set_payload({WORKER_PAYLOAD_KEY: payload})
+        status = {"peer_id": self._overlay.peer_id, "rpc_port": self.rpc.port, "worker": payload}
+        if status != self._last_status:
+            self._last_status = status
+            sys.stdout.write(json.dumps(status) + "\n")
+            sys.stdout.flush()
+
+
+def _listen_ip(multiaddr: str) -> str:
+    parts = multiaddr.split("/")
+    try:
+        if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+            raise ValueError
+        return str(ipaddress.ip_address(parts[2]))
+    except ValueError:
+        raise SystemExit(f"--p2p-listen must be /ip4|ip6/<ip>/tcp/<port>, got {multiaddr!r}") from None
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("libp2p").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await Worker(args).run(stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,254 @@
+"""llama.cpp RPC workers end to end: real `p2pai worker` processes on 127.0.0.1, real llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from openai import APIError, AsyncOpenAI
+from rpc_helpers import WorkerProcess, announced_workers, listening_address
+
+from p2pai.api.app import create_app
+from p2pai.api.state import NodeState
+from p2pai.backends.base import GenerationRequest, SamplingParams
+from p2pai.backends.llama import LlamaEngine
+from p2pai.backends.rpc.engine import RpcEngine
+from p2pai.backends.rpc.loader import RpcIdentity
+from p2pai.backends.rpc.relay import Endpoint, RelayRefused, probe
+from p2pai.backends.rpc.workers import WorkerInfo
+from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
+from p2pai.serving.manager import ModelManager
+from p2pai.token import derive_keys, new_token, parse_token
+
+NODE_ID = "12D3KooWTestNodeA"
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return new_token()
+
+
+@pytest.fixture(scope="module")
+def workers(token: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
+    base = tmp_path_factory.mktemp("workers")
+    started = [WorkerProcess(token, base / name, name) for name in ("w1", "w2")]
+    try:
+        for worker in started:
+            worker.wait_status()
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def infos(token: str, workers: list[WorkerProcess], tmp_path_factory: pytest.TempPathFactory) -> list[WorkerInfo]:
+    return announced_workers(token, tmp_path_factory.mktemp("node-overlay"), workers)
+
+
+@pytest.fixture(scope="module")
+def identity(token: str) -> RpcIdentity:
+    return RpcIdentity(NODE_ID, derive_keys(parse_token(token)).rpc_key)
+
+
+@pytest.fixture(scope="module")
+def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = default_model_config(tmp_path_factory.mktemp("gemma"))
+    if config is None:
+        pytest.skip("the gemma-3-270m package is not installed")
+    ensure_default_model_file(config)
+    return Path(config.parameters.model)
+
+
+def write_model(models_dir: Path, name: str, path: Path, rpc: str, extra: str = "") -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    (models_dir / f"{name}.yaml").write_text(
+        f"name: {name}\nparameters:\n  model: {path}\n  temperature: 0\ncontext_size: 512\nthreads: 1\n"
+        f"rpc: {rpc}\n{extra}"
+    )
+
+
+class Node:
+    """The node's serving stack in-process (ModelManager + API) with an explicit worker list."""
+
+    def __init__(self, models_dir: Path, data_dir: Path, workers: list[WorkerInfo], identity: RpcIdentity) -> None:
+        self.manager = ModelManager(build_catalog(models_dir, data_dir, []), threads=1,
+                                    workers=lambda: workers, rpc_identity=identity)
+        state = NodeState(self.manager, node_id="test-node", version="test", api_keys=frozenset(), ready=True)
+        self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
+
+    async def __aenter__(self) -> "Node":
+        await self.client.start_server()
+        self.openai = AsyncOpenAI(base_url=str(self.client.make_url("/v1")), api_key="none", max_retries=0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.manager.close()
+
+
+def test_worker_announces_itself_and_its_rpc_server_listens_on_loopback_only(
+    workers: list[WorkerProcess], infos: list[WorkerInfo]
+) -> None:
+    assert [info.name for info in infos] == ["w1", "w2"]
+    for worker, info in zip(workers, infos):
+        status = worker.status
+        assert info.peer_id == status["peer_id"] and info.hosts == ("127.0.0.1",)
+        assert info.port == status["worker"]["rpc"]["port"] and info.protocol == "7.0.0"
+        assert info.free_memory == 4096 * 2**20 and info.in_use_by is None
+        assert listening_address(status["rpc_port"]) == "127.0.0.1"
+
+
+async def test_relay_refuses_a_connection_without_the_token_handshake(workers: list[WorkerProcess]) -> None:
+    worker = workers[0]
+    before = worker.status["worker"]["served"]["refused"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.status["worker"]["rpc"]["port"])
+    # llama.cpp's own HELLO, as a client that bypasses the relay protocol would send it.
+    writer.write(bytes([14]) + (24).to_bytes(8, "little") + bytes(24))
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing from the RPC server
+    writer.close()
+    worker.wait_status(lambda s: s["worker"]["served"]["refused"] > before)
+
+
+async def test_a_worker_of_another_swarm_is_never_used(
+    infos: list[WorkerInfo], tmp_path: Path, tiny_path: Path
+) -> None:
+    stranger = RpcIdentity(NODE_ID, derive_keys(parse_token(new_token())).rpc_key)
+    with pytest.raises(RelayRefused, match="authentication failed"):
+        await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), stranger.key, stranger.peer_id)
+    write_model(tmp_path / "models", "tiny-rpc", tiny_path, "auto")
+    async with Node(tmp_path / "models", tmp_path / "data", infos, stranger) as node:
+        engine = await node.manager.engine("tiny-rpc")
+        assert isinstance(engine, LlamaEngine)  # no usable worker: it runs locally
+
+
+async def generate(engine: RpcEngine, prompt: str, max_tokens: int) -> str:
+    request = GenerationRequest(prompt, SamplingParams(temperature=0), max_tokens=max_tokens)
+    return "".join([chunk.text async for chunk in engine.generate(request)])
+
+
+@pytest.mark.parametrize("model", ["tiny", "gemma"])
+async def test_model_layers_on_two_workers_answer_through_the_openai_api(
+    model: str, workers: list[WorkerProcess], infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path,
+    tiny_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    path = tiny_path if model == "tiny" else request.getfixturevalue("gemma_path")
+    write_model(tmp_path / "models", "spread", path, "[w1, w2]", "chat_format: gemma\n" if model == "gemma" else "")
+    received = [w.status["worker"]["served"]["bytes_in"] for w in workers]
+    async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
+        engine = await node.manager.engine("spread")
+        assert isinstance(engine, RpcEngine) and engine.pid != os.getpid()
+        layers = engine.placement.layers
+        assert layers[infos[0].peer_id] and layers[infos[1].peer_id] and not layers["local"]
+        for worker in workers:  # the workers saw this node's session and its tensors
+            worker.wait_status(lambda s: s["worker"]["in_use_by"] == NODE_ID)
+        reply = await node.openai.chat.completions.create(
+            model="spread", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+        text = await node.openai.completions.create(model="spread", prompt="one two three", max_tokens=4)
+        assert text.choices[0].text
+    for worker, before in zip(workers, received):
+        status = worker.wait_status(lambda s: s["worker"]["in_use_by"] is None)
+        # Each worker received at least the weights of its layers.
+        assert status["worker"]["served"]["bytes_in"] - before > (100_000 if model == "tiny" else 20_000_000)
+
+
+async def test_a_second_node_is_refused_while_one_holds_the_lease(
+    infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+) -> None:
+    write_model(tmp_path / "models", "tiny-rpc", tiny_path, "[w1]")
+    other = RpcIdentity("12D3KooWTestNodeB", identity.key)
+    async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
+        assert isinstance(await node.manager.engine("tiny-rpc"), RpcEngine)
+        with pytest.raises(RelayRefused, match=f"in use by {NODE_ID}"):
+            await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), other.key, other.peer_id)
+    await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), other.key, other.peer_id)  # released
+
+
+async def test_killed_worker_fails_the_request_cleanly_and_the_model_reloads_without_it(
+    token: str, infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path, gemma_path: Path
+) -> None:
+    doomed = WorkerProcess(token, tmp_path / "w3", "w3")
+    try:
+        [w3] = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [doomed])
+        swarm = [infos[0], w3]
+        write_model(tmp_path / "models", "spread", gemma_path, "[w1, w3]", "chat_format: gemma\n")
+        async with Node(tmp_path / "models", tmp_path / "data", swarm, identity) as node:
+            first = await node.manager.engine("spread")
+            assert isinstance(first, RpcEngine) and first.placement.layers[w3.peer_id]
+            stream = await node.openai.completions.create(model="spread", prompt="Once upon a time",
+                                                          max_tokens=400, stream=True)
+            got = 0
+            with pytest.raises(APIError) as failure:
+                async for chunk in stream:
+                    got += 1
+                    if got == 3:
+                        doomed.kill()
+            assert f"RPC worker {w3.peer_id}" in failure.value.message
+            assert first.failure and w3.peer_id in first.failure
+            # The node survived; the next request reloads the model on w1 alone.
+            reply = await node.openai.completions.create(model="spread", prompt="one two three", max_tokens=4)
+            assert reply.choices[0].text
+            second = await node.manager.engine("spread")
+            assert second is not first and isinstance(second, RpcEngine)
+            assert second.placement.workers == (infos[0].peer_id,)
+    finally:
+        doomed.stop()
+
+
+def test_p2pai_start_places_a_model_on_the_swarms_workers_and_shows_them(
+    start_node, tmp_path: Path, tiny_path: Path
+) -> None:
+    """The whole path with real processes: `p2pai start` finds the workers through the overlay."""
+    import subprocess
+    import sys
+
+    import httpx
+    from openai import OpenAI
+
+    token = new_token()
+    started = [WorkerProcess(token, tmp_path / name, name) for name in ("x1", "x2")]
+    try:
+        write_model(tmp_path / "models", "spread", tiny_path, "auto")
+        node = start_node("--token", token, "--models-dir", str(tmp_path / "models"), "--threads", "1",
+                          *[arg for worker in started for arg in ("--bootstrap", worker.bootstrap)], name="node")
+
+        def online_workers() -> list[dict]:
+            return [n for n in node.swarm()["llama_cpp_nodes"] if n["online"]]
+
+        for _ in range(100):
+            if len(online_workers()) == 2:
+                break
+            time.sleep(0.1)
+        shown = {n["name"]: n for n in online_workers()}
+        assert set(shown) == {"x1", "x2"}
+        assert all(n["tunnelAddress"].startswith("127.0.0.1:") and n["protocol"] for n in shown.values())
+        answer = OpenAI(base_url=node.url + "/v1", api_key="none", max_retries=0).chat.completions.create(
+            model="spread", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+        )
+        assert answer.usage.completion_tokens == 8
+        node_id = node.peer_id()
+        for worker in started:  # the workers' own account: leased to this node, tensors received
+            status = worker.wait_status(lambda s: s["worker"]["in_use_by"] == node_id and
+                                        s["worker"]["served"]["bytes_in"] > 100_000)
+            assert status["worker"]["served"]["sessions"] >= 1
+        for _ in range(50):
+            if all(n["in_use_by"] == node_id for n in online_workers()):
+                break
+            time.sleep(0.1)
+        assert all(n["in_use_by"] == node_id for n in online_workers())
+        table = subprocess.run([sys.executable, "-m", "p2pai", "peers", "--url", node.url], capture_output=True,
+                               text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+        assert table.returncode == 0 and table.stdout.count("llama.cpp worker") + table.stderr.count(
+            "llama.cpp worker") == 2
+        assert httpx.get(node.url + "/api/p2p", timeout=5).status_code == 200
+    finally:
+        for worker in started:
+            worker.stop()
