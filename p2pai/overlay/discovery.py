@@ -45,7 +45,7 @@ class MdnsDiscovery:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start browsing; registering (≈1.2 s of name probing) continues in the background."""
+        """Start browsing and announce ourselves (in the background)."""
         self._zeroconf = AsyncZeroconf(interfaces=self._interfaces or InterfaceChoice.All)
         self._browser = AsyncServiceBrowser(
             self._zeroconf.zeroconf, [SERVICE_TYPE], handlers=[self._on_state_change]
@@ -65,7 +65,9 @@ class MdnsDiscovery:
             port=endpoints[0][1],
             properties=properties,
         )
-        await self._zeroconf.async_register_service(info)
+        # No name probing (≈1.2 s before peers hear of us): the instance name is our
+        # peer id, which no other node can hold.
+        await self._zeroconf.async_register_service(info, cooperating_responders=True)
 
     def _on_state_change(self, *, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange) -> None:
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):

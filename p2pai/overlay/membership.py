@@ -118,6 +118,10 @@ class Membership:
         del self._last_seq[member.peer_id]
         return [MemberEvent("removed", member)]
 
+    def last_seen(self, peer_id: str) -> float | None:
+        member = self._members.get(peer_id)
+        return member.last_seen if member is not None else None
+
     def members(self) -> list[Member]:
         return [m.snapshot() for m in self._members.values()]
 

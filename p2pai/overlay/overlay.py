@@ -172,6 +172,10 @@ class Overlay:
         """Known peers (not this node): online ones and offline ones not yet pruned."""
         return self._membership.members()
 
+    def last_seen(self, peer_id: str) -> float | None:
+        """When the last announcement of ``peer_id`` arrived (None: not a member)."""
+        return self._membership.last_seen(peer_id)
+
     def self_member(self) -> Member:
         if self._identity is None:
             raise RuntimeError("the overlay is not started")

@@ -81,6 +81,9 @@ class Router:
         self._policy = policy
         self._rng = rng or random.Random()
         self._outstanding: Counter[tuple[str, str]] = Counter()
+        # (peer, model) -> (the peer's last announcement time, requests finished since): an
+        # announcement still counts requests this node has seen finish after it was sent.
+        self._finished: dict[tuple[str, str], tuple[float | None, int]] = {}
         self.metrics: defaultdict[str, PeerMetrics] = defaultdict(PeerMetrics)
         self._aborts: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
         self._watcher: asyncio.Task[None] | None = None
@@ -148,7 +151,12 @@ class Router:
             stats = self._manager.stats(offer.name)
             figures = (stats.loaded, stats.slots, stats.in_flight, stats.queued, stats.decode_tps)
         else:
-            figures = (offer.loaded, offer.slots, offer.in_flight, offer.queued, offer.decode_tps)
+            stamp, finished = self._finished.get((node.id, offer.name), (None, 0))
+            if stamp != node.last_seen:
+                finished = 0
+            in_flight = max(0, offer.in_flight - finished)
+            queued = max(0, offer.queued - max(0, finished - offer.in_flight))
+            figures = (offer.loaded, offer.slots, in_flight, queued, offer.decode_tps)
         loaded, slots, in_flight, queued, tps = figures
         return Candidate(node.id, node.name, node.is_self, loaded, slots, in_flight, queued, tps,
                          self._outstanding[(node.id, offer.name)])
@@ -201,6 +209,12 @@ class Router:
         finally:
             metrics.finished()
             self._outstanding[(peer, model)] -= 1
+            self._note_finished(peer, model)
+
+    def _note_finished(self, peer: str, model: str) -> None:
+        seen = self._swarm.last_seen(peer)
+        stamp, count = self._finished.get((peer, model), (seen, 0))
+        self._finished[(peer, model)] = (seen, count + 1 if stamp == seen else 1)
 
     async def _abortable(self, peer: str, send: Awaitable[Upstream]) -> Upstream:
         """Wait for the peer's response headers, giving up if the peer goes offline meanwhile."""

@@ -8,8 +8,9 @@ import logging
 from typing import Any, Callable
 
 from ..backends.rpc.workers import WorkerInfo
-from ..overlay import Overlay
-from .view import SwarmNode
+from ..overlay import Member, Overlay
+from .payload import NodePayload
+from .view import SwarmNode, WorkerOffer, parse_payload
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Swarm:
         self._payload = payload
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._parsed: dict[str, tuple[float, tuple[NodePayload, WorkerOffer | None]]] = {}
 
     @property
     def peer_id(self) -> str:
@@ -52,10 +54,23 @@ class Swarm:
 
     def nodes(self) -> list[SwarmNode]:
         """This node first, then the peers (offline ones until they are pruned)."""
-        return [self.self_node(), *(SwarmNode.from_member(m) for m in self.overlay.members())]
+        return [self.self_node(), *self.peers()]
 
     def peers(self) -> list[SwarmNode]:
-        return [SwarmNode.from_member(m) for m in self.overlay.members()]
+        members = self.overlay.members()
+        for gone in self._parsed.keys() - {m.peer_id for m in members}:
+            del self._parsed[gone]
+        return [SwarmNode.from_member(m, parsed=self._parsed_payload(m)) for m in members]
+
+    def last_seen(self, peer_id: str) -> float | None:
+        return self.overlay.last_seen(peer_id)
+
+    def _parsed_payload(self, member: Member) -> tuple[NodePayload, WorkerOffer | None]:
+        """Parsed once per announcement: routing reads the swarm on every request."""
+        cached = self._parsed.get(member.peer_id)
+        if cached is None or cached[0] != member.last_seen:
+            cached = self._parsed[member.peer_id] = (member.last_seen, parse_payload(member.payload))
+        return cached[1]
 
     def workers(self) -> list[WorkerInfo]:
         """The llama.cpp RPC workers of the swarm, for models placed on them."""

@@ -35,6 +35,10 @@ class WorkerOffer(_Lenient):
             return None
 
 
+def parse_payload(raw: dict[str, Any]) -> tuple[NodePayload, WorkerOffer | None]:
+    return NodePayload.parse(raw), WorkerOffer.parse(raw.get(WORKER_PAYLOAD_KEY))
+
+
 @dataclass(frozen=True)
 class SwarmNode:
     id: str
@@ -50,7 +54,10 @@ class SwarmNode:
     worker: WorkerOffer | None
 
     @classmethod
-    def from_member(cls, member: Member, is_self: bool = False) -> SwarmNode:
+    def from_member(cls, member: Member, is_self: bool = False,
+                    parsed: tuple[NodePayload, WorkerOffer | None] | None = None) -> SwarmNode:
+        """``parsed``: the payload already parsed (it only changes with an announcement)."""
+        payload, worker = parsed or parse_payload(member.payload)
         return cls(
             id=member.peer_id,
             name=member.name,
@@ -61,8 +68,8 @@ class SwarmNode:
             connected=member.connected,
             last_seen=member.last_seen,
             is_self=is_self,
-            payload=NodePayload.parse(member.payload),
-            worker=WorkerOffer.parse(member.payload.get(WORKER_PAYLOAD_KEY)),
+            payload=payload,
+            worker=worker,
         )
 
     @property
