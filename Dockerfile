@@ -13,8 +13,12 @@ ENV VIRTUAL_ENV=/opt/venv
 RUN python -m venv "$VIRTUAL_ENV" && ./scripts/install.sh all
 ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
     P2PAI_DATA_DIR=/data \
-    P2PAI_LISTEN=0.0.0.0:8080
+    P2PAI_LISTEN=0.0.0.0:8080 \
+    P2PAI_P2P_LISTEN=/ip4/0.0.0.0/tcp/4001 \
+    P2PAI_PEER_LISTEN=0.0.0.0:4002
 
 VOLUME /data
-EXPOSE 8080
+# 8080: OpenAI API; 4001: libp2p (membership, tunnel); 4002: signed node-to-node HTTP.
+# Behind Docker's NAT set P2PAI_PEER_ADVERTISE=<host IP>:4002 (or use --network host).
+EXPOSE 8080 4001 4002
 ENTRYPOINT ["p2pai", "start"]
