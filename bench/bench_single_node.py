@@ -407,7 +407,12 @@ def render_table(medians: dict[str, dict[str, float | None]], targets: dict[str,
                 text += f" (target >= {target}: {'met' if value >= target else 'MISSED'})"
             cells.append(text)
         lines.append(cells)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return markdown_table(lines)
+
+
+def markdown_table(lines: list[list[str]]) -> str:
+    """Rows (the header first) as an aligned Markdown table."""
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     out = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in lines]
     out.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     return "\n".join(out)

@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_single_node import CLOCK_TICKS, CpuMeter, free_port, machine
+from bench_single_node import CLOCK_TICKS, CpuMeter, free_port, machine, markdown_table
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -497,10 +497,7 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
             target = f"{op} {limit:g}: {verdict}"
         lines.append([r["label"], fmt(r["median"], digits), fmt(r["min"], digits), fmt(r["max"], digits),
                       r["n"], target])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |" for line in lines]
-    out.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
-    return "\n".join(out)
+    return markdown_table(lines)
 
 
 def jsonable(value: Any) -> Any:
