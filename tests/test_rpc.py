@@ -141,7 +141,7 @@ async def test_model_layers_on_two_workers_answer_through_the_openai_api(
 ) -> None:
     path = tiny_path if model == "tiny" else request.getfixturevalue("gemma_path")
     write_model(tmp_path / "models", "spread", path, "[w1, w2]", "chat_format: gemma\n" if model == "gemma" else "")
-    received = [w.status["worker"]["served"]["bytes_in"] for w in workers]
+    before = [w.status["worker"]["served"] for w in workers]
     async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
         engine = await node.manager.engine("spread")
         assert isinstance(engine, RpcEngine) and engine.pid != os.getpid()
@@ -154,10 +154,13 @@ async def test_model_layers_on_two_workers_answer_through_the_openai_api(
         assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
         text = await node.openai.completions.create(model="spread", prompt="one two three", max_tokens=4)
         assert text.choices[0].text
-    for worker, before in zip(workers, received):
-        status = worker.wait_status(lambda s: s["worker"]["in_use_by"] is None)
+    for worker, served in zip(workers, before):
+        # The worker's account once this node's sessions ended (not an older idle status).
+        status = worker.wait_status(lambda s, served=served: s["worker"]["in_use_by"] is None
+                                    and s["worker"]["served"]["sessions"] > served["sessions"])
         # Each worker received at least the weights of its layers.
-        assert status["worker"]["served"]["bytes_in"] - before > (100_000 if model == "tiny" else 20_000_000)
+        received = status["worker"]["served"]["bytes_in"] - served["bytes_in"]
+        assert received > (100_000 if model == "tiny" else 20_000_000)
 
 
 async def test_a_second_node_is_refused_while_one_holds_the_lease(
