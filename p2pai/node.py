@@ -33,7 +33,8 @@ def node_id(settings: NodeSettings) -> str:
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models))
-    manager = ModelManager(catalog, settings.threads, settings.context_size, on_load=LoadReporter())
+    manager = ModelManager(catalog, settings.threads, settings.context_size, settings.parallel,
+                           on_load=LoadReporter())
     state = NodeState(
         manager=manager,
         node_id=node_id(settings),

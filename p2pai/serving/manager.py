@@ -43,11 +43,13 @@ class ModelManager:
         catalog: ModelCatalog,
         threads: int | None = None,
         context_size: int | None = None,
+        parallel: int | None = None,
         on_load: Callable[[LoadEvent], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self._threads = threads
         self._context_size = context_size
+        self._parallel = parallel
         self._on_load = on_load or (lambda event: None)
         self._engines: dict[str, LlamaEngine] = {}
         self._loading: dict[str, asyncio.Task[LlamaEngine]] = {}
@@ -68,7 +70,8 @@ class ModelManager:
         engine = self._engines.get(name)
         if engine is not None:
             return engine.stats()
-        return ModelStats(loaded=False, in_flight=0, queued=0, slots=1, decode_tps=None)
+        slots = self.config(name).parallel or self._parallel or 0  # 0: automatic, known once loaded
+        return ModelStats(loaded=False, in_flight=0, queued=0, slots=slots, decode_tps=None)
 
     async def engine(self, name: str) -> LlamaEngine:
         if name in self._engines:
@@ -110,6 +113,7 @@ class ModelManager:
         return LlamaSettings(
             path=str(config.model_path(self.catalog.models_dir)),
             context_size=config.context_size or self._context_size or 4096,
+            parallel=config.parallel or self._parallel,
             threads=config.threads or self._threads or 0,
             batch=config.batch,
             mmap=config.mmap,
