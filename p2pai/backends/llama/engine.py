@@ -59,11 +59,11 @@ class LlamaEngine:
             raise
 
     def stats(self) -> ModelStats:
-        """in_flight: requests holding a slot (plus a running call such as embed); queued: waiting for one."""
+        """in_flight: requests holding a slot; queued: requests waiting for one; decode_tps: all slots together."""
         return ModelStats(
             loaded=True,
-            in_flight=self.scheduler.active + self._thread.running,
-            queued=self.scheduler.waiting + self._thread.pending,
+            in_flight=self.scheduler.active,
+            queued=self.scheduler.waiting,
             slots=len(self.scheduler.slots),
             decode_tps=self.scheduler.decode_tps,
         )

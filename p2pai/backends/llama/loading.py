@@ -65,7 +65,10 @@ def load_generator(settings: LlamaSettings) -> LoadedModel:
     llama_cpp = _import_llama_cpp()
     from llama_cpp._internals import LlamaContext, LlamaModel
 
+    from llama_cpp._logger import set_verbose
+
     _check_file(settings)
+    set_verbose(False)  # llama.cpp logs through llama-cpp-python's process-wide callback; `Llama` does the same
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = settings.gpu_layers
     model_params.use_mmap = settings.mmap
@@ -80,8 +83,10 @@ def load_generator(settings: LlamaSettings) -> LoadedModel:
     params.n_batch = params.n_ubatch = n_batch
     params.n_seq_max = parallel
     params.kv_unified = False  # a KV stream per slot: one slot can never starve another of cells
+    params.swa_full = False  # sliding-window layers keep only their window: gemma-3 KV 5x smaller, same speed
     params.n_threads = params.n_threads_batch = threads(settings)
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as `Llama`: the same logits
+    # As `Llama`: the same logits as llama-cpp-python (flash attention was 7 % faster on gemma-3-270m).
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.no_perf = True
     try:
         context = LlamaContext(model=model, params=params, verbose=False)

@@ -28,14 +28,19 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def pick_slot(slots: list[Slot], prompt: list[int]) -> tuple[Slot, int] | None:
-    """The free slot sharing the longest prefix with `prompt` (ties: least recently used), and that length."""
-    best: tuple[int, int, Slot] | None = None
-    for slot in slots:
-        if slot.busy:
-            continue
-        key = (common_prefix(slot.tokens, prompt), -slot.last_used)
-        if best is None or key > best[:2]:
-            best = (*key, slot)
-    if best is None:
+    """The free slot to serve `prompt`, and how many of its tokens are already cached there.
+
+    The slot sharing the longest prefix, if that prefix is worth it (more than
+    a BOS token and a tenth of the prompt, as llama-server's similarity rule);
+    otherwise the least recently used slot, so that an unrelated prompt does not
+    evict a conversation whose next turn may come.
+    """
+    free = [slot for slot in slots if not slot.busy]
+    if not free:
         return None
-    return best[2], best[0]
+    matches = [(common_prefix(slot.tokens, prompt), slot) for slot in free]
+    best, slot = max(matches, key=lambda m: (m[0], -m[1].last_used))
+    if best > max(1, len(prompt) // 10):
+        return slot, best
+    lru = min(free, key=lambda s: s.last_used)
+    return lru, common_prefix(lru.tokens, prompt)
