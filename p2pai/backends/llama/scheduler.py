@@ -242,8 +242,10 @@ class Scheduler:
                 seq = self._waiting.popleft()
             try:
                 self._start(seq, outbox)
-            except BackendError as exc:
-                outbox.append((seq, exc))
+            except Exception as exc:  # this request's own failure (a bad prompt, grammar...): not the others'
+                if seq.sampler is not None:
+                    seq.sampler.close()
+                outbox.append((seq, exc if isinstance(exc, BackendError) else BackendError(f"cannot start: {exc}")))
 
     def _start(self, seq: Sequence, outbox: Outbox) -> None:
         request = seq.request
