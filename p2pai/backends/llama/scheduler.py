@@ -183,6 +183,7 @@ class Scheduler:
         self._admit(outbox)
         fed, n = self._fill_batch()
         if n == 0:
+            self._update_speed()  # the last sequences were cancelled: close the speed window
             return
         status = lib.llama_decode(self._ctx, self._batch)
         if status != 0:
@@ -340,6 +341,10 @@ class Scheduler:
         if record.generated:
             self._window_tokens += record.generated
             self._window_s += record.seconds
+        self._update_speed()
+
+    def _update_speed(self) -> None:
+        """Fold the window into `decode_tps` once it is long enough or the scheduler idles."""
         if self._window_tokens and (self._window_s >= SPEED_WINDOW_S or not self._active):
             tps = self._window_tokens / max(self._window_s, 1e-9)
             self.decode_tps = tps if self.decode_tps is None else 0.7 * self.decode_tps + 0.3 * tps
