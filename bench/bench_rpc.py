@@ -135,7 +135,7 @@ async def main(args: argparse.Namespace) -> None:
                 await worker.stop()
 
     print(f"\ngemma-3-270m Q4_K_M, {args.tokens} tokens x {args.runs} runs (median), threads {args.threads}, loopback")
-    print(f"| setup | decode tok/s | vs local | notes |\n|---|---|---|---|")
+    print("| setup | decode tok/s | vs local | notes |\n|---|---|---|---|")
     for label, tps, notes in rows:
         print(f"| {label} | {tps:.1f} | {tps / base:.2f} | {notes} |")
     print("\n| worker tensor cache | first load s | reload s |\n|---|---|---|")

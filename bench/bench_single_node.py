@@ -1,12 +1,16 @@
-"""Single-node benchmark: p2pai against raw llama-cpp-python and `llama_cpp.server`.
+"""Single-node benchmark: p2pai against raw llama-cpp-python, llama.cpp's `llama-server` and `llama_cpp.server`.
 
-All three contenders serve the same GGUF with the same sampling, one at a time
+All contenders serve the same GGUF with the same sampling, one at a time
 (never two computing at once: the target machines have few cores):
 
 1. raw: `Llama.create_completion` in a subprocess of its own, every llama call on
    one thread. This is the ceiling p2pai's single stream is held to.
 2. p2pai: `p2pai start --preload` as a real process, streaming `/v1/completions` over HTTP.
-3. llama_cpp.server: llama-cpp-python's own OpenAI server, the same requests.
+3. llama-server: llama.cpp's own C++ server with 4 slots (`-np 4`), built once from the
+   llama.cpp sources vendored in the installed llama-cpp-python's sdist: the batching ceiling.
+4. llama_cpp.server: llama-cpp-python's own OpenAI server, the same requests.
+
+Servers are timed with 1, 2, 4 and 8 concurrent streaming clients.
 
 Run `python bench/bench_single_node.py --help` for the options; see bench/README.md.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,21 +38,26 @@ import aiohttp
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 """A story opening: a base model keeps writing instead of stopping early."""
-CONCURRENT_CLIENTS = 4
+CLIENTS = (1, 2, 4, 8)
+"""Concurrent streaming clients per round."""
+SLOTS = 4
+"""Sequences decoded together by p2pai and llama-server."""
 SAMPLING: dict[str, float] = {"temperature": 0.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
 """Greedy, with `create_completion`'s defaults for the rest, sent explicitly to every
 contender: llama_cpp.server would otherwise apply repeat_penalty 1.1."""
 
+CONTENDERS = ("raw", "p2pai", "llama-server", "llama_cpp.server")
 METRICS: dict[str, tuple[str, str]] = {
     "single_stream_tps": ("single-stream tok/s", "{:.1f}"),
-    "ttft_ms": ("TTFT ms", "{:.0f}"),
-    "concurrent_aggregate_tps": (f"{CONCURRENT_CLIENTS}-client aggregate tok/s", "{:.1f}"),
+    "ttft_ms": ("TTFT ms, alone", "{:.0f}"),
+    **{f"aggregate_tps_{n}": (f"{n}-client aggregate tok/s", "{:.1f}") for n in CLIENTS},
+    **{f"ttft_ms_{n}": (f"TTFT ms, {n} clients (median; max)", "{:.0f}") for n in CLIENTS if n > 1},
 }
 """The table's rows: key in the results, label, format."""
 TARGETS: dict[str, dict[str, float]] = {
     # metric -> {contender p2pai is divided by: minimum ratio}
     "single_stream_tps": {"raw": 0.95},
-    "concurrent_aggregate_tps": {"llama_cpp.server": 1.6},
+    "aggregate_tps_4": {"llama-server": 0.8, "llama_cpp.server": 3.0},
 }
 
 HOST = "127.0.0.1"
@@ -63,6 +73,9 @@ QUIET_TRIES = 10
 """...over one window, checking at most this many windows before starting anyway."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "single_node.json"
+CACHE = Path.home() / ".cache" / "p2pai-bench"
+"""llama-server is built here once (outside the repository)."""
+BUILD_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -305,14 +318,15 @@ async def http_stream(session: aiohttp.ClientSession, url: str, max_tokens: int,
 
 
 async def concurrent_streams(
-    session: aiohttp.ClientSession, url: str, max_tokens: int, meter: CpuMeter
+    session: aiohttp.ClientSession, url: str, max_tokens: int, meter: CpuMeter, clients: int
 ) -> dict[str, Any]:
-    """CONCURRENT_CLIENTS streams at once; aggregate = all their tokens / wall time to the last finish."""
+    """`clients` streams at once; aggregate = all their tokens / wall time to the last finish."""
     since = meter.mark()
-    streams = await asyncio.gather(*(http_stream(session, url, max_tokens, meter) for _ in range(CONCURRENT_CLIENTS)))
+    streams = await asyncio.gather(*(http_stream(session, url, max_tokens, meter) for _ in range(clients)))
     wall = meter.mark()[0] - since[0]
     tokens = sum(s.completion_tokens for s in streams)
     return {
+        "clients": clients,
         "wall_s": wall,
         "completion_tokens": tokens,
         "aggregate_tps": tokens / wall,
@@ -334,9 +348,10 @@ async def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[
             for _ in range(args.repeat):
                 await asyncio.to_thread(meter.wait_quiet)
                 single.append(await http_stream(session, server.url, args.max_tokens, meter))
-            for _ in range(args.repeat):
-                await asyncio.to_thread(meter.wait_quiet)
-                rounds.append(await concurrent_streams(session, server.url, args.max_tokens, meter))
+            for clients in args.clients:
+                for _ in range(args.repeat):
+                    await asyncio.to_thread(meter.wait_quiet)
+                    rounds.append(await concurrent_streams(session, server.url, args.max_tokens, meter, clients))
     finally:
         server.stop()
     return {"ready_s": ready_s, "single": single, "concurrent": rounds}
@@ -348,6 +363,7 @@ def p2pai_server(model: str, args: argparse.Namespace, workdir: Path) -> ServerP
     argv = [
         str(p2pai), "start", "--listen", f"{HOST}:{port}", "--data-dir", str(workdir / "p2pai-data"),
         "--model", model, "--threads", str(args.threads), "--context-size", str(args.ctx), "--preload",
+        "--parallel", str(SLOTS),
     ]
     return ServerProcess("p2pai", argv, port, "/readyz", workdir / "p2pai.log")
 
@@ -362,19 +378,78 @@ def llama_cpp_server(model: str, args: argparse.Namespace, workdir: Path) -> Ser
     return ServerProcess("llama_cpp.server", argv, port, "/v1/models", workdir / "llama_cpp_server.log")
 
 
+def llama_server(model: str, args: argparse.Namespace, workdir: Path, binary: Path) -> ServerProcess:
+    """`-c` is the total of all slots in llama-server: SLOTS x ctx gives each slot p2pai's context."""
+    port = free_port()
+    argv = [
+        str(binary), "--model", model, "--ctx-size", str(args.ctx * SLOTS), "--parallel", str(SLOTS),
+        "--threads", str(args.threads), "--host", HOST, "--port", str(port),
+    ]
+    return ServerProcess("llama-server", argv, port, "/health", workdir / "llama_server.log")
+
+
+def llama_server_binary(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """llama-server from `--llama-server`, the cache, or a fresh build; (None, why) when there is none.
+
+    Built from the llama.cpp sources vendored in the sdist of the installed
+    llama-cpp-python (same ggml as the others), once, under CACHE: about 5
+    minutes on 2 cores.
+    """
+    if args.llama_server:
+        binary = Path(args.llama_server)
+        return (binary, "given") if binary.is_file() else (None, f"--llama-server {binary}: no such file")
+    version = importlib.metadata.version("llama-cpp-python")
+    build = CACHE / f"build-llama-server-{version}"
+    binary = build / "bin" / "llama-server"
+    if binary.is_file():
+        return binary, f"cached build of llama-cpp-python {version}'s llama.cpp"
+    if args.no_build:
+        return None, f"not built yet ({binary}) and --no-build given"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log = CACHE / f"build-llama-server-{version}.log"
+    source = CACHE / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    steps = [
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"llama-cpp-python=={version}", "-d", str(CACHE)],
+        ["tar", "xzf", str(CACHE / f"llama_cpp_python-{version}.tar.gz"), "-C", str(CACHE)],
+        ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+         "-DGGML_NATIVE=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 1)],
+    ]
+    print(f"building llama-server from llama-cpp-python {version}'s sources (log: {log}) ...", flush=True)
+    with log.open("wb") as out:
+        for step in steps:
+            if step[0] == "tar" and source.is_dir():
+                continue
+            try:
+                subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=BUILD_TIMEOUT_S)
+            except (OSError, subprocess.SubprocessError) as exc:
+                return None, f"could not build llama-server ({' '.join(step[:3])}...: {exc}); see {log}"
+    return (binary, "built now") if binary.is_file() else (None, f"the build made no {binary}; see {log}")
+
+
 # Report.
 
 
 def summarise(result: dict[str, Any]) -> dict[str, float | None]:
-    """Medians over the repeats of the three headline metrics, and the worst disturbance by others."""
+    """Medians over the repeats of every metric, and the worst disturbance by others.
+
+    TTFT under load: per round the median (and max) over its streams, then the median over rounds.
+    """
     single: list[Stream] = result["single"]
     rounds = result.get("concurrent", [])
-    return {
+    summary: dict[str, float | None] = {
         "single_stream_tps": statistics.median([s.decode_tps for s in single]),
         "ttft_ms": statistics.median([s.ttft_s * 1000 for s in single]),
-        "concurrent_aggregate_tps": statistics.median([r["aggregate_tps"] for r in rounds]) if rounds else None,
         "others_cores_max": max([s.others_cores for s in single] + [r["others_cores"] for r in rounds]),
     }
+    for n in CLIENTS:
+        mine = [r for r in rounds if r["clients"] == n]
+        ttfts = [[s.ttft_s * 1000 for s in r["streams"]] for r in mine]
+        summary[f"aggregate_tps_{n}"] = statistics.median([r["aggregate_tps"] for r in mine]) if mine else None
+        summary[f"ttft_ms_{n}"] = statistics.median([statistics.median(t) for t in ttfts]) if mine else None
+        summary[f"ttft_ms_{n}_max"] = statistics.median([max(t) for t in ttfts]) if mine else None
+    return summary
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -394,15 +469,20 @@ def machine() -> dict[str, Any]:
 
 
 def render_table(medians: dict[str, dict[str, float | None]], targets: dict[str, dict[str, Any]]) -> str:
-    """Rows = metric, columns = contenders, then the two ratios and their targets."""
-    header = ["metric", "raw", "p2pai", "llama_cpp.server", "p2pai/raw", "p2pai/llama_cpp.server"]
+    """Rows = metric, columns = contenders, then p2pai's ratio to each other contender with its target."""
+    others = [name for name in CONTENDERS if name != "p2pai"]
+    header = ["metric", *CONTENDERS, *(f"p2pai/{name}" for name in others)]
     lines = [header]
     for key, (label, fmt) in METRICS.items():
-        raw, ours, other = (medians[name][key] for name in ("raw", "p2pai", "llama_cpp.server"))
-        cells = [label] + [fmt.format(v) if v is not None else "n/a" for v in (raw, ours, other)]
-        for versus, value in (("raw", ratio(ours, raw)), ("llama_cpp.server", ratio(ours, other))):
+        values = {name: medians.get(name, {}).get(key) for name in CONTENDERS}
+        cells = [label]
+        for name in CONTENDERS:
+            value, worst = values[name], medians.get(name, {}).get(f"{key}_max")
+            cells.append("n/a" if value is None else fmt.format(value) + (f"; {worst:.0f}" if worst is not None else ""))
+        for versus in others:
+            value = ratio(values["p2pai"], values[versus])
             target = targets.get(key, {}).get(versus)
-            text = f"{value:.3f}" if value is not None else "n/a"
+            text = f"{value:.2f}" if value is not None else "n/a"
             if target is not None and value is not None:
                 text += f" (target >= {target}: {'met' if value >= target else 'MISSED'})"
             cells.append(text)
@@ -444,6 +524,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=2048, help="context size of every contender")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
+    parser.add_argument("--clients", type=lambda v: [int(x) for x in v.split(",")], default=list(CLIENTS),
+                        help="concurrent clients per round, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--llama-server", help="llama-server binary to use instead of the cached build")
+    parser.add_argument("--no-build", action="store_true", help="skip llama-server unless already built")
     parser.add_argument("--raw-worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -458,10 +542,15 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         model = args.model or default_model(workdir)
         results: dict[str, dict[str, Any]] = {}
+        binary, how = llama_server_binary(args)
+        print(f"llama-server: {binary} ({how})" if binary else f"llama-server SKIPPED: {how}", flush=True)
         print(f"raw llama-cpp-python on {model} ...", flush=True)
         results["raw"] = bench_raw(model, args)
-        for make in (p2pai_server, llama_cpp_server):
-            server = make(model, args, workdir)
+        servers = [p2pai_server(model, args, workdir)]
+        if binary is not None:
+            servers.append(llama_server(model, args, workdir, binary))
+        servers.append(llama_cpp_server(model, args, workdir))
+        for server in servers:
             print(f"{server.name} ...", flush=True)
             results[server.name] = asyncio.run(bench_server(server, args))
     medians = {name: summarise(result) for name, result in results.items()}
@@ -488,12 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         "ctx": args.ctx,
         "repeat": args.repeat,
         "sampling": SAMPLING,
-        "concurrent_clients": CONCURRENT_CLIENTS,
+        "clients": args.clients,
+        "slots": SLOTS,
+        "llama_server": {"binary": str(binary) if binary else None, "how": how},
         "medians": medians,
         "ratios": {
             key: {
-                "p2pai/raw": ratio(medians["p2pai"][key], medians["raw"][key]),
-                "p2pai/llama_cpp.server": ratio(medians["p2pai"][key], medians["llama_cpp.server"][key]),
+                f"p2pai/{name}": ratio(medians["p2pai"][key], medians[name][key])
+                for name in CONTENDERS if name != "p2pai" and name in medians
             }
             for key in METRICS
         },

@@ -46,6 +46,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         catalog,
         settings.threads,
         settings.context_size,
+        settings.parallel,
         on_load=on_load,
         workers=lambda: swarm.workers(),
         rpc_identity=RpcIdentity(Identity.load_or_create(settings.data_dir).peer_id, membership.keys.rpc_key),

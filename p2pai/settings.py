@@ -31,6 +31,7 @@ class NodeSettings:
     api_keys: tuple[str, ...] = ()
     threads: int | None = None
     context_size: int | None = None
+    parallel: int | None = None
     preload: bool = False
     log_level: str = "info"
     token: str | None = None
@@ -90,7 +91,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=env_default("THREADS"),
                         help="llama.cpp threads per model (default: all cores; P2PAI_THREADS)")
     parser.add_argument("--context-size", type=int, default=env_default("CONTEXT_SIZE"),
-                        help="context size of models whose config sets none (default 4096; P2PAI_CONTEXT_SIZE)")
+                        help="context size per request of models whose config sets none "
+                             "(default 4096; P2PAI_CONTEXT_SIZE)")
+    parser.add_argument("--parallel", type=int, default=env_default("PARALLEL"),
+                        help="requests decoded together per model whose config sets none (default: automatic, "
+                             "up to 4 while their KV cache stays under 1 GiB; P2PAI_PARALLEL)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
     parser.add_argument("--routing", choices=[policy.value for policy in Policy], default=env_default("ROUTING", "least-loaded"),
@@ -154,6 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         api_keys=tuple(args.api_key),
         threads=int(args.threads) if args.threads else None,
         context_size=int(args.context_size) if args.context_size else None,
+        parallel=int(args.parallel) if args.parallel else None,
         preload=args.preload,
         log_level=args.log_level,
         routing=Policy(args.routing),

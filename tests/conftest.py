@@ -34,7 +34,7 @@ TOOLS_TEMPLATE = (
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two tiny models: `tiny` (chat, embeddings, tools) and `tiny-b` (another seed)."""
+    """Two tiny models: `tiny` (chat, embeddings, tools; 4 slots) and `tiny-b` (another seed, one slot)."""
     directory = tmp_path_factory.mktemp("models")
     write_tiny_gguf(directory / "tiny.gguf", seed=1)
     write_tiny_gguf(directory / "tiny-b.gguf", seed=2)
@@ -48,7 +48,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         + "".join(f"    {line}\n" for line in TOOLS_TEMPLATE.splitlines())
     )
     (directory / "tiny-b.yaml").write_text(
-        "name: tiny-b\nparameters:\n  model: tiny-b.gguf\n  temperature: 0\ncontext_size: 256\nmax_queue: 1\n"
+        "name: tiny-b\nparameters:\n  model: tiny-b.gguf\n  temperature: 0\ncontext_size: 256\nparallel: 1\nmax_queue: 1\n"
     )
     return directory
 

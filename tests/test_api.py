@@ -203,6 +203,17 @@ async def test_health_ready_system(client: TestClient) -> None:
     assert system["loaded_models"][0]["decode_tps"] > 0
 
 
+async def test_concurrent_requests_share_batches_and_get_their_own_answers(client: TestClient) -> None:
+    bodies = [{"model": "tiny", "prompt": p, "max_tokens": 30, "temperature": 0}
+              for p in ("hello", "the water", "one two three", "the people of the world")]
+    alone = [(await (await client.post("/v1/completions", json=b)).json())["choices"][0]["text"] for b in bodies]
+    together = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+    assert [(await r.json())["choices"][0]["text"] for r in together] == alone
+    system = await (await client.get("/system")).json()
+    figures = system["loaded_models"][0]
+    assert (figures["slots"], figures["in_flight"], figures["queued"]) == (4, 0, 0)
+
+
 BAD_INPUTS = [
     ("/v1/chat/completions", b"{not json", "invalid_json"),
     ("/v1/chat/completions", b"[]", None),

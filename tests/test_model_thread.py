@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -51,25 +52,37 @@ async def test_queue_is_bounded() -> None:
     worker.stop()
 
 
-async def test_closing_a_stream_stops_its_producer() -> None:
+class CountingStepper:
+    """Has `work` steps to do; records the thread of each."""
+
+    def __init__(self) -> None:
+        self.work = 0
+        self.threads: set[int] = set()
+        self.done = threading.Event()
+
+    def busy(self) -> bool:
+        return self.work > 0
+
+    def step(self) -> None:
+        self.threads.add(threading.get_ident())
+        time.sleep(0.001)
+        self.work -= 1
+        if not self.work:
+            self.done.set()
+
+
+async def test_a_woken_stepper_runs_on_the_thread_and_calls_interleave() -> None:
     worker = ModelThread("t")
-    produced = []
-    stopped = threading.Event()
-
-    def producer(emit, cancelled: threading.Event) -> None:
-        for i in range(10_000):
-            if cancelled.wait(0.001):
-                stopped.set()
-                return
-            produced.append(i)
-            emit(i)
-
-    stream = worker.stream(producer)
-    received = [await anext(stream) for _ in range(3)]
-    await stream.aclose()
-    assert received == [0, 1, 2]
-    assert await asyncio.to_thread(stopped.wait, 5)
-    assert len(produced) < 10_000
+    stepper = CountingStepper()
+    worker.attach(stepper)
+    caller = await worker.call(threading.get_ident)
+    stepper.work = 500
+    worker.wake()
+    # A call submitted while the stepper is busy runs between two steps, not after all of them.
+    assert await worker.call(threading.get_ident) == caller
+    assert stepper.work > 0
+    assert await asyncio.to_thread(stepper.done.wait, 5)
+    assert stepper.threads == {caller}
     worker.stop()
 
 
@@ -86,21 +99,6 @@ async def test_a_cancelled_job_that_has_not_started_never_runs() -> None:
     await blocker
     await worker.call(lambda: None)
     assert ran == []
-    worker.stop()
-
-
-async def test_stream_errors_reach_the_consumer() -> None:
-    worker = ModelThread("t")
-
-    def producer(emit, cancelled) -> None:
-        emit("a")
-        raise RuntimeError("mid-stream")
-
-    items = []
-    with pytest.raises(RuntimeError, match="mid-stream"):
-        async for item in worker.stream(producer):
-            items.append(item)
-    assert items == ["a"]
     worker.stop()
 
 

@@ -1,8 +1,7 @@
 """Types shared by every backend: what a generation asks for and what it yields.
 
 The serving layer speaks only these types to an engine, so the engine behind
-them (one request at a time today, continuous batching later) can change
-without touching the API.
+them (today llama.cpp with continuous batching) can change without touching the API.
 """
 
 from __future__ import annotations
@@ -119,9 +118,14 @@ class ModelStats:
 
     loaded: bool
     in_flight: int
+    """Requests holding a slot (being generated)."""
     queued: int
+    """Requests waiting for a free slot."""
     slots: int
+    """Requests the model decodes together (`parallel`); 0: not known until loaded."""
     decode_tps: float | None
+    """Aggregate decode speed, all slots together (tokens/s, recent average); one of
+    `in_flight` streams sees about decode_tps / in_flight. None: nothing decoded yet."""
 
 
 class Engine(Protocol):

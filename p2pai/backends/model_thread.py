@@ -2,7 +2,8 @@
 
 llama.cpp decodes about twice as fast when all compute of a process happens on
 one thread (see FACTS.md), and the event loop must never block on inference,
-so each engine funnels its work through one of these.
+so each engine funnels its work through one of these. Between calls the thread
+drives the model's scheduler (a `Stepper`) one step at a time while it has work.
 """
 
 from __future__ import annotations
@@ -11,13 +12,26 @@ import asyncio
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from .base import QueueFullError
 
 T = TypeVar("T")
 
-_STREAM_END = object()
+_WAKE = object()
+"""Queued only to wake an idle thread: the stepper has new work."""
+
+
+class Stepper(Protocol):
+    """Work the thread does in small steps, between calls (the batch scheduler)."""
+
+    def busy(self) -> bool:
+        """There is work for `step`; read without the thread's help, so it must be cheap."""
+        ...
+
+    def step(self) -> None:
+        """Do one bounded piece of work; never raises."""
+        ...
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -45,7 +59,8 @@ class ModelThread:
     def __init__(self, name: str, max_pending: int = 64) -> None:
         self._name = name
         self._max_pending = max_pending
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stepper: Stepper | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.pending = 0
@@ -57,9 +72,31 @@ class ModelThread:
             self._thread = threading.Thread(target=self._loop, name=f"model:{self._name}", daemon=True)
             self._thread.start()
 
+    def attach(self, stepper: Stepper) -> None:
+        """Run `stepper.step()` whenever no call is queued and it is busy."""
+        self._stepper = stepper
+
+    def wake(self) -> None:
+        """The stepper got work: make an idle thread look at it."""
+        self._ensure_started()
+        self._jobs.put(_WAKE)
+
+    def _next_job(self) -> Any:
+        """The next queued call; while the stepper is busy and no call waits, one step (then _WAKE)."""
+        stepper = self._stepper
+        if stepper is None or not stepper.busy():
+            return self._jobs.get()
+        try:
+            return self._jobs.get_nowait()
+        except queue.Empty:
+            stepper.step()
+            return _WAKE
+
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._next_job()
+            if job is _WAKE:
+                continue
             if job is None:
                 return
             with self._lock:
@@ -117,40 +154,6 @@ class ModelThread:
         self._enqueue(job, bounded)
         try:
             return await future
-        finally:
-            self._drop(job)
-
-    async def stream(self, producer: Callable[[Callable[[Any], None], threading.Event], None]) -> AsyncIterator[Any]:
-        """Run `producer(emit, cancelled)` on the thread and yield what it emits.
-
-        Closing the iterator (or cancelling its consumer) sets `cancelled`; the
-        producer checks it between tokens, so a disconnected client stops its
-        generation at the next token.
-        """
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: Any) -> None:
-            _call_soon(loop, items.put_nowait, item)
-
-        def run() -> None:
-            try:
-                producer(emit, job.cancelled)
-            except BaseException as exc:  # re-raised in the consumer
-                emit(exc)
-            finally:
-                emit(_STREAM_END)
-
-        job = _Job(run)
-        self._enqueue(job)
-        try:
-            while True:
-                item = await items.get()
-                if item is _STREAM_END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
         finally:
             self._drop(job)
 

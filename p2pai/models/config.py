@@ -48,8 +48,13 @@ class ModelConfig(BaseModel):
     description: str | None = None
     parameters: SamplingDefaults
     context_size: int | None = Field(default=None, ge=64)
+    """Context of each slot, i.e. of one request; the KV cache holds `parallel` of them."""
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    """Requests decoded together in one batch (slots), LocalAI's name; None: automatic
+    (up to 4 while their KV cache stays under 1 GiB, see backends/llama/loading.py)."""
     threads: int | None = Field(default=None, ge=1)
     batch: int = Field(default=512, ge=1)
+    """Most tokens per decode step, shared by all slots; long prompts are read in chunks of this."""
     f16: bool = True
     mmap: bool = True
     embeddings: bool = False
@@ -65,6 +70,7 @@ class ModelConfig(BaseModel):
     """Shorthand for `template.chat_format`."""
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     max_queue: int = Field(default=64, ge=1)
+    """Requests that may wait for a free slot; more get 503 with Retry-After."""
 
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this came from, for error messages."""

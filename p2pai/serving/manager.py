@@ -45,6 +45,7 @@ class ModelManager:
         catalog: ModelCatalog,
         threads: int | None = None,
         context_size: int | None = None,
+        parallel: int | None = None,
         on_load: Callable[[LoadEvent], None] | None = None,
         workers: Callable[[], list[WorkerInfo]] | None = None,
         rpc_identity: RpcIdentity | None = None,
@@ -54,6 +55,7 @@ class ModelManager:
         self.catalog = catalog
         self._threads = threads
         self._context_size = context_size
+        self._parallel = parallel
         self._on_load = on_load or (lambda event: None)
         self._workers = workers or (lambda: [])
         self._rpc_identity = rpc_identity
@@ -76,7 +78,8 @@ class ModelManager:
         engine = self._engines.get(name)
         if engine is not None:
             return engine.stats()
-        return ModelStats(loaded=False, in_flight=0, queued=0, slots=1, decode_tps=None)
+        slots = self.config(name).parallel or self._parallel or 0  # 0: automatic, known once loaded
+        return ModelStats(loaded=False, in_flight=0, queued=0, slots=slots, decode_tps=None)
 
     async def engine(self, name: str) -> Engine:
         if name in self._engines:
@@ -130,6 +133,7 @@ class ModelManager:
         return LlamaSettings(
             path=str(config.model_path(self.catalog.models_dir)),
             context_size=config.context_size or self._context_size or 4096,
+            parallel=config.parallel or self._parallel,
             threads=config.threads or self._threads or 0,
             batch=config.batch,
             mmap=config.mmap,

@@ -1,5 +1,6 @@
-"""GGUF models through llama.cpp (llama-cpp-python)."""
+"""GGUF models through llama.cpp (llama-cpp-python), with continuous batching."""
 
-from .engine import LlamaEngine, LlamaSettings
+from .engine import LlamaEngine
+from .loading import LlamaSettings
 
 __all__ = ["LlamaEngine", "LlamaSettings"]

@@ -1,28 +1,26 @@
-"""Logprobs of a sampled token, computed from the last logits row.
+"""Logprobs of a sampled token, computed from its sequence's logits row.
 
-llama-cpp-python only offers logprobs with `logits_all=True`, which makes
-prompt processing keep a full vocabulary row per prompt token; the last row is
-all a generated token needs.
+Only sequences that asked for logprobs pay for this: the row (the whole
+vocabulary) is read in place with numpy, right after the decode step that
+produced it and before the next one overwrites it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from ..base import TokenLogprob, TopLogprob
 from .pieces import TokenPieces
 
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
-
-def token_logprob(llm: "Llama", token: int, piece: bytes, top_n: int, pieces: TokenPieces) -> TokenLogprob:
+def token_logprob(ctx: Any, index: int, n_vocab: int, token: int, piece: bytes, top_n: int,
+                  pieces: TokenPieces) -> TokenLogprob:
+    """`token`'s logprob and the `top_n` most likely alternatives, from logits row `index` of `ctx`."""
     import llama_cpp
 
-    n_vocab = llm.n_vocab()
-    raw = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    raw = llama_cpp.llama_get_logits_ith(ctx, index)
     logits = np.ctypeslib.as_array(raw, shape=(n_vocab,))
     shifted = logits - logits.max()
     logsumexp = float(np.log(np.exp(shifted).sum()))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
+from typing import Any
 
 
 class TokenPieces:
@@ -17,8 +14,8 @@ class TokenPieces:
     Control tokens render as nothing, so they never leak into output text.
     """
 
-    def __init__(self, llm: "Llama") -> None:
-        self._vocab = llm._model.vocab
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
         self._cache: dict[int, bytes] = {}
 
     def get(self, token: int) -> bytes:
