@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -254,3 +255,57 @@ def test_p2pai_start_places_a_model_on_the_swarms_workers_and_shows_them(
     finally:
         for worker in started:
             worker.stop()
+
+
+async def test_a_dead_rpc_server_is_restarted_and_used_again(
+    token: str, identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+) -> None:
+    import psutil
+
+    worker = WorkerProcess(token, tmp_path / "w4", "w4")
+    try:
+        [info] = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [worker])
+        [server] = [p for p in psutil.Process(worker.process.pid).children()
+                    if "p2pai.backends.rpc.server" in " ".join(p.cmdline())]
+        server.kill()
+        await asyncio.to_thread(worker.wait_status, lambda s: s["worker"]["served"]["server_restarts"] == 1, 20)
+        for _ in range(100):  # the new server listens once it has started (on loopback only)
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(AssertionError):
+                assert listening_address(worker.status["rpc_port"]).startswith("127.0.0.1")
+                break
+        else:
+            raise AssertionError("the restarted RPC server never listened")
+        write_model(tmp_path / "models", "again", tiny_path, "[w4]")
+        async with Node(tmp_path / "models", tmp_path / "data", [info], identity) as node:
+            reply = await node.openai.completions.create(model="again", prompt="one two", max_tokens=4)
+            assert reply.choices[0].text
+            engine = await node.manager.engine("again")
+            assert isinstance(engine, RpcEngine) and engine.placement.layers[info.peer_id]
+    finally:
+        worker.stop()
+
+
+async def test_a_frozen_worker_fails_the_request_cleanly(
+    token: str, identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+) -> None:
+    import signal
+
+    frozen = WorkerProcess(token, tmp_path / "w5", "w5")
+    try:
+        [info] = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [frozen])
+        write_model(tmp_path / "models", "stuck", tiny_path, "[w5]")
+        async with Node(tmp_path / "models", tmp_path / "data", [info], identity) as node:
+            stream = await node.openai.completions.create(model="stuck", prompt="one two", max_tokens=400,
+                                                          stream=True)
+            started = 0.0
+            with pytest.raises(APIError) as failure:
+                async for _ in stream:
+                    if not started:
+                        frozen.process.send_signal(signal.SIGSTOP)
+                        started = time.monotonic()
+            assert time.monotonic() - started < 15
+            assert "w5" in failure.value.message or info.peer_id in failure.value.message
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+        frozen.stop()
