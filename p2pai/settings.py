@@ -105,11 +105,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
 
-def add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
+def add_swarm_arguments(parser: argparse.ArgumentParser,
+                        token_default: str = "the one kept in DATA_DIR, created on first start") -> None:
     """Flags shared by every command that joins a swarm (`start`, `worker`)."""
     parser.add_argument("--token", default=env_default("TOKEN", os.environ.get("TOKEN")),
-                        help="swarm token (P2PAI_TOKEN or TOKEN; default: the one kept in DATA_DIR, "
-                             "created on first start)")
+                        help=f"swarm token (P2PAI_TOKEN or TOKEN; default: {token_default})")
     parser.add_argument("--name", default=env_default("NAME"),
                         help="name shown to the swarm (default: the host name; P2PAI_NAME)")
     parser.add_argument("--p2p-listen", action="append", default=env_list("P2P_LISTEN"), metavar="MULTIADDR",

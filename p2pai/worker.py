@@ -33,7 +33,7 @@ STATUS_INTERVAL = 1.0
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    add_swarm_arguments(parser)
+    add_swarm_arguments(parser, token_default="none: a worker joins an existing swarm")
     parser.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR"),
                         help="this worker's identity (default: the user's data directory; P2PAI_DATA_DIR)")
     parser.add_argument("--rpc-port", type=int, default=int(env_default("RPC_PORT", "0") or 0),
@@ -160,12 +160,20 @@ def run_worker(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, logging.getLogger().level))
 
+    from .token import TokenError
+
+    try:
+        worker = Worker(args)
+    except TokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await Worker(args).run(stop)
+        await worker.run(stop)
 
     asyncio.run(main())
     return 0

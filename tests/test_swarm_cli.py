@@ -35,7 +35,9 @@ def test_token_new_and_inspect_show_public_fields_only() -> None:
 def test_malformed_tokens_are_clear_cli_errors(bad: str, tmp_path: Path) -> None:
     start = ["start", "--token", bad, "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
              "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--peer-listen", "127.0.0.1:0", "--no-mdns"]
-    for args in (["token", "inspect", bad], start):
+    worker = ["worker", "--token", bad, "--data-dir", str(tmp_path), "--p2p-listen", "/ip4/127.0.0.1/tcp/0",
+              "--no-mdns"]
+    for args in (["token", "inspect", bad], start, worker):
         result = p2pai(*args)
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr and "error" in result.stderr.lower()
