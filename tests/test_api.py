@@ -329,3 +329,31 @@ async def test_client_disconnect_stops_generation(client: TestClient) -> None:
     # The model thread is free again: a new request is served at once, not after 240 tokens.
     quick = await asyncio.wait_for(client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}), 5)
     assert quick.status == 200
+
+
+async def test_continue_final_message_extends_the_assistant_beginning(client) -> None:
+    """vLLM's extension, used to continue an answer another node began: the beginning is the
+    end of the prompt (the turn is not closed), and the answer is only what follows."""
+    user = {"role": "user", "content": "hello world"}
+    head = "the people of the world"
+
+    async def usage_and_text(messages: list[dict], **extra: object) -> tuple[int, str]:
+        response = await client.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": messages, "max_tokens": 4, **extra})
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        return body["usage"]["prompt_tokens"], body["choices"][0]["message"]["content"]
+
+    plain, _ = await usage_and_text([user])
+    closed, _ = await usage_and_text([user, {"role": "assistant", "content": head}, user])
+    continued, text = await usage_and_text([user, {"role": "assistant", "content": head}],
+                                           continue_final_message=True)
+    head_tokens = len((await (await client.post("/v1/tokenize", json={"model": "tiny", "content": head})).json())[
+        "tokens"])
+    # The head joins the prompt (give or take a token where its first word meets the template).
+    assert abs(continued - (plain + head_tokens)) <= 2
+    assert continued < closed and text
+    refused = await client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [user], "continue_final_message": True,
+    })
+    assert refused.status == 400

@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 
 from p2pai.routing.peer_auth import sign
 from p2pai.token import derive_keys, new_token, parse_token
+from conftest import NodeProcess
 from test_swarm import online_peers, wait_for
 
 CHAT = [{"role": "user", "content": "hello world"}]
@@ -95,25 +97,48 @@ def test_a_killed_node_is_skipped_without_error(swarm) -> None:
     assert b_metrics is None or b_metrics["failures"] >= 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
-def test_a_node_failing_mid_stream_never_looks_like_a_clean_end(swarm, signum: int) -> None:
+def _fail_mid_stream(swarm, signum: int, **request: object) -> tuple[NodeProcess, list, Iterator, float]:
+    """Start a long stream through A, then kill or freeze the node serving it after its first
+    chunk. Returns the serving node, the chunk before the failure, the rest of the stream and
+    when the failure happened."""
     raw = client(swarm["a"]).completions.with_raw_response.create(
-        model="tiny", prompt="the people", max_tokens=2000, stream=True
+        model="tiny", prompt="the people", max_tokens=2000, stream=True, temperature=0, **request
     )
     server = swarm[served_by(swarm, raw)]
     chunks = iter(raw.parse())
-    assert next(chunks).choices[0].text is not None
+    first = [next(chunks)]
     server.proc.send_signal(signal.SIGSTOP)  # freeze first, so the answer is surely unfinished
     if signum == signal.SIGKILL:
         server.proc.send_signal(signal.SIGKILL)
-    started = time.monotonic()
-    with pytest.raises(openai.APIError) as broken:
-        for _ in chunks:
-            pass
-    assert time.monotonic() - started < 5  # a frozen node is given up within the liveness limit
-    assert broken.value.body["code"] == "peer_failed"
-    if signum == signal.SIGSTOP:
+    return server, first, chunks, time.monotonic()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_node_failing_mid_stream_is_continued_on_another(swarm, signum: int) -> None:
+    server, first, rest, failed_at = _fail_mid_stream(swarm, signum, stream_options={"include_usage": True})
+    try:
+        chunks = first + list(rest)  # no error: the client sees one stream
+    finally:
         server.proc.send_signal(signal.SIGCONT)
+    assert time.monotonic() - failed_at < 10
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert sum(1 for t in texts if t) > 100  # far more than the node sent before it failed
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert len({c.id for c in chunks}) == 1  # the continuation reads as the same completion
+    assert chunks[-1].usage.completion_tokens >= 1900
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_stream_that_cannot_be_continued_ends_with_an_explicit_error(swarm, signum: int) -> None:
+    server, _, rest, failed_at = _fail_mid_stream(swarm, signum, logprobs=1)  # logprobs cannot be carried over
+    try:
+        with pytest.raises(openai.APIError) as broken:
+            for _ in rest:
+                pass
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert time.monotonic() - failed_at < 5  # a frozen node is given up within the liveness limit
+    assert broken.value.body["code"] == "peer_failed"
 
 
 def test_pinning_a_node_and_the_404_and_503_cases(swarm) -> None:

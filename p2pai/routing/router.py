@@ -3,7 +3,8 @@
 A request is tried on at most MAX_ATTEMPTS candidates, best first. A candidate
 that fails before anything reached the client (cannot connect, 5xx, full queue,
 went offline) is skipped for the next one; a streamed answer that breaks after
-it began ends with an explicit error event, never a clean-looking end.
+it began is continued on another node (see continuation.py) or, when that is
+not possible, ends with an explicit error event, never a clean-looking end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,6 +27,7 @@ from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
+from .continuation import CHAT_PATHS, Progress, Rewriter, continuable, continuation_request, progress
 from .forward import Forwarder, PeerUnavailable, Upstream
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
@@ -200,7 +203,7 @@ class Router:
                     raise PeerUnavailable(f"answered {upstream.status}: {detail}")
                 waited = loop.time() - started
                 metrics.answered(waited)
-                return await self._relay(request, upstream, peer, waited)
+                return await self._relay(request, upstream, peer, waited, body, model)
             finally:
                 upstream.release()
         except PeerUnavailable as exc:
@@ -230,8 +233,8 @@ class Router:
         finally:
             self._aborts[peer].discard(task.cancel)
 
-    async def _relay(self, request: web.Request, upstream: Upstream, peer: str,
-                     waited: float) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, upstream: Upstream, peer: str, waited: float, body: bytes,
+                     model: str) -> web.StreamResponse:
         headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
         headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
         headers["X-P2PAI-Entry"] = self._swarm.peer_id
@@ -244,28 +247,76 @@ class Router:
             return web.Response(status=upstream.status, body=body, headers=headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
-        lost = asyncio.Event()
+        original = continuable(request.path, body)
+        relayed: list[bytes] | None = [] if original is not None else None
+        if not await self._pump(upstream, peer, response, relayed):
+            self.metrics[peer].failed("the stream broke off")
+            done = progress(b"".join(relayed)) if relayed is not None else None
+            if original is None or done is None or not await self._continue(
+                request.path, original, done, model, peer, response
+            ):
+                await response.write(_broken_stream_event(peer))
+                await response.write(_DONE)
+        await response.write_eof()
+        return response
+
+    async def _pump(self, upstream: Upstream, peer: str, response: web.StreamResponse,
+                    keep: list[bytes] | None = None, rewrite: Callable[[bytes], bytes] | None = None) -> bool:
+        """Relay ``upstream``'s events as they come; True if it ended with [DONE]."""
+        lost = False
 
         def abort() -> None:
-            lost.set()
+            nonlocal lost
+            lost = True
             upstream.close()
 
         self._aborts[peer].add(abort)
         tail = b""
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                if keep is not None:
+                    keep.append(chunk)
+                out = rewrite(chunk) if rewrite is not None else chunk
+                if out:
+                    await response.write(out)
                 tail = (tail + chunk)[-len(_DONE):]
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            lost.set()
+            lost = True
         finally:
             self._aborts[peer].discard(abort)
-        if lost.is_set() or tail != _DONE:
-            self.metrics[peer].failed("the stream broke off")
-            await response.write(_broken_stream_event(peer))
+        return not lost and tail == _DONE
+
+    async def _continue(self, path: str, original: dict[str, Any], done: Progress, model: str, failed: str,
+                        response: web.StreamResponse) -> bool:
+        """Finish a broken stream on another node that has the model; False if none could."""
+        if done.finished:  # every token arrived, only the end marker was lost
             await response.write(_DONE)
-        await response.write_eof()
-        return response
+            return True
+        follow = continuation_request(path, original, done)
+        if follow is None:
+            await response.write(_DONE)
+            return True
+        try:
+            targets = self.targets(model)
+        except (UnknownModelError, NoNodeAvailable):
+            return False
+        for target in [t for t in targets if t.candidate.node_id != failed][:MAX_ATTEMPTS]:
+            node = target.candidate.node_id
+            urls = list(target.urls) or self._swarm.self_node().endpoint_urls()
+            try:
+                upstream = await self._abortable(node, self._forwarder.send(node, urls, "POST", path, follow,
+                                                                             "application/json"))
+            except PeerUnavailable as exc:
+                log.info("%s could not continue a broken stream: %s", target.candidate.name, exc)
+                continue
+            try:
+                if upstream.status != 200:
+                    continue
+                log.info("continuing a broken stream of %s on %s", failed, target.candidate.name)
+                return await self._pump(upstream, node, response, rewrite=Rewriter(done, path in CHAT_PATHS).feed)
+            finally:
+                upstream.release()
+        return False
 
     async def _abort_on_offline(self) -> None:
         events = self._swarm.overlay.subscribe()

@@ -24,9 +24,11 @@ def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[Genera
         )),
         ("tool_choice", plan.grammar),
     )
-    prompt = template.render([_message(m, served.name) for m in request.messages], plan.template_tools)
+    messages = [_message(m, served.name) for m in request.messages]
+    beginning = _beginning_to_continue(messages) if request.continue_final_message else ""
+    prompt = template.render(messages, plan.template_tools)
     generation = GenerationRequest(
-        prompt=prompt.text,
+        prompt=prompt.text + beginning,
         sampling=served.sampling(request, grammar),
         max_tokens=served.max_tokens(request.token_limit()),
         stop=prompt.stop + tuple(served.config.stopwords) + request.stop_list(),
@@ -34,6 +36,16 @@ def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[Genera
         add_special=prompt.add_special,
     )
     return generation, plan
+
+
+def _beginning_to_continue(messages: list[dict[str, Any]]) -> str:
+    """Take the final assistant message off: the prompt asks for its reply and ends with it."""
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise InvalidRequestError(
+            "continue_final_message needs a final assistant message after the conversation",
+            param="messages",
+        )
+    return messages.pop()["content"]
 
 
 def _message(message: ChatMessage, model: str) -> dict[str, Any]:

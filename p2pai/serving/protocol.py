@@ -162,6 +162,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    continue_final_message: bool = False
+    """vLLM's extension: the last (assistant) message is a beginning to continue, not a turn to answer."""
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
