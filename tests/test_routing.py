@@ -93,8 +93,6 @@ def test_a_killed_node_is_skipped_without_error(swarm) -> None:
     for _ in range(6):
         raw = api.completions.with_raw_response.create(model="tiny", prompt="hello", max_tokens=4)
         assert served_by(swarm, raw) == "c"
-    b_metrics = next(n for n in swarm["a"].swarm()["federated_nodes"] if n["name"] == "b")["metrics"]
-    assert b_metrics is None or b_metrics["failures"] >= 0
 
 
 def _fail_mid_stream(swarm, signum: int, **request: object) -> tuple[NodeProcess, list, Iterator, float]:
