@@ -136,22 +136,16 @@ def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _listen_or_none(value: str | tuple[str, int] | None) -> tuple[str, int] | None:
-    if value is None or isinstance(value, tuple):
-        return value
-    return parse_listen(value)
-
-
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     host, port = args.listen if isinstance(args.listen, tuple) else parse_listen(args.listen)
-    peer_host, peer_port = args.peer_listen if isinstance(args.peer_listen, tuple) else parse_listen(args.peer_listen)
+    peer_host, peer_port = args.peer_listen  # argparse applies parse_listen to string defaults too
     defaults = NodeSettings()
     return NodeSettings(
         listen_host=host,
         listen_port=port,
         peer_host=peer_host,
         peer_port=peer_port,
-        peer_advertise=_listen_or_none(args.peer_advertise),
+        peer_advertise=args.peer_advertise,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
         models_dir=Path(args.models_dir).expanduser() if args.models_dir else None,
         models=tuple(args.model),

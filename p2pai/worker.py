@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .backends.rpc.relay import RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
@@ -50,17 +52,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def memory(limit_mb: int) -> tuple[int, int]:
-    """(free, total) bytes to advertise: MemAvailable and MemTotal, capped by --memory."""
-    info: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info[key] = int(value.split()[0]) * 1024
-    total = info.get("MemTotal", 0)
-    free = info.get("MemAvailable", total)
+    """(free, total) bytes to advertise: available and total memory, capped by --memory."""
+    measured = psutil.virtual_memory()
+    free, total = measured.available, measured.total
     if limit_mb:
         cap = limit_mb * 2**20
-        total, free = min(total, cap) if total else cap, min(free, cap) if free else cap
+        free, total = min(free, cap), min(total, cap)
     return free, total
 
 
@@ -146,6 +143,7 @@ class Worker:
 
 
 def _listen_ip(multiaddr: str) -> str:
+    """The IP of a listen address (its port may be 0, which parse_tcp rejects)."""
     parts = multiaddr.split("/")
     try:
         if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":

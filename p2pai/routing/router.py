@@ -16,8 +16,8 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +27,14 @@ from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
-from .continuation import CHAT_PATHS, Progress, Rewriter, continuable, continuation_request, progress
+from .continuation import (
+    CHAT_PATHS,
+    Progress,
+    Rewriter,
+    continuable,
+    continuation_request,
+    progress,
+)
 from .forward import Forwarder, PeerUnavailable, Upstream
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
@@ -105,13 +112,14 @@ class Router:
 
     def models(self) -> list[SwarmModel]:
         offers: dict[str, list[tuple[SwarmNode, ModelOffer]]] = defaultdict(list)
-        for node in self._serving_nodes():
+        nodes = self._serving_nodes()
+        for node in nodes:
             for offer in node.payload.models:
                 offers[offer.name].append((node, offer))
-        self_id = self._swarm.peer_id
+        me = nodes[0]  # Swarm.nodes() lists this node first
         for name in self._manager.names():  # live, not the last announcement
-            if all(node.id != self_id for node, _ in offers.get(name, [])):
-                offers[name].insert(0, (self._swarm.self_node(), ModelOffer(name=name)))
+            if all(node.id != me.id for node, _ in offers.get(name, [])):
+                offers[name].insert(0, (me, ModelOffer(name=name)))
         return [
             SwarmModel(
                 name=name,
@@ -131,9 +139,10 @@ class Router:
             if not nodes:
                 raise UnknownNodeError(pin)
         having = [(node, offer) for node in nodes for offer in node.payload.models if offer.name == model]
-        if any(node.is_self for node in nodes) and model in self._manager.names():
+        me = next((node for node in nodes if node.is_self), None)
+        if me is not None and model in self._manager.names():  # live, not the last announcement
             having = [(node, offer) for node, offer in having if not node.is_self]
-            having.append((self._swarm.self_node(), ModelOffer(name=model)))
+            having.append((me, ModelOffer(name=model)))
         if not having:
             raise UnknownModelError(model)
         online = [(node, offer) for node, offer in having if node.online]

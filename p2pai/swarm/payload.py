@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -88,7 +89,7 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
         offers.append(
             ModelOffer(
                 name=name,
-                size=path.stat().st_size if path.is_file() else 0,
+                size=_file_size(path),
                 loaded=stats.loaded,
                 embeddings=config.embeddings,
                 slots=stats.slots,
@@ -98,6 +99,20 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
             )
         )
     return offers
+
+
+_sizes: dict[Path, int] = {}
+
+
+def _file_size(path: Path) -> int:
+    """Read once per file (this runs every PUBLISH_INTERVAL); 0 until the file exists,
+    as the built-in model is only assembled on first use."""
+    size = _sizes.get(path)
+    if size is None:
+        size = path.stat().st_size if path.is_file() else 0
+        if size:
+            _sizes[path] = size
+    return size
 
 
 def local_payload(manager: ModelManager, endpoint: PeerEndpoint | None) -> NodePayload:
