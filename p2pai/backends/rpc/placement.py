@@ -6,11 +6,18 @@ one being the output layer) go to the devices, cut by the cumulative
 `tensor_split` fractions; the rest and the input embeddings stay local. We
 always pass the split we computed to llama.cpp, so the explanation printed
 before loading is what actually happens.
+
+The output layer stays local too (a tensor override): llama.cpp would put it
+on the last device first, and then every token's logits (vocabulary x 4
+bytes: 1 MB for gemma-3) would cross the network instead of one hidden state
+(n_embd x 4 bytes), and a model with tied embeddings would hold a second copy
+of them on the worker.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 import struct
 from dataclasses import dataclass, field
@@ -19,8 +26,11 @@ from typing import Any
 import numpy as np
 
 from ..base import ModelLoadError
+from ..llama import LlamaSettings
 
 LOCAL = "local"
+OUTPUT_TENSORS = (r"^(output|output_norm|token_embd)\.",)
+"""The output layer's tensors (a tied model's output is `token_embd`, already local for the input)."""
 HEADROOM = 1.10
 """Weights and KV cache are estimates; ask for 10% more than they add up to."""
 
@@ -61,15 +71,27 @@ class Placement:
     bytes: dict[str, int] = field(default_factory=dict)
     """Expected memory per worker id and LOCAL."""
 
+    def configure(self, settings: LlamaSettings) -> LlamaSettings:
+        """`settings` for llama.cpp to load the model exactly as placed."""
+        return dataclasses.replace(
+            settings,
+            gpu_layers=self.gpu_layers,
+            tensor_split=self.tensor_split,
+            cpu_tensors=OUTPUT_TENSORS if self.workers else (),
+        )
+
     def explain(self, names: dict[str, str] | None = None) -> str:
         names = names or {}
+        output = max(index for layers in self.layers.values() for index in layers)
         parts = []
         for where, layers in self.layers.items():
             if not layers and where != LOCAL:
                 continue
-            label = names.get(where, where)
-            span = f"layers {layers[0]}-{layers[-1]}" if layers else "no layers"
-            parts.append(f"{label}: {span} ({len(layers)}), ~{self.bytes[where] / 2**20:.0f} MiB")
+            blocks = [index for index in layers if index != output]
+            span = f"layers {blocks[0]}-{blocks[-1]} ({len(blocks)})" if blocks else "no layers"
+            if output in layers:
+                span += " + output"
+            parts.append(f"{names.get(where, where)}: {span}, ~{self.bytes[where] / 2**20:.0f} MiB")
         return "; ".join(parts)
 
 
@@ -83,12 +105,12 @@ def place(
 ) -> Placement:
     """Split `layout` over `workers` (in device order); raise PlacementError if it cannot fit.
 
-    gpu_layers: how many of the n_layer+1 layers go to workers (default all);
-    tensor_split: relative shares per worker (default: by advertised free memory).
+    gpu_layers: how many of the n_layer repeating layers go to workers, the last
+    ones (default all); tensor_split: relative shares per worker (default: by
+    advertised free memory).
     """
     n = layout.n_layer
-    offloaded = n + 1 if gpu_layers is None else min(gpu_layers, n + 1)
-    if offloaded < 0:
+    if gpu_layers is not None and gpu_layers < 0:
         raise PlacementError("gpu_layers must not be negative")
     if tensor_split is not None:
         if len(tensor_split) != len(workers):
@@ -100,19 +122,24 @@ def place(
         shares = [float(worker.free_memory) for worker in workers]
         if workers and sum(shares) <= 0:
             raise PlacementError("the workers advertise no free memory")
-    split = tuple(share / sum(shares) for share in shares) if workers else ()
-    if not workers:
-        offloaded = 0
+    on_workers = 0 if not workers else n if gpu_layers is None else min(gpu_layers, n)
+    split: tuple[float, ...] = ()
+    offloaded = 0
+    devices: list[int] = []
+    if on_workers:
+        counts = [0] * len(workers)
+        for device in _cut(shares, on_workers):
+            counts[device] += 1
+        # llama.cpp counts the output layer as the last offloaded one: one more slot on the
+        # last device, which the override then keeps local.
+        split, offloaded = _split_at(counts), on_workers + 1
+        devices = _cut(split, offloaded)
 
-    cumulative = np.cumsum(np.array(split, dtype=np.float32)) / np.float32(sum(split) or 1)
-    first = max(n + 1 - offloaded, 0)
     layers: dict[str, list[int]] = {LOCAL: [], **{worker.worker_id: [] for worker in workers}}
+    first = n + 1 - offloaded
     for index in range(n + 1):
-        if index < first or not workers:
-            layers[LOCAL].append(index)
-            continue
-        device = bisect.bisect_right(cumulative.tolist(), float(np.float32(index - first) / np.float32(offloaded)))
-        layers[workers[min(device, len(workers) - 1)].worker_id].append(index)
+        where = LOCAL if index < first or index == n else workers[devices[index - first]].worker_id
+        layers[where].append(index)
 
     kv = layout.kv_bytes_per_token_layer * context_size
     compute_for_logits = layout.vocab_size * batch * 4
@@ -133,6 +160,23 @@ def place(
                 f"but advertises {worker.free_memory / 2**20:.0f} MiB free"
             )
     return Placement(tuple(worker.worker_id for worker in workers), split, offloaded, layers, sizes)
+
+
+def _cut(shares: list[float] | tuple[float, ...], slots: int) -> list[int]:
+    """The device of each of `slots` offloaded layers, computed as llama.cpp does (float32)."""
+    cumulative = (np.cumsum(np.array(shares, dtype=np.float32)) / np.float32(sum(shares))).tolist()
+    last = len(shares) - 1
+    return [min(bisect.bisect_right(cumulative, float(np.float32(i) / np.float32(slots))), last) for i in range(slots)]
+
+
+def _split_at(counts: list[int]) -> tuple[float, ...]:
+    """Shares that make llama.cpp give device i `counts[i]` layers, then the output slot to the last.
+
+    Each cut sits half a layer before its boundary, so float rounding cannot move a layer.
+    """
+    total = sum(counts) + 1
+    cuts = [max(float(boundary) - 0.5, 0.0) for boundary in np.cumsum(counts[:-1]).tolist()] + [float(total)]
+    return tuple((cut - previous) / total for cut, previous in zip(cuts, [0.0] + cuts[:-1]))
 
 
 def _span(indices: list[int]) -> str:

@@ -19,6 +19,10 @@ IDLE_TIMEOUT closes, so a frozen or vanished peer is noticed.
 
 The lease: while one node has a session open, the relay refuses every other
 node, with the holder's id as the reason.
+
+Connections are asyncio protocols (`_Link`), not streams: about nine messages
+cross the relay per generated token, each through two relays, and a callback
+per arrival costs a third of a stream reader's task wake-up.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import logging
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -49,6 +54,7 @@ IDLE_TIMEOUT = 4.0
 MAX_FRAME = 256 * 1024
 _DATA, _PING = 0, 1
 _OK, _REFUSED = 0, 1
+_LENGTH = struct.Struct("!I")
 
 
 class RelayRefused(ConnectionError):
@@ -71,11 +77,84 @@ def _pack_id(peer_id: str) -> bytes:
     return struct.pack("!H", len(raw)) + raw
 
 
-async def _read_id(reader: asyncio.StreamReader) -> str:
-    (size,) = struct.unpack("!H", await reader.readexactly(2))
-    if size > MAX_ID_BYTES:
-        raise ConnectionError("peer id too long")
-    return (await reader.readexactly(size)).decode()
+class _Link(asyncio.Protocol):
+    """One TCP connection of the relay: exact reads for the handshake, then a callback per arrival.
+
+    While piping, a link whose writes back up pauses reading on its source link.
+    """
+
+    def __init__(self, on_connect: Callable[["_Link"], None] | None = None) -> None:
+        self._on_connect = on_connect
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], None] | None = None
+        self.source: _Link | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._on_connect is not None:
+            self._on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(data)
+        else:
+            self._buffer += data
+            self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        if self.source is not None and self.source.transport is not None:
+            self.source.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.source is not None and self.source.transport is not None:
+            self.source.transport.resume_reading()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self.closed.done():
+                raise asyncio.IncompleteReadError(bytes(self._buffer), n)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def read_id(self) -> str:
+        (size,) = struct.unpack("!H", await self.readexactly(2))
+        if size > MAX_ID_BYTES:
+            raise ConnectionError("peer id too long")
+        return (await self.readexactly(size)).decode()
+
+    def deliver_to(self, sink: Callable[[bytes], None]) -> None:
+        """From now on hand every arrival to `sink`, starting with what the handshake left unread."""
+        self._sink = sink
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            sink(data)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def peername(self) -> object:
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
 
 
 def _mac(key: bytes, role: bytes, transcript: bytes) -> bytes:
@@ -95,6 +174,7 @@ class _Sealer:
     def __init__(self, cipher: AESGCM) -> None:
         self._cipher = cipher
         self._counter = 0
+        self._pending = bytearray()
 
     def _nonce(self) -> bytes:
         self._counter += 1
@@ -102,21 +182,24 @@ class _Sealer:
 
     def seal(self, kind: int, payload: bytes) -> bytes:
         body = self._cipher.encrypt(self._nonce(), bytes([kind]) + payload, None)
-        return struct.pack("!I", len(body)) + body
+        return _LENGTH.pack(len(body)) + body
 
-    async def open(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        """The next frame; EOFError when the peer closed cleanly between frames."""
-        try:
-            header = await reader.readexactly(4)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise
-            raise EOFError from None
-        (size,) = struct.unpack("!I", header)
-        if size > MAX_FRAME + 64:
-            raise ConnectionError("oversized frame")
-        plain = self._cipher.decrypt(self._nonce(), await reader.readexactly(size), None)
-        return plain[0], plain[1:]
+    def open(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        """The frames completed by `data`, in order; ConnectionError at one that is oversized or forged."""
+        self._pending += data
+        while len(self._pending) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._pending)
+            if size > MAX_FRAME + 64:
+                raise ConnectionError("oversized frame")
+            end = _LENGTH.size + size
+            if len(self._pending) < end:
+                return
+            try:
+                plain = self._cipher.decrypt(self._nonce(), bytes(self._pending[_LENGTH.size:end]), None)
+            except InvalidTag:
+                raise ConnectionError("a frame failed authentication") from None
+            del self._pending[:end]
+            yield plain[0], plain[1:]
 
 
 @dataclass
@@ -128,70 +211,67 @@ class Traffic:
     bytes_out: int = 0
 
 
-async def pipe(
-    plain: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    sealed: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    send: _Sealer,
-    receive: _Sealer,
-    traffic: Traffic | None = None,
-) -> bool:
+async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, traffic: Traffic | None = None) -> bool:
     """Move bytes both ways until either side ends, stalls past IDLE_TIMEOUT or tampers.
 
-    Returns True when the sealed (remote) side hung up first.
+    Returns True when the sealed (remote) side hung up first; raises ConnectionError otherwise.
     """
-    plain_reader, plain_writer = plain
-    sealed_reader, sealed_writer = sealed
-    last_sent = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[bool] = loop.create_future()
+    last_sent = last_heard = loop.time()
+    counted = traffic or Traffic()
+
+    def end(result: bool | Exception) -> None:
+        if ended.done():
+            return
+        if isinstance(result, Exception):
+            ended.set_exception(result)
+        else:
+            ended.set_result(result)
 
     def send_frame(kind: int, payload: bytes) -> None:
         nonlocal last_sent
-        sealed_writer.write(send.seal(kind, payload))
-        last_sent = asyncio.get_running_loop().time()
+        sealed.write(send.seal(kind, payload))
+        last_sent = loop.time()
 
-    async def outbound() -> None:
-        while data := await plain_reader.read(MAX_FRAME):
-            send_frame(_DATA, data)
-            if traffic:
-                traffic.bytes_out += len(data)
-            await sealed_writer.drain()
+    def outbound(data: bytes) -> None:
+        for start in range(0, len(data), MAX_FRAME):
+            send_frame(_DATA, data[start:start + MAX_FRAME])
+        counted.bytes_out += len(data)
 
-    async def inbound() -> None:
-        while True:
-            try:
-                kind, data = await asyncio.wait_for(receive.open(sealed_reader), IDLE_TIMEOUT)
-            except EOFError:
-                return
-            if kind == _DATA:
-                plain_writer.write(data)
-                if traffic:
-                    traffic.bytes_in += len(data)
-                await plain_writer.drain()
+    def inbound(data: bytes) -> None:
+        nonlocal last_heard
+        last_heard = loop.time()
+        try:
+            for kind, payload in receive.open(data):
+                if kind == _DATA:
+                    plain.write(payload)
+                    counted.bytes_in += len(payload)
+        except ConnectionError as exc:
+            end(ConnectionError(f"the relay connection failed: {exc}"))
 
-    async def keepalive() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(PING_INTERVAL / 2)
-            if loop.time() - last_sent >= PING_INTERVAL:
-                send_frame(_PING, b"")
-                await sealed_writer.drain()
+    def tick() -> None:
+        nonlocal timer
+        now = loop.time()
+        if now - last_heard >= IDLE_TIMEOUT:
+            end(ConnectionError(f"no traffic for {IDLE_TIMEOUT:.0f} s: the peer is frozen or gone"))
+            return
+        if now - last_sent >= PING_INTERVAL:
+            send_frame(_PING, b"")
+        timer = loop.call_later(PING_INTERVAL / 2, tick)
 
-    tasks = [asyncio.create_task(coro) for coro in (outbound(), inbound(), keepalive())]
+    timer = loop.call_later(PING_INTERVAL / 2, tick)
+    plain.source, sealed.source = sealed, plain
+    plain.closed.add_done_callback(lambda _: end(False))
+    sealed.closed.add_done_callback(lambda _: end(True))
+    plain.deliver_to(outbound)
+    sealed.deliver_to(inbound)
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        remote_closed = tasks[1].done()
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise ConnectionError(f"no traffic for {IDLE_TIMEOUT:.0f} s: the peer is frozen or gone")
-                raise ConnectionError(f"the relay connection failed: {exc!r}")
-        return remote_closed
+        return await ended
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in (plain_writer, sealed_writer):
-            writer.close()
+        timer.cancel()
+        plain.close()
+        sealed.close()
 
 
 @dataclass
@@ -227,9 +307,10 @@ class RelayServer:
     traffic: Traffic = field(default_factory=Traffic)
     refused: int = 0
     _server: asyncio.base_events.Server | None = None
+    _sessions: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await _serve_links(host, port, self._serve, self._sessions)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -238,91 +319,98 @@ class RelayServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, link: _Link) -> None:
         try:
-            client_id, send, receive = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
+            client_id, send, receive = await asyncio.wait_for(self._handshake(link), HANDSHAKE_TIMEOUT)
         except (OSError, EOFError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
             self.refused += 1
-            log.info("refused a relay connection from %s: %s", writer.get_extra_info("peername"), exc)
-            writer.close()
+            log.info("refused a relay connection from %s: %s", link.peername(), exc)
+            link.close()
             return
         try:
-            local = await asyncio.open_connection("127.0.0.1", self.rpc_port())
+            local = await _open_link("127.0.0.1", self.rpc_port())
         except OSError as exc:
             log.warning("the RPC server is unreachable: %s", exc)
             self.lease.release()
-            writer.close()
+            link.close()
             return
         self.traffic.sessions += 1
         self.on_change()
         try:
-            await pipe(local, (reader, writer), send, receive, self.traffic)
+            await pipe(local, link, send, receive, self.traffic)
         except ConnectionError as exc:
             log.info("session of %s ended: %s", client_id, exc)
         finally:
             self.lease.release()
             self.on_change()
 
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, _Sealer, _Sealer]:
-        if await reader.readexactly(len(MAGIC)) != MAGIC:
+    async def _handshake(self, link: _Link) -> tuple[str, _Sealer, _Sealer]:
+        if await link.readexactly(len(MAGIC)) != MAGIC:
             raise ConnectionError("not a p2pai relay client")
-        client_nonce = await reader.readexactly(NONCE_BYTES)
-        client_id = await _read_id(reader)
+        client_nonce = await link.readexactly(NONCE_BYTES)
+        client_id = await link.read_id()
         server_nonce = os.urandom(NONCE_BYTES)
-        writer.write(server_nonce + _pack_id(self.peer_id))
-        await writer.drain()
+        link.write(server_nonce + _pack_id(self.peer_id))
         transcript = client_nonce + server_nonce + _pack_id(client_id) + _pack_id(self.peer_id)
-        if not hmac.compare_digest(await reader.readexactly(MAC_BYTES), _mac(self.key, b"client", transcript)):
-            writer.write(bytes([_REFUSED]) + _pack_id("authentication failed"))
-            await writer.drain()
+        if not hmac.compare_digest(await link.readexactly(MAC_BYTES), _mac(self.key, b"client", transcript)):
+            link.write(bytes([_REFUSED]) + _pack_id("authentication failed"))
             raise ConnectionError("bad token proof")
         reason = self.lease.acquire(client_id)
         if reason is not None:
-            writer.write(bytes([_REFUSED]) + _pack_id(reason))
-            await writer.drain()
+            link.write(bytes([_REFUSED]) + _pack_id(reason))
             raise ConnectionError(f"{client_id}: {reason}")
-        writer.write(bytes([_OK]) + _mac(self.key, b"server", transcript))
-        await writer.drain()
+        link.write(bytes([_OK]) + _mac(self.key, b"server", transcript))
         to_server, to_client = _session_keys(self.key, transcript)
         return client_id, _Sealer(to_client), _Sealer(to_server)
 
 
-async def connect(
-    endpoint: Endpoint, key: bytes, client_id: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _Sealer, _Sealer]:
+async def _serve_links(
+    host: str, port: int, serve: Callable[[_Link], Awaitable[None]], tasks: set[asyncio.Task[None]]
+) -> asyncio.base_events.Server:
+    """A TCP server running `serve(link)` as a task for every connection (tasks kept until done)."""
+
+    def connected(link: _Link) -> None:
+        task = asyncio.create_task(serve(link))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return await asyncio.get_running_loop().create_server(lambda: _Link(connected), host, port)
+
+
+async def _open_link(host: str, port: int) -> _Link:
+    _, link = await asyncio.get_running_loop().create_connection(_Link, host, port)
+    return link
+
+
+async def connect(endpoint: Endpoint, key: bytes, client_id: str) -> tuple[_Link, _Sealer, _Sealer]:
     """Open an authenticated session to a worker's relay; raises RelayRefused or OSError."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(endpoint.host, endpoint.port), HANDSHAKE_TIMEOUT)
+    link = await asyncio.wait_for(_open_link(endpoint.host, endpoint.port), HANDSHAKE_TIMEOUT)
     try:
-        return await asyncio.wait_for(_client_handshake(reader, writer, endpoint, key, client_id), HANDSHAKE_TIMEOUT)
+        send, receive = await asyncio.wait_for(_client_handshake(link, endpoint, key, client_id), HANDSHAKE_TIMEOUT)
+        return link, send, receive
     except asyncio.IncompleteReadError:
-        writer.close()
+        link.close()
         raise RelayRefused(f"{endpoint.host}:{endpoint.port} closed the connection during the handshake") from None
     except BaseException:
-        writer.close()
+        link.close()
         raise
 
 
-async def _client_handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, endpoint: Endpoint, key: bytes, client_id: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _Sealer, _Sealer]:
+async def _client_handshake(link: _Link, endpoint: Endpoint, key: bytes, client_id: str) -> tuple[_Sealer, _Sealer]:
     client_nonce = os.urandom(NONCE_BYTES)
-    writer.write(MAGIC + client_nonce + _pack_id(client_id))
-    await writer.drain()
-    server_nonce = await reader.readexactly(NONCE_BYTES)
-    worker_id = await _read_id(reader)
+    link.write(MAGIC + client_nonce + _pack_id(client_id))
+    server_nonce = await link.readexactly(NONCE_BYTES)
+    worker_id = await link.read_id()
     if worker_id != endpoint.peer_id:
         raise RelayRefused(f"expected worker {endpoint.peer_id}, found {worker_id}")
     transcript = client_nonce + server_nonce + _pack_id(client_id) + _pack_id(worker_id)
-    writer.write(_mac(key, b"client", transcript))
-    await writer.drain()
-    if (await reader.readexactly(1))[0] != _OK:
-        raise RelayRefused(f"worker {worker_id} refused: {await _read_id(reader)}")
-    if not hmac.compare_digest(await reader.readexactly(MAC_BYTES), _mac(key, b"server", transcript)):
+    link.write(_mac(key, b"client", transcript))
+    if (await link.readexactly(1))[0] != _OK:
+        raise RelayRefused(f"worker {worker_id} refused: {await link.read_id()}")
+    if not hmac.compare_digest(await link.readexactly(MAC_BYTES), _mac(key, b"server", transcript)):
         raise RelayRefused(f"worker {worker_id} does not hold this swarm's token")
     to_server, to_client = _session_keys(key, transcript)
-    return reader, writer, _Sealer(to_server), _Sealer(to_client)
+    return _Sealer(to_server), _Sealer(to_client)
 
 
 class Forwarder:
@@ -340,10 +428,11 @@ class Forwarder:
         self._client_id = client_id
         self._on_lost = on_lost
         self._server: asyncio.base_events.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await _serve_links("127.0.0.1", 0, self._serve, self._sessions)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -351,16 +440,15 @@ class Forwarder:
         if self._server is not None:
             self._server.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, link: _Link) -> None:
         try:
-            remote_reader, remote_writer, send, receive = await connect(self.endpoint, self._key, self._client_id)
-            if await pipe((reader, writer), (remote_reader, remote_writer), send, receive):
+            remote, send, receive = await connect(self.endpoint, self._key, self._client_id)
+            if await pipe(link, remote, send, receive):
                 await self._lost("the worker closed the connection")
         except (OSError, ValueError) as exc:  # ConnectionError and RelayRefused are OSErrors
             await self._lost(str(exc) or repr(exc))
         finally:
-            writer.close()
-
+            link.close()
 
     async def _lost(self, reason: str) -> None:
         result = self._on_lost(self.endpoint, reason)
