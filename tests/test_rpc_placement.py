@@ -66,6 +66,12 @@ def test_a_model_that_does_not_fit_is_refused_with_the_numbers() -> None:
         place(LAYOUT, [Capacity("a", 1000 * MiB), Capacity("b", 10 * MiB)], 512, 1, tensor_split=[1, 1])
 
 
+def test_a_node_without_memory_for_its_part_is_refused_with_the_numbers() -> None:
+    place(LAYOUT, [Capacity("a", 1000 * MiB)], 512, 1, local_free=43 * MiB)  # output + embeddings fit
+    with pytest.raises(PlacementError, match=r"this node would need ~42 MiB for the embeddings and no layers \+ output but has 30 MiB"):
+        place(LAYOUT, [Capacity("a", 1000 * MiB)], 512, 1, local_free=30 * MiB)
+
+
 @pytest.mark.parametrize("split, message", [([1], "tensor_split has 1 entries for 2 workers"),
                                             ([0, 0], "positive sum"), ([-1, 2], "non-negative")])
 def test_impossible_tensor_split_is_refused(split: list[float], message: str) -> None:

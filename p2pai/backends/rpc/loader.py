@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import psutil
+
 from ..base import ModelLoadError
 from ..llama import LlamaEngine, LlamaSettings
 from . import native
@@ -76,6 +78,7 @@ async def load_rpc_model(
         settings.batch,
         gpu_layers,
         tensor_split,
+        psutil.virtual_memory().available,
     )
     log.info("model %r placement: %s", name, placement.explain({w.peer_id: w.name for w, _ in usable}))
     spec = ChildSpec(

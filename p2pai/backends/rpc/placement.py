@@ -83,15 +83,11 @@ class Placement:
     def explain(self, names: dict[str, str] | None = None) -> str:
         names = names or {}
         output = max(index for layers in self.layers.values() for index in layers)
-        parts = []
-        for where, layers in self.layers.items():
-            if not layers and where != LOCAL:
-                continue
-            blocks = [index for index in layers if index != output]
-            span = f"layers {blocks[0]}-{blocks[-1]} ({len(blocks)})" if blocks else "no layers"
-            if output in layers:
-                span += " + output"
-            parts.append(f"{names.get(where, where)}: {span}, ~{self.bytes[where] / 2**20:.0f} MiB")
+        parts = [
+            f"{names.get(where, where)}: {_describe(layers, output)}, ~{self.bytes[where] / 2**20:.0f} MiB"
+            for where, layers in self.layers.items()
+            if layers or where == LOCAL
+        ]
         return "; ".join(parts)
 
 
@@ -102,12 +98,13 @@ def place(
     batch: int,
     gpu_layers: int | None = None,
     tensor_split: list[float] | None = None,
+    local_free: int | None = None,
 ) -> Placement:
     """Split `layout` over `workers` (in device order); raise PlacementError if it cannot fit.
 
     gpu_layers: how many of the n_layer repeating layers go to workers, the last
     ones (default all); tensor_split: relative shares per worker (default: by
-    advertised free memory).
+    advertised free memory); local_free: this node's available memory, if it is to be checked.
     """
     n = layout.n_layer
     if gpu_layers is not None and gpu_layers < 0:
@@ -156,9 +153,14 @@ def place(
         if sizes[worker.worker_id] > worker.free_memory:
             raise PlacementError(
                 f"the model does not fit: worker {worker.worker_id} would need "
-                f"~{sizes[worker.worker_id] / 2**20:.0f} MiB for layers {_span(layers[worker.worker_id])} "
+                f"~{sizes[worker.worker_id] / 2**20:.0f} MiB for {_describe(layers[worker.worker_id], n)} "
                 f"but advertises {worker.free_memory / 2**20:.0f} MiB free"
             )
+    if local_free is not None and sizes[LOCAL] > local_free:
+        raise PlacementError(
+            f"the model does not fit: this node would need ~{sizes[LOCAL] / 2**20:.0f} MiB for the embeddings "
+            f"and {_describe(layers[LOCAL], n)} but has {local_free / 2**20:.0f} MiB available"
+        )
     return Placement(tuple(worker.worker_id for worker in workers), split, offloaded, layers, sizes)
 
 
@@ -179,8 +181,11 @@ def _split_at(counts: list[int]) -> tuple[float, ...]:
     return tuple((cut - previous) / total for cut, previous in zip(cuts, [0.0] + cuts[:-1]))
 
 
-def _span(indices: list[int]) -> str:
-    return f"{indices[0]}-{indices[-1]}" if indices else "(none)"
+def _describe(indices: list[int], output: int) -> str:
+    """"layers 0-7 (8) + output": the repeating layers among `indices`, and whether the output layer is."""
+    blocks = [index for index in indices if index != output]
+    text = f"layers {blocks[0]}-{blocks[-1]} ({len(blocks)})" if blocks else "no layers"
+    return text + " + output" if output in indices else text
 
 
 def gguf_layout(path: str) -> ModelLayout:
