@@ -31,9 +31,10 @@ from p2pai.backends.llama import LlamaEngine, LlamaSettings
 from p2pai.backends.rpc.child import ChildSpec
 from p2pai.backends.rpc.engine import RpcEngine
 from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
-from p2pai.backends.rpc.relay import MAX_FRAME, Endpoint, Forwarder, RelayServer, _Sealer
+from p2pai.backends.rpc.relay import MAX_FRAME, Credentials, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
 from p2pai.models.catalog import default_model_config, ensure_default_model_file
+from p2pai.overlay.identity import Identity
 
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -55,9 +56,9 @@ async def decode_tps(engine, tokens: int, runs: int) -> float:
 class Worker:
     """An RPC server process behind a relay in this process, like `p2pai worker` without the overlay."""
 
-    def __init__(self, name: str, key: bytes, threads: int, cache_dir: str | None) -> None:
+    def __init__(self, key: bytes, threads: int, cache_dir: str | None) -> None:
         self.server = RpcServerProcess(threads, cache_dir)
-        self.relay = RelayServer(key, name, lambda: self.server.port)
+        self.relay = RelayServer(Credentials(Identity.generate(), key), lambda: self.server.port)
         self.endpoint: Endpoint | None = None
 
     async def start(self) -> "Worker":
@@ -80,7 +81,7 @@ async def rpc_engine(
     configured = placement.configure(settings)
     if not output_local:
         configured = dataclasses.replace(configured, cpu_tensors=())
-    spec = ChildSpec("gemma", configured, tuple(w.endpoint for w in workers), "bench-node", key)
+    spec = ChildSpec("gemma", configured, tuple(w.endpoint for w in workers), Credentials(Identity.generate(), key))
     started = time.perf_counter()
     engine = await RpcEngine.start(spec, lambda e: print("lost:", e.failure))
     return engine, time.perf_counter() - started
@@ -127,9 +128,9 @@ async def relay_round_trips(key: bytes) -> tuple[float, float]:
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     echo_port = server.sockets[0].getsockname()[1]
-    relay = RelayServer(key, "echo", lambda: echo_port)
-    forwarder = Forwarder(Endpoint("echo", "127.0.0.1", await relay.start("127.0.0.1", 0)), key, "bench-node",
-                          lambda _, reason: print("lost:", reason))
+    relay = RelayServer(Credentials(Identity.generate(), key), lambda: echo_port)
+    forwarder = Forwarder(Endpoint(relay.peer_id, "127.0.0.1", await relay.start("127.0.0.1", 0)),
+                          Credentials(Identity.generate(), key), lambda _, reason: print("lost:", reason))
     try:
         return await round_trip_us(echo_port), await round_trip_us(await forwarder.start())
     finally:
@@ -154,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
     setups: list[tuple[str, Any, list[Worker], str]] = [
         ("all layers local", local, [], f"load {time.perf_counter() - started:.2f} s")]
     for count, output_local in ((1, True), (2, True), (1, False)):
-        workers = [await Worker(f"w{len(setups)}.{i}", key, args.threads, None).start() for i in range(count)]
+        workers = [await Worker(key, args.threads, None).start() for _ in range(count)]
         engine, load = await rpc_engine(settings, workers, key, output_local)
         where = "output layer local" if output_local else "output layer on the worker too"
         setups.append((f"{count} worker{'s' if count > 1 else ''} (relay, AES-GCM), {where}", engine, workers,
@@ -183,7 +184,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as cache:
         loads = {}
         for label, cache_dir in (("no cache", None), ("cache", cache)):
-            worker = await Worker("w0", key, args.threads, cache_dir).start()
+            worker = await Worker(key, args.threads, cache_dir).start()
             try:
                 times = []
                 for _ in range(2):  # the second load finds the tensors in the cache

@@ -13,7 +13,7 @@ from . import __version__
 from .api.app import create_app
 from .api.peer_app import create_peer_app
 from .api.state import NodeState
-from .backends.rpc.loader import RpcIdentity
+from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
 from .models.catalog import build_catalog
 from .overlay.addresses import ips
@@ -49,7 +49,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         settings.parallel,
         on_load=on_load,
         workers=lambda: swarm.workers(),
-        rpc_identity=RpcIdentity(Identity.load_or_create(settings.data_dir).peer_id, membership.keys.rpc_key),
+        rpc_credentials=Credentials(Identity.load_or_create(settings.data_dir), membership.keys.rpc_key),
     )
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())

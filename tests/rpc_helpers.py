@@ -16,6 +16,7 @@ from typing import Any
 from overlay_helpers import free_port
 
 from p2pai.backends.rpc.workers import WorkerInfo
+from p2pai.overlay.identity import Identity
 from p2pai.swarm.view import SwarmNode
 from p2pai.token import derive_keys, parse_token
 
@@ -118,3 +119,11 @@ def listening_address(port: int) -> str:
                     return ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
                 return address
     raise AssertionError(f"nothing listens on port {port}")
+
+
+class Impostor:
+    """An identity that claims `peer_id` but signs with another key."""
+
+    def __init__(self, peer_id: str, signer: Identity) -> None:
+        self.peer_id = peer_id
+        self.sign = signer.sign

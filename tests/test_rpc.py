@@ -12,21 +12,22 @@ from typing import Iterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openai import APIError, AsyncOpenAI
-from rpc_helpers import WorkerProcess, announced_workers, listening_address
+from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address
 
 from p2pai.api.app import create_app
 from p2pai.api.state import NodeState
 from p2pai.backends.base import GenerationRequest, SamplingParams
 from p2pai.backends.llama import LlamaEngine
 from p2pai.backends.rpc.engine import RpcEngine
-from p2pai.backends.rpc.loader import RpcIdentity
-from p2pai.backends.rpc.relay import Endpoint, RelayRefused, probe
+from p2pai.backends.rpc.relay import Credentials, Endpoint, RelayRefused, probe
 from p2pai.backends.rpc.workers import WorkerInfo
 from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
+from p2pai.overlay.identity import Identity
 from p2pai.serving.manager import ModelManager
 from p2pai.token import derive_keys, new_token, parse_token
 
-NODE_ID = "12D3KooWTestNodeA"
+NODE = Identity.generate()
+NODE_ID = NODE.peer_id
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def infos(token: str, workers: list[WorkerProcess], tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="module")
-def identity(token: str) -> RpcIdentity:
-    return RpcIdentity(NODE_ID, derive_keys(parse_token(token)).rpc_key)
+def identity(token: str) -> Credentials:
+    return Credentials(NODE, derive_keys(parse_token(token)).rpc_key)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,9 @@ def write_model(models_dir: Path, name: str, path: Path, rpc: str, extra: str = 
 class Node:
     """The node's serving stack in-process (ModelManager + API) with an explicit worker list."""
 
-    def __init__(self, models_dir: Path, data_dir: Path, workers: list[WorkerInfo], identity: RpcIdentity) -> None:
+    def __init__(self, models_dir: Path, data_dir: Path, workers: list[WorkerInfo], identity: Credentials) -> None:
         self.manager = ModelManager(build_catalog(models_dir, data_dir, []), threads=1,
-                                    workers=lambda: workers, rpc_identity=identity)
+                                    workers=lambda: workers, rpc_credentials=identity)
         state = NodeState(self.manager, node_id="test-node", version="test", api_keys=frozenset(), ready=True)
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
@@ -120,9 +121,9 @@ async def test_relay_refuses_a_connection_without_the_token_handshake(workers: l
 async def test_a_worker_of_another_swarm_is_never_used(
     infos: list[WorkerInfo], tmp_path: Path, tiny_path: Path
 ) -> None:
-    stranger = RpcIdentity(NODE_ID, derive_keys(parse_token(new_token())).rpc_key)
+    stranger = Credentials(NODE, derive_keys(parse_token(new_token())).rpc_key)
     with pytest.raises(RelayRefused, match="authentication failed"):
-        await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), stranger.key, stranger.peer_id)
+        await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), stranger)
     write_model(tmp_path / "models", "tiny-rpc", tiny_path, "auto")
     async with Node(tmp_path / "models", tmp_path / "data", infos, stranger) as node:
         engine = await node.manager.engine("tiny-rpc")
@@ -136,7 +137,7 @@ async def generate(engine: RpcEngine, prompt: str, max_tokens: int) -> str:
 
 @pytest.mark.parametrize("model", ["tiny", "gemma"])
 async def test_model_layers_on_two_workers_answer_through_the_openai_api(
-    model: str, workers: list[WorkerProcess], infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path,
+    model: str, workers: list[WorkerProcess], infos: list[WorkerInfo], identity: Credentials, tmp_path: Path,
     tiny_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     path = tiny_path if model == "tiny" else request.getfixturevalue("gemma_path")
@@ -166,19 +167,23 @@ async def test_model_layers_on_two_workers_answer_through_the_openai_api(
 
 
 async def test_a_second_node_is_refused_while_one_holds_the_lease(
-    infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+    infos: list[WorkerInfo], identity: Credentials, tmp_path: Path, tiny_path: Path
 ) -> None:
     write_model(tmp_path / "models", "tiny-rpc", tiny_path, "[w1]")
-    other = RpcIdentity("12D3KooWTestNodeB", identity.key)
+    other = Credentials(Identity.generate(), identity.key)
+    worker = Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port)
     async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
         assert isinstance(await node.manager.engine("tiny-rpc"), RpcEngine)
         with pytest.raises(RelayRefused, match=f"in use by {NODE_ID}"):
-            await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), other.key, other.peer_id)
-    await probe(Endpoint(infos[0].peer_id, "127.0.0.1", infos[0].port), other.key, other.peer_id)  # released
+            await probe(worker, other)
+        # A member claiming the holder's peer id cannot sign for it.
+        with pytest.raises(RelayRefused, match="authentication failed"):
+            await probe(worker, Credentials(Impostor(NODE_ID, other.identity), identity.key))  # type: ignore[arg-type]
+    await probe(worker, other)  # released
 
 
 async def test_killed_worker_fails_the_request_cleanly_and_the_model_reloads_without_it(
-    token: str, infos: list[WorkerInfo], identity: RpcIdentity, tmp_path: Path, gemma_path: Path
+    token: str, infos: list[WorkerInfo], identity: Credentials, tmp_path: Path, gemma_path: Path
 ) -> None:
     doomed = WorkerProcess(token, tmp_path / "w3", "w3")
     try:
@@ -260,7 +265,7 @@ def test_p2pai_start_places_a_model_on_the_swarms_workers_and_shows_them(
 
 
 async def test_a_dead_rpc_server_is_restarted_and_used_again(
-    token: str, identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+    token: str, identity: Credentials, tmp_path: Path, tiny_path: Path
 ) -> None:
     import psutil
 
@@ -289,7 +294,7 @@ async def test_a_dead_rpc_server_is_restarted_and_used_again(
 
 
 async def test_a_frozen_worker_fails_the_request_cleanly(
-    token: str, identity: RpcIdentity, tmp_path: Path, tiny_path: Path
+    token: str, identity: Credentials, tmp_path: Path, tiny_path: Path
 ) -> None:
     import signal
 

@@ -9,10 +9,14 @@ import os
 from typing import AsyncIterator
 
 import pytest
+from rpc_helpers import Impostor
 
-from p2pai.backends.rpc.relay import _LENGTH, Endpoint, Forwarder, RelayServer, connect
+from p2pai.backends.rpc.relay import _LENGTH, Credentials, Endpoint, Forwarder, RelayServer, connect
+from p2pai.overlay.identity import Identity
 
 KEY = os.urandom(32)
+WORKER = Credentials(Identity.generate(), KEY)
+NODE = Credentials(Identity.generate(), KEY)
 
 
 @pytest.fixture
@@ -31,9 +35,9 @@ async def echo_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def relay(echo_port: int) -> AsyncIterator[tuple[RelayServer, Endpoint]]:
-    server = RelayServer(KEY, "worker-1", lambda: echo_port)
+    server = RelayServer(WORKER, lambda: echo_port)
     port = await server.start("127.0.0.1", 0)
-    yield server, Endpoint("worker-1", "127.0.0.1", port)
+    yield server, Endpoint(WORKER.peer_id, "127.0.0.1", port)
     await server.stop()
 
 
@@ -42,7 +46,7 @@ async def test_bytes_cross_unchanged_both_ways_with_a_slow_reader(relay: tuple[R
     or reordered, and the relay holds back instead of buffering everything (backpressure)."""
     server, endpoint = relay
     lost: list[str] = []
-    forwarder = Forwarder(endpoint, KEY, "node-1", lambda _, reason: lost.append(reason))
+    forwarder = Forwarder(endpoint, NODE, lambda _, reason: lost.append(reason))
     reader, writer = await asyncio.open_connection("127.0.0.1", await forwarder.start())
     payload = os.urandom(20 * 2**20)
     writer.write(payload)
@@ -60,7 +64,7 @@ async def test_bytes_cross_unchanged_both_ways_with_a_slow_reader(relay: tuple[R
 
 async def test_a_forged_frame_ends_the_session(relay: tuple[RelayServer, Endpoint]) -> None:
     server, endpoint = relay
-    link, send, _ = await connect(endpoint, KEY, "node-1")
+    link, send, _ = await connect(endpoint, NODE)
     link.write(send.seal(0, b"genuine"))
     link.write(_LENGTH.pack(40) + os.urandom(40))
     await asyncio.wait_for(link.closed, 5)
@@ -75,5 +79,16 @@ async def test_a_forged_frame_ends_the_session(relay: tuple[RelayServer, Endpoin
 async def test_a_wrong_key_is_refused_before_any_byte_reaches_the_server(relay: tuple[RelayServer, Endpoint]) -> None:
     server, endpoint = relay
     with pytest.raises(ConnectionError, match="authentication failed"):
-        await connect(endpoint, os.urandom(32), "node-1")
+        await connect(endpoint, Credentials(NODE.identity, os.urandom(32)))
     assert server.refused == 1 and server.traffic.sessions == 0
+
+
+async def test_a_worker_that_cannot_sign_for_its_peer_id_is_not_used(echo_port: int) -> None:
+    impostor = RelayServer(Credentials(Impostor(WORKER.peer_id, Identity.generate()), KEY),  # type: ignore[arg-type]
+                           lambda: echo_port)
+    port = await impostor.start("127.0.0.1", 0)
+    try:
+        with pytest.raises(ConnectionError, match="does not prove this swarm's token and its peer id"):
+            await connect(Endpoint(WORKER.peer_id, "127.0.0.1", port), NODE)
+    finally:
+        await impostor.stop()

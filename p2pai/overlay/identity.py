@@ -41,14 +41,21 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(encoded).decode("ascii")
 
 
-def is_peer_id(text: str) -> bool:
-    """Whether ``text`` is an Ed25519 peer id, the only kind p2pai nodes have."""
+def public_key_from_peer_id(text: str) -> bytes | None:
+    """The raw Ed25519 public key inside a peer id; None if ``text`` is not an Ed25519 peer id."""
     try:
         decoded = base58.b58decode(text)
     except ValueError:
-        return False
+        return None
     prefix = _IDENTITY_MULTIHASH_PREFIX + _ED25519_KEY_PREFIX
-    return len(decoded) == len(prefix) + 32 and decoded.startswith(prefix)
+    if len(decoded) != len(prefix) + 32 or not decoded.startswith(prefix):
+        return None
+    return decoded[len(prefix):]
+
+
+def is_peer_id(text: str) -> bool:
+    """Whether ``text`` is an Ed25519 peer id, the only kind p2pai nodes have."""
+    return public_key_from_peer_id(text) is not None
 
 
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
@@ -72,6 +79,14 @@ class Identity:
     @classmethod
     def generate(cls) -> Identity:
         return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        """Picklable (an RPC model's child process signs for its node)."""
+        return Identity.from_seed, (self._seed(),)
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Identity:

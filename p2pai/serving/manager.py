@@ -10,7 +10,8 @@ from typing import Callable
 
 from ..backends.base import Engine, ModelLoadError, ModelStats
 from ..backends.llama import LlamaEngine, LlamaSettings
-from ..backends.rpc.loader import RpcIdentity, load_rpc_model
+from ..backends.rpc.loader import load_rpc_model
+from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
 from ..models.catalog import ModelCatalog, ensure_default_model_file
 from ..models.config import ModelConfig
@@ -48,9 +49,9 @@ class ModelManager:
         parallel: int | None = None,
         on_load: Callable[[LoadEvent], None] | None = None,
         workers: Callable[[], list[WorkerInfo]] | None = None,
-        rpc_identity: RpcIdentity | None = None,
+        rpc_credentials: Credentials | None = None,
     ) -> None:
-        """`workers` lists the swarm's RPC workers and `rpc_identity` is how this node
+        """`workers` lists the swarm's RPC workers and `rpc_credentials` is how this node
         authenticates to them; both are needed only by models configured with `rpc:`."""
         self.catalog = catalog
         self._threads = threads
@@ -58,7 +59,7 @@ class ModelManager:
         self._parallel = parallel
         self._on_load = on_load or (lambda event: None)
         self._workers = workers or (lambda: [])
-        self._rpc_identity = rpc_identity
+        self._rpc_credentials = rpc_credentials
         self._engines: dict[str, Engine] = {}
         self._loading: dict[str, asyncio.Task[Engine]] = {}
 
@@ -127,7 +128,7 @@ class ModelManager:
                 del self._engines[config.name]
 
         return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
-                                    config.gpu_layers, self._workers(), self._rpc_identity, forget)
+                                    config.gpu_layers, self._workers(), self._rpc_credentials, forget)
 
     def _settings(self, config: ModelConfig) -> LlamaSettings:
         return LlamaSettings(

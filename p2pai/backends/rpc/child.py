@@ -21,7 +21,7 @@ from typing import Any
 
 from ..base import BackendError
 from ..llama import LlamaEngine, LlamaSettings
-from .relay import Endpoint, Forwarder
+from .relay import Credentials, Endpoint, Forwarder
 
 _HEADER = struct.Struct("!I")
 
@@ -31,8 +31,7 @@ class ChildSpec:
     name: str
     settings: LlamaSettings
     workers: tuple[Endpoint, ...]
-    client_id: str
-    key: bytes
+    credentials: Credentials
 
 
 class Channel:
@@ -79,7 +78,7 @@ async def serve(sock: socket.socket) -> None:
     async def lost(endpoint: Endpoint, reason: str) -> None:
         await channel.send("lost", endpoint.peer_id, reason)
 
-    forwarders = [Forwarder(endpoint, spec.key, spec.client_id, lost) for endpoint in spec.workers]
+    forwarders = [Forwarder(endpoint, spec.credentials, lost) for endpoint in spec.workers]
     endpoints = [f"127.0.0.1:{await forwarder.start()}" for forwarder in forwarders]
     try:
         from . import native

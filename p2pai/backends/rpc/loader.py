@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Callable
 
 import psutil
@@ -16,26 +14,18 @@ from . import native
 from .child import ChildSpec
 from .engine import RpcEngine
 from .placement import Capacity, Placement, gguf_layout, place
-from .relay import Endpoint, RelayRefused, probe
+from .relay import Credentials, Endpoint, RelayRefused, probe
 from .workers import WorkerInfo, select_workers
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RpcIdentity:
-    """Who this node is to workers: its overlay peer id and the swarm's rpc_key."""
-
-    peer_id: str
-    key: bytes = dataclasses.field(repr=False)
-
-
-async def healthy_endpoint(worker: WorkerInfo, identity: RpcIdentity) -> Endpoint | None:
+async def healthy_endpoint(worker: WorkerInfo, credentials: Credentials) -> Endpoint | None:
     """The first of the worker's hosts where the relay authenticates and the RPC server answers."""
     for host in worker.hosts:
         endpoint = Endpoint(worker.peer_id, host, worker.port)
         try:
-            await probe(endpoint, identity.key, identity.peer_id)
+            await probe(endpoint, credentials)
             return endpoint
         except (OSError, asyncio.TimeoutError) as exc:
             reason = exc if isinstance(exc, RelayRefused) else repr(exc)
@@ -51,7 +41,7 @@ async def load_rpc_model(
     tensor_split: list[float] | None,
     gpu_layers: int | None,
     workers: list[WorkerInfo],
-    identity: RpcIdentity | None,
+    credentials: Credentials | None,
     on_failed: Callable[[RpcEngine], None],
 ) -> LlamaEngine | RpcEngine:
     """Health-check the wanted workers, explain the placement, then start the model's child process.
@@ -60,10 +50,10 @@ async def load_rpc_model(
     whose workers are gone keeps serving; a model that does not fit on the
     usable workers is refused (PlacementError).
     """
-    if identity is None:
+    if credentials is None:
         raise ModelLoadError(f"model {name!r} uses RPC workers, but this node is not in a swarm")
-    candidates = select_workers(wanted, workers, identity.peer_id, native.protocol_version())
-    endpoints = await asyncio.gather(*(healthy_endpoint(worker, identity) for worker in candidates))
+    candidates = select_workers(wanted, workers, credentials.peer_id, native.protocol_version())
+    endpoints = await asyncio.gather(*(healthy_endpoint(worker, credentials) for worker in candidates))
     usable = [(worker, endpoint) for worker, endpoint in zip(candidates, endpoints) if endpoint is not None]
     if not usable:
         log.warning("model %r: no usable RPC worker (asked for %s); loading it locally", name, wanted)
@@ -85,8 +75,7 @@ async def load_rpc_model(
         name=name,
         settings=placement.configure(settings),
         workers=tuple(endpoint for _, endpoint in usable),
-        client_id=identity.peer_id,
-        key=identity.key,
+        credentials=credentials,
     )
     engine = await RpcEngine.start(spec, on_failed)
     engine.placement = placement

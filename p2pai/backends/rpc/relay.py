@@ -5,12 +5,13 @@ loopback only and members reach it through this relay:
 
     llama.cpp (node child) -> Forwarder 127.0.0.1:eph -> [TCP, this protocol] -> RelayServer -> 127.0.0.1:rpc
 
-Handshake (both sides prove they hold the swarm's rpc_key; nothing secret is sent):
+Handshake (both sides prove they hold the swarm's rpc_key and own their peer
+id, whose Ed25519 key signs; nothing secret is sent):
 
     C -> S  MAGIC, client nonce, client peer id
     S -> C  server nonce, worker peer id
-    C -> S  HMAC(rpc_key, "client" | transcript)
-    S -> C  status byte; OK + HMAC(rpc_key, "server" | transcript), else a reason
+    C -> S  HMAC(rpc_key, "client" | transcript), Ed25519 signature of the same
+    S -> C  status byte; OK + HMAC(rpc_key, "server" | transcript) + signature, else a reason
 
 The transcript binds both nonces and both peer ids. Then every byte travels in
 AES-GCM frames under per-session keys derived from both nonces; a PING frame
@@ -42,11 +43,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ...overlay.identity import Identity, public_key_from_peer_id, verify_signature
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"P2PAIRPC\x01"
 NONCE_BYTES = 32
 MAC_BYTES = 32
+PROOF_BYTES = MAC_BYTES + 64
 MAX_ID_BYTES = 128
 HANDSHAKE_TIMEOUT = 5.0
 PING_INTERVAL = 1.0
@@ -59,6 +63,31 @@ _LENGTH = struct.Struct("!I")
 
 class RelayRefused(ConnectionError):
     """The worker would not open a session; the message says why."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One side of the relay: its overlay identity and the swarm's rpc_key."""
+
+    identity: Identity
+    key: bytes = field(repr=False)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def prove(self, role: bytes, transcript: bytes) -> bytes:
+        """Membership (HMAC with the swarm's key) and ownership of the peer id (signature)."""
+        return _mac(self.key, role, transcript) + self.identity.sign(role + transcript)
+
+    def check(self, proof: bytes, role: bytes, transcript: bytes, peer_id: str) -> bool:
+        """Whether `proof` comes from a member that owns `peer_id`."""
+        public_key = public_key_from_peer_id(peer_id)
+        return (
+            public_key is not None
+            and hmac.compare_digest(proof[:MAC_BYTES], _mac(self.key, role, transcript))
+            and verify_signature(public_key, proof[MAC_BYTES:], role + transcript)
+        )
 
 
 @dataclass(frozen=True)
@@ -299,8 +328,7 @@ class Lease:
 class RelayServer:
     """The worker's side: authenticates nodes and pipes them to the loopback RPC server."""
 
-    key: bytes = field(repr=False)
-    peer_id: str
+    credentials: Credentials
     rpc_port: Callable[[], int]
     on_change: Callable[[], None] = lambda: None
     lease: Lease = field(default_factory=Lease)
@@ -308,6 +336,10 @@ class RelayServer:
     refused: int = 0
     _server: asyncio.base_events.Server | None = None
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def peer_id(self) -> str:
+        return self.credentials.peer_id
 
     async def start(self, host: str, port: int) -> int:
         self._server = await _serve_links(host, port, self._serve, self._sessions)
@@ -352,15 +384,15 @@ class RelayServer:
         server_nonce = os.urandom(NONCE_BYTES)
         link.write(server_nonce + _pack_id(self.peer_id))
         transcript = client_nonce + server_nonce + _pack_id(client_id) + _pack_id(self.peer_id)
-        if not hmac.compare_digest(await link.readexactly(MAC_BYTES), _mac(self.key, b"client", transcript)):
+        if not self.credentials.check(await link.readexactly(PROOF_BYTES), b"client", transcript, client_id):
             link.write(bytes([_REFUSED]) + _pack_id("authentication failed"))
-            raise ConnectionError("bad token proof")
+            raise ConnectionError(f"{client_id}: bad proof of token or peer id")
         reason = self.lease.acquire(client_id)
         if reason is not None:
             link.write(bytes([_REFUSED]) + _pack_id(reason))
             raise ConnectionError(f"{client_id}: {reason}")
-        link.write(bytes([_OK]) + _mac(self.key, b"server", transcript))
-        to_server, to_client = _session_keys(self.key, transcript)
+        link.write(bytes([_OK]) + self.credentials.prove(b"server", transcript))
+        to_server, to_client = _session_keys(self.credentials.key, transcript)
         return client_id, _Sealer(to_client), _Sealer(to_server)
 
 
@@ -382,11 +414,11 @@ async def _open_link(host: str, port: int) -> _Link:
     return link
 
 
-async def connect(endpoint: Endpoint, key: bytes, client_id: str) -> tuple[_Link, _Sealer, _Sealer]:
+async def connect(endpoint: Endpoint, credentials: Credentials) -> tuple[_Link, _Sealer, _Sealer]:
     """Open an authenticated session to a worker's relay; raises RelayRefused or OSError."""
     link = await asyncio.wait_for(_open_link(endpoint.host, endpoint.port), HANDSHAKE_TIMEOUT)
     try:
-        send, receive = await asyncio.wait_for(_client_handshake(link, endpoint, key, client_id), HANDSHAKE_TIMEOUT)
+        send, receive = await asyncio.wait_for(_client_handshake(link, endpoint, credentials), HANDSHAKE_TIMEOUT)
         return link, send, receive
     except asyncio.IncompleteReadError:
         link.close()
@@ -396,20 +428,20 @@ async def connect(endpoint: Endpoint, key: bytes, client_id: str) -> tuple[_Link
         raise
 
 
-async def _client_handshake(link: _Link, endpoint: Endpoint, key: bytes, client_id: str) -> tuple[_Sealer, _Sealer]:
+async def _client_handshake(link: _Link, endpoint: Endpoint, credentials: Credentials) -> tuple[_Sealer, _Sealer]:
     client_nonce = os.urandom(NONCE_BYTES)
-    link.write(MAGIC + client_nonce + _pack_id(client_id))
+    link.write(MAGIC + client_nonce + _pack_id(credentials.peer_id))
     server_nonce = await link.readexactly(NONCE_BYTES)
     worker_id = await link.read_id()
     if worker_id != endpoint.peer_id:
         raise RelayRefused(f"expected worker {endpoint.peer_id}, found {worker_id}")
-    transcript = client_nonce + server_nonce + _pack_id(client_id) + _pack_id(worker_id)
-    link.write(_mac(key, b"client", transcript))
+    transcript = client_nonce + server_nonce + _pack_id(credentials.peer_id) + _pack_id(worker_id)
+    link.write(credentials.prove(b"client", transcript))
     if (await link.readexactly(1))[0] != _OK:
         raise RelayRefused(f"worker {worker_id} refused: {await link.read_id()}")
-    if not hmac.compare_digest(await link.readexactly(MAC_BYTES), _mac(key, b"server", transcript)):
-        raise RelayRefused(f"worker {worker_id} does not hold this swarm's token")
-    to_server, to_client = _session_keys(key, transcript)
+    if not credentials.check(await link.readexactly(PROOF_BYTES), b"server", transcript, worker_id):
+        raise RelayRefused(f"worker {worker_id} does not prove this swarm's token and its peer id")
+    to_server, to_client = _session_keys(credentials.key, transcript)
     return _Sealer(to_server), _Sealer(to_client)
 
 
@@ -421,11 +453,10 @@ class Forwarder:
     """
 
     def __init__(
-        self, endpoint: Endpoint, key: bytes, client_id: str, on_lost: Callable[[Endpoint, str], Awaitable[None] | None]
+        self, endpoint: Endpoint, credentials: Credentials, on_lost: Callable[[Endpoint, str], Awaitable[None] | None]
     ) -> None:
         self.endpoint = endpoint
-        self._key = key
-        self._client_id = client_id
+        self._credentials = credentials
         self._on_lost = on_lost
         self._server: asyncio.base_events.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -442,7 +473,7 @@ class Forwarder:
 
     async def _serve(self, link: _Link) -> None:
         try:
-            remote, send, receive = await connect(self.endpoint, self._key, self._client_id)
+            remote, send, receive = await connect(self.endpoint, self._credentials)
             if await pipe(link, remote, send, receive):
                 await self._lost("the worker closed the connection")
         except (OSError, ValueError) as exc:  # ConnectionError and RelayRefused are OSErrors
@@ -456,12 +487,12 @@ class Forwarder:
             await result
 
 
-async def probe(endpoint: Endpoint, key: bytes, client_id: str) -> str:
+async def probe(endpoint: Endpoint, credentials: Credentials) -> str:
     """Health check: authenticate, then ask the RPC server behind the relay for its protocol version."""
     from .server import rpc_hello
 
     failures: list[str] = []
-    forwarder = Forwarder(endpoint, key, client_id, lambda _, reason: failures.append(reason))
+    forwarder = Forwarder(endpoint, credentials, lambda _, reason: failures.append(reason))
     port = await forwarder.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
