@@ -6,13 +6,13 @@ from __future__ import annotations
 import aiohttp
 
 from ..overlay.tunnel import TunnelBroken
+from .answer import Answer, AnswerBroken
 from .peer_auth import sign
+from .peer_http import PeerClient
 from .tunnel_http import Tunnel, TunnelResponse, encode_request
 
 CONNECT_TIMEOUT = 3.0  # a reachable peer on a LAN connects in milliseconds
 POOL_SIZE = 256
-
-Upstream = aiohttp.ClientResponse | TunnelResponse
 
 
 class PeerUnavailable(Exception):
@@ -24,9 +24,11 @@ class Forwarder:
         self._peer_id = peer_id
         self._key = key
         self._tunnel = tunnel
+        self._client = PeerClient(CONNECT_TIMEOUT)
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
+        """For the tunnel's handler, which replays requests on this node's own peer endpoint."""
         if self._session is None:  # created on first use, inside the running loop
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=POOL_SIZE, keepalive_timeout=60, enable_cleanup_closed=True),
@@ -37,14 +39,14 @@ class Forwarder:
         return self._session
 
     async def send(self, peer: str, urls: list[str], method: str, path: str, body: bytes,
-                   content_type: str | None) -> Upstream:
+                   content_type: str | None) -> Answer:
         """The peer's response (headers read, body not yet): its addresses in order, then the tunnel."""
         failures = []
         for url in urls:
             try:
-                return await self.session().request(method, url + path, data=body,
-                                                    headers=self._headers(method, path, body, content_type))
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                return await self._client.request(url, method, path, self._headers(method, path, body, content_type),
+                                                  body)
+            except (OSError, TimeoutError, AnswerBroken) as exc:
                 failures.append(f"{url}: {exc!r}")
         if self._tunnel is not None:
             request = encode_request(method, path, self._headers(method, path, body, content_type), body)
@@ -62,5 +64,6 @@ class Forwarder:
         return headers
 
     async def close(self) -> None:
+        self._client.close()
         if self._session is not None:
             await self._session.close()

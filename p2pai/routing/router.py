@@ -19,14 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ..backends.base import ModelLoadError, QueueFullError
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
+from .answer import Answer, AnswerBroken
 from .continuation import (
     CHAT_PATHS,
     Progress,
@@ -35,9 +36,10 @@ from .continuation import (
     continuation_request,
     progress,
 )
-from .forward import Forwarder, PeerUnavailable, Upstream
+from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
+from .relay import DONE, Relay
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ PIN_HEADER = "X-P2PAI-Node"
 MAX_ATTEMPTS = 3
 RETRY_AFTER = 2
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
-_DONE = b"data: [DONE]\n\n"
 
 Local = Callable[[], Awaitable[web.StreamResponse]]
 
@@ -208,8 +209,7 @@ class Router:
             upstream = await self._abortable(peer, send)
             try:
                 if upstream.status >= 500:
-                    detail = (await upstream.read())[:300].decode(errors="replace")
-                    raise PeerUnavailable(f"answered {upstream.status}: {detail}")
+                    raise PeerUnavailable(f"answered {upstream.status}: {await _detail(upstream)}")
                 waited = loop.time() - started
                 metrics.answered(waited)
                 return await self._relay(request, upstream, peer, waited, body, model)
@@ -228,7 +228,7 @@ class Router:
         stamp, count = self._finished.get((peer, model), (seen, 0))
         self._finished[(peer, model)] = (seen, count + 1 if stamp == seen else 1)
 
-    async def _abortable(self, peer: str, send: Awaitable[Upstream]) -> Upstream:
+    async def _abortable(self, peer: str, send: Awaitable[Answer]) -> Answer:
         """Wait for the peer's response headers, giving up if the peer goes offline meanwhile."""
         task = asyncio.ensure_future(send)
         self._aborts[peer].add(task.cancel)
@@ -242,7 +242,7 @@ class Router:
         finally:
             self._aborts[peer].discard(task.cancel)
 
-    async def _relay(self, request: web.Request, upstream: Upstream, peer: str, waited: float, body: bytes,
+    async def _relay(self, request: web.Request, upstream: Answer, peer: str, waited: float, body: bytes,
                      model: str) -> web.StreamResponse:
         headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
         headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
@@ -251,59 +251,43 @@ class Router:
         if upstream.content_type != "text/event-stream":
             try:  # read whole before answering: a peer dying now is still a clean failover
                 body = await upstream.read()
-            except aiohttp.ClientError as exc:
-                raise PeerUnavailable(f"the answer broke off: {exc!r}") from exc
+            except AnswerBroken as exc:
+                raise PeerUnavailable(f"the answer broke off: {exc}") from exc
             return web.Response(status=upstream.status, body=body, headers=headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
+        writer = await response.prepare(request)
+        assert writer is not None  # a response prepared once has its writer
         original = continuable(request.path, body)
         relayed: list[bytes] | None = [] if original is not None else None
-        if not await self._pump(upstream, peer, response, relayed):
+        if not await self._pump(upstream, peer, Relay(request, writer, keep=relayed)):
             self.metrics[peer].failed("the stream broke off")
             done = progress(b"".join(relayed)) if relayed is not None else None
             if original is None or done is None or not await self._continue(
-                request.path, original, done, model, peer, response
+                request, writer, original, done, model, peer
             ):
                 await response.write(_broken_stream_event(peer))
-                await response.write(_DONE)
+                await response.write(DONE)
         await response.write_eof()
         return response
 
-    async def _pump(self, upstream: Upstream, peer: str, response: web.StreamResponse,
-                    keep: list[bytes] | None = None, rewrite: Callable[[bytes], bytes] | None = None) -> bool:
-        """Relay ``upstream``'s events as they come; True if it ended with [DONE]."""
-        lost = False
-
-        def abort() -> None:
-            nonlocal lost
-            lost = True
-            upstream.close()
-
-        self._aborts[peer].add(abort)
-        tail = b""
+    async def _pump(self, upstream: Answer, peer: str, relay: Relay) -> bool:
+        """Relay ``upstream``'s events as they come, cut off if the peer goes offline; True if it ended with [DONE]."""
+        self._aborts[peer].add(upstream.close)
         try:
-            async for chunk in upstream.content.iter_any():
-                if keep is not None:
-                    keep.append(chunk)
-                out = rewrite(chunk) if rewrite is not None else chunk
-                if out:
-                    await response.write(out)
-                tail = (tail + chunk)[-len(_DONE):]
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            lost = True
+            return await relay.run(upstream)
         finally:
-            self._aborts[peer].discard(abort)
-        return not lost and tail == _DONE
+            self._aborts[peer].discard(upstream.close)
 
-    async def _continue(self, path: str, original: dict[str, Any], done: Progress, model: str, failed: str,
-                        response: web.StreamResponse) -> bool:
+    async def _continue(self, request: web.Request, writer: AbstractStreamWriter, original: dict[str, Any],
+                        done: Progress, model: str, failed: str) -> bool:
         """Finish a broken stream on another node that has the model; False if none could."""
+        path = request.path
         if done.finished:  # every token arrived, only the end marker was lost
-            await response.write(_DONE)
+            await writer.write(DONE)
             return True
         follow = continuation_request(path, original, done)
         if follow is None:
-            await response.write(_DONE)
+            await writer.write(DONE)
             return True
         try:
             targets = self.targets(model)
@@ -322,7 +306,8 @@ class Router:
                 if upstream.status != 200:
                     continue
                 log.info("continuing a broken stream of %s on %s", failed, target.candidate.name)
-                return await self._pump(upstream, node, response, rewrite=Rewriter(done, path in CHAT_PATHS).feed)
+                relay = Relay(request, writer, rewrite=Rewriter(done, path in CHAT_PATHS).feed)
+                return await self._pump(upstream, node, relay)
             finally:
                 upstream.release()
         return False
@@ -337,6 +322,14 @@ class Router:
                         abort()
         finally:
             self._swarm.overlay.unsubscribe(events)
+
+
+async def _detail(upstream: Answer) -> str:
+    """The start of an error answer's body, for the log."""
+    try:
+        return (await upstream.read())[:300].decode(errors="replace")
+    except AnswerBroken as exc:
+        return f"(its body broke off: {exc})"
 
 
 def _broken_stream_event(peer: str) -> bytes:

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from ..overlay.tunnel import TunnelBroken
+from .answer import Answer, AnswerBroken
 
 _LENGTH = 4
 _ANSWER_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
@@ -58,20 +59,17 @@ def serve_locally(session: Callable[[], aiohttp.ClientSession], local_url: Calla
     return handle
 
 
-class TunnelResponse:
-    """The part of aiohttp's ClientResponse the router uses, over a tunnel.
+class TunnelResponse(Answer):
+    """A peer's answer through the tunnel; a broken or closed tunnel ends it broken.
 
-    A broken or closed tunnel raises aiohttp.ClientPayloadError, as a broken
-    connection would. A task pumps the answer so that close() can stop it at
-    any time, even while the router waits for the next chunk.
+    A task pumps the answer into the sink so that close() can stop it at any
+    time, even while the tunnel waits for the next chunk.
     """
 
     def __init__(self, status: int, headers: dict[str, str], chunks: AsyncIterator[bytes]) -> None:
-        self.status = status
-        self.headers = CIMultiDictProxy(CIMultiDict(headers))
-        self.content_type = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
-        self.content = self
-        self._arrived: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        super().__init__(status, CIMultiDict(headers))
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._pump = asyncio.ensure_future(self._pump_from(chunks))
 
     @classmethod
@@ -85,25 +83,20 @@ class TunnelResponse:
     async def _pump_from(self, chunks: AsyncIterator[bytes]) -> None:
         try:
             async for chunk in chunks:
-                self._arrived.put_nowait(chunk)
-            self._arrived.put_nowait(None)
+                self.feed(chunk)
+                await self._reading.wait()
+            self.finish()
         except TunnelBroken as exc:
-            self._arrived.put_nowait(exc)
-        except asyncio.CancelledError:
-            self._arrived.put_nowait(ConnectionAbortedError("the tunnel was closed"))
-            raise
+            self.finish(AnswerBroken(f"the tunnel broke: {exc}"))
+        finally:
+            self.finish(AnswerBroken("the tunnel was closed"))  # nothing if it already ended
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while (item := await self._arrived.get()) is not None:
-            if isinstance(item, Exception):
-                raise aiohttp.ClientPayloadError(str(item))
-            yield item
+    def pause_reading(self) -> None:
+        self._reading.clear()
 
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_any()])
-
-    def release(self) -> None:
-        self.close()
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     def close(self) -> None:
         self._pump.cancel()
+        self.finish(AnswerBroken("the tunnel was closed"))

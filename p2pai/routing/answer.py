@@ -1,0 +1,88 @@
+"""A peer's answer as the router consumes it, whichever way it came (direct HTTP or tunnel).
+
+The body is pushed, not pulled: whoever receives it (the connection's
+data_received, the tunnel's pump) hands each piece to a Sink at once. That is
+what lets the router relay a stream without a task switch per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+
+class AnswerBroken(Exception):
+    """The answer's body broke off (connection lost, peer closed, tunnel broken)."""
+
+
+class Sink(Protocol):
+    def data(self, payload: bytes) -> None:
+        """The next piece of the body; called from the receiving callback, must not block."""
+
+    def end(self, error: AnswerBroken | None) -> None:
+        """The body is complete (error None) or broke off; called once."""
+
+
+class Answer(ABC):
+    """Status and headers are known; the body arrives into a buffer until a sink takes it."""
+
+    def __init__(self, status: int, headers: CIMultiDict[str]) -> None:
+        self.status = status
+        self.headers = CIMultiDictProxy(headers)
+        self.content_type = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
+        self._buffered: list[bytes] = []
+        self._sink: Sink | None = None
+        self._ended = asyncio.Event()
+        self._error: AnswerBroken | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self._ended.is_set() and self._error is None
+
+    def feed(self, payload: bytes) -> None:
+        if self._sink is not None:
+            self._sink.data(payload)
+        else:
+            self._buffered.append(payload)
+
+    def finish(self, error: AnswerBroken | None = None) -> None:
+        if self._ended.is_set():
+            return
+        self._error = error
+        self._ended.set()
+        if self._sink is not None:
+            self._sink.end(error)
+
+    async def read(self) -> bytes:
+        """The whole body; AnswerBroken if it broke off."""
+        await self._ended.wait()
+        if self._error is not None:
+            raise self._error
+        return b"".join(self._buffered)
+
+    def stream_to(self, sink: Sink) -> None:
+        """Hand what arrived so far, then every later piece, to ``sink``."""
+        if self._buffered:
+            sink.data(b"".join(self._buffered))
+            self._buffered.clear()
+        if self._ended.is_set():
+            sink.end(self._error)
+        else:
+            self._sink = sink
+
+    @abstractmethod
+    def pause_reading(self) -> None: ...
+
+    @abstractmethod
+    def resume_reading(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop receiving at once; the body ends broken unless it was complete."""
+
+    def release(self) -> None:
+        """Done with this answer (the connection may serve another request)."""
+        self.close()

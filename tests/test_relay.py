@@ -1,0 +1,277 @@
+"""The entry's transport-level relay of a streamed answer, in-process over loopback.
+
+A "peer" aiohttp app answers; an "entry" app forwards to it with PeerClient and
+relays with Relay, as the router does; clients read from the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from p2pai.routing.answer import AnswerBroken
+from p2pai.routing.peer_http import PeerClient, PeerResponse
+from p2pai.routing.relay import DONE, ClientGone, Relay
+
+HOST = "127.0.0.1"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(handler: Handler, cancel_handlers: bool = True) -> tuple[str, web.AppRunner]:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, handler_cancellation=cancel_handlers, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://{HOST}:{port}", runner
+
+
+@dataclass
+class Entry:
+    """What the entry app saw: the relay outcomes, what it kept, the client transports."""
+
+    url: str = ""
+    outcomes: list[bool | str] = field(default_factory=list)
+    kept: list[bytes] = field(default_factory=list)
+    requests: list[web.Request] = field(default_factory=list)
+    upstreams: list[PeerResponse] = field(default_factory=list)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler, cancel_handlers: bool = True) -> str:
+        url, runner = await serve(handler, cancel_handlers)
+        runners.append(runner)
+        return url
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def peer_client() -> AsyncIterator[PeerClient]:
+    client = PeerClient(connect_timeout=3.0)
+    yield client
+    client.close()
+
+
+async def start_entry(servers, client: PeerClient, peer_url: str, cancel_handlers: bool = True) -> Entry:
+    entry = Entry()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        entry.requests.append(request)
+        upstream = await client.request(peer_url, "POST", request.path_qs, {}, await request.read())
+        entry.upstreams.append(upstream)
+        try:
+            response = web.StreamResponse(status=upstream.status,
+                                          headers={"Content-Type": upstream.headers["Content-Type"]})
+            writer = await response.prepare(request)
+            assert writer is not None
+            try:
+                entry.outcomes.append(await Relay(request, writer, keep=entry.kept).run(upstream))
+            except ClientGone:
+                entry.outcomes.append("client gone")
+                raise
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    entry.url = await servers(relay, cancel_handlers)
+    return entry
+
+
+def sse_answer(events: list[bytes], pause: float = 0.0) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+            await asyncio.sleep(pause)
+        await response.write_eof()
+        return response
+
+    return answer
+
+
+async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_the_connection(
+        servers, peer_client: PeerClient) -> None:
+    events = [b"data: {\"n\": %d, \"text\": \"\xc3\xa9t\xc3\xa9\"}\n\n" % i for i in range(300)]
+    events[100] = b"data: " + b"x" * 300_000 + b"\n\n"  # larger than any single read
+    events.append(DONE)
+    peers: list[object] = []
+    answer = sse_answer(events)
+
+    async def peer(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        return await answer(request)
+
+    peer_url = await servers(peer)
+    entry = await start_entry(servers, peer_client, peer_url)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(peer_url + "/v1/completions", data=b"{}") as direct:
+            expected = await direct.read()
+        for _ in range(2):
+            async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+                assert routed.headers["Content-Type"] == "text/event-stream"
+                assert await routed.read() == expected
+    assert expected == b"".join(events)
+    assert entry.outcomes == [True, True]
+    assert b"".join(entry.kept) == expected * 2
+    assert peers[1] == peers[2]  # the second relayed request reused the first one's connection
+
+
+async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient) -> None:
+    piece = b"data: " + b"y" * (64 * 1024) + b"\n\n"
+    total = 64 * 1024 * 1024 // len(piece)
+    written = [0]
+
+    async def peer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(total):
+            await response.write(piece)
+            written[0] += 1
+        await response.write(DONE)
+        await response.write_eof()
+        return response
+
+    entry = await start_entry(servers, peer_client, await servers(peer))
+    port = int(entry.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"POST /v1/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)  # the client reads nothing meanwhile
+        stalled = written[0]
+        await asyncio.sleep(0.3)
+        assert written[0] == stalled < total // 2  # the peer waits for the entry, which waits for the client
+        transport = entry.requests[0].transport
+        assert transport is not None
+        assert transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1] + 2 * len(piece)
+        body = bytearray()
+        deadline = time.monotonic() + 30
+        while not body.endswith(b"\r\n0\r\n\r\n") and time.monotonic() < deadline:
+            body += await asyncio.wait_for(reader.read(1 << 20), 10)
+    finally:
+        writer.close()
+    assert body.count(b"data: y") == total and body.endswith(DONE + b"\r\n0\r\n\r\n")
+    assert entry.outcomes == [True]
+
+
+@pytest.mark.parametrize("cancel_handlers", [True, False])
+async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
+        servers, peer_client: PeerClient, cancel_handlers: bool) -> None:
+    peer_ended = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for _ in range(1000):  # 10 s at most
+                await response.write(b"data: {}\n\n")
+                await asyncio.sleep(0.01)
+        finally:
+            peer_ended.set()
+        return response
+
+    entry = await start_entry(servers, peer_client, await servers(endless), cancel_handlers)
+    async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+        assert await routed.content.readuntil(b"\n\n") == b"data: {}\n\n"
+    left = time.monotonic()
+    await asyncio.wait_for(peer_ended.wait(), 3.0)
+    assert time.monotonic() - left < 1.0
+    assert entry.upstreams[0]._connection.closed  # aborted, not put back into the pool
+    if not cancel_handlers:  # the relay noticed by itself
+        assert entry.outcomes == ["client gone"]
+
+
+async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_client: PeerClient) -> None:
+    async def silent_after_two(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        await response.write(b"data: 2\n\n")
+        await asyncio.sleep(10)  # like a frozen peer
+        return response
+
+    entry = await start_entry(servers, peer_client, await servers(silent_after_two))
+    async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+        assert await routed.content.readuntil(b"\n\n") == b"data: 1\n\n"
+        await routed.content.readuntil(b"\n\n")
+        closed = time.monotonic()
+        entry.upstreams[0].close()  # what the router does when the peer goes offline
+        assert await asyncio.wait_for(routed.read(), 2.0) == b""
+    assert time.monotonic() - closed < 0.5
+    assert entry.outcomes == [False]
+    assert b"".join(entry.kept) == b"data: 1\n\ndata: 2\n\n"
+
+
+async def raw_peer(answers: list[bytes], split_every: int, hang_up: bool = False
+                   ) -> tuple[str, asyncio.Server, list[bytes]]:
+    """A peer that sends each canned answer a few bytes at a time, on one keep-alive connection,
+    then waits for the client to close it (or, with ``hang_up``, closes it)."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for answer in answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            heads.append(head)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            for start in range(0, len(answer), split_every):
+                writer.write(answer[start:start + split_every])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        if not hang_up:
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    return f"http://{HOST}:{server.sockets[0].getsockname()[1]}", server, heads
+
+
+@pytest.mark.parametrize("split_every", [1, 3, 1000])
+async def test_answers_split_anywhere_parse_the_same(peer_client: PeerClient, split_every: int) -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"6;ext=1\r\nhello \r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n")
+    by_length = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 2\r\n\r\nbusy"
+    url, server, heads = await raw_peer([chunked, by_length], split_every)
+    try:
+        first = await peer_client.request(url, "POST", "/v1/x", {"X-P2PAI-Peer": "me"}, b"{}")
+        assert first.status == 200 and first.content_type == "text/event-stream"
+        assert await first.read() == b"hello abcdefghijklmnopqrstuvwxyz"
+        first.release()
+        second = await peer_client.request(url, "POST", "/v1/y", {}, b"[]")
+        assert (second.status, second.headers["Retry-After"], await second.read()) == (503, "2", b"busy")
+        second.release()
+    finally:
+        server.close()
+    assert heads[0].startswith(b"POST /v1/x HTTP/1.1\r\n") and b"\r\nX-P2PAI-Peer: me\r\n" in heads[0]
+    assert heads[1].startswith(b"POST /v1/y HTTP/1.1\r\n")  # on the same connection
+
+
+async def test_an_answer_cut_mid_chunk_is_broken(peer_client: PeerClient) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly part"
+    url, server, _ = await raw_peer([cut], 1000, hang_up=True)
+    try:
+        answer = await peer_client.request(url, "POST", "/", {}, b"")
+        with pytest.raises(AnswerBroken):
+            await asyncio.wait_for(answer.read(), 5)
+    finally:
+        server.close()
