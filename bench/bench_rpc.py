@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pai.backends.base import GenerationRequest, SamplingParams
 from p2pai.backends.llama import LlamaEngine, LlamaSettings
+from p2pai.backends.llama.loading import MAX_AUTO_PARALLEL
 from p2pai.backends.rpc.child import ChildSpec
 from p2pai.backends.rpc.engine import RpcEngine
 from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
@@ -76,8 +77,8 @@ async def rpc_engine(
 ) -> tuple[RpcEngine, float]:
     """output_local=False drops the override: llama.cpp's own layout, output layer on the last worker."""
     layout = gguf_layout(settings.path)
-    placement = place(layout, [Capacity(w.relay.peer_id, 8 << 30) for w in workers], settings.context_size,
-                      settings.batch)
+    capacities = [Capacity(w.relay.peer_id, 8 << 30) for w in workers]
+    placement = place(layout, capacities, settings.context_size * MAX_AUTO_PARALLEL, MAX_AUTO_PARALLEL)
     configured = placement.configure(settings)
     if not output_local:
         configured = dataclasses.replace(configured, cpu_tensors=())

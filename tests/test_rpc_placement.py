@@ -38,7 +38,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
 def test_layers_go_where_llama_cpp_puts_them(case: dict) -> None:
     workers = [Capacity(name, mib * MiB) for name, mib in case["workers"].items()]
-    placement = place(LAYOUT, workers, context_size=512, batch=1,
+    placement = place(LAYOUT, workers, context_tokens=512, outputs=1,
                       gpu_layers=case.get("gpu_layers"), tensor_split=case.get("tensor_split"))
     assert placement.layers == case["expect"]
     assert abs(sum(placement.tensor_split) - 1) < 1e-6 or not workers
@@ -55,7 +55,7 @@ def test_the_split_passed_to_llama_cpp_lands_each_layer_where_counted(counts: li
 
 
 def test_expected_memory_counts_weights_output_and_headroom() -> None:
-    placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_size=512, batch=1)
+    placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_tokens=512, outputs=1)
     assert placement.bytes["a"] == int(8 * 10 * MiB * 1.10)
     assert placement.bytes[LOCAL] == int(20 * MiB * 1.10) + 20 * MiB  # output layer + input embeddings
     assert placement.explain({"a": "w1"}) == "local: no layers + output, ~42 MiB; w1: layers 0-7 (8), ~88 MiB"
@@ -81,9 +81,9 @@ def test_impossible_tensor_split_is_refused(split: list[float], message: str) ->
 
 def test_kv_cache_and_logits_buffer_are_counted() -> None:
     layout = ModelLayout((MiB,), output_bytes=MiB, input_bytes=MiB, kv_bytes_per_token_layer=1024, vocab_size=1000)
-    placement = place(layout, [Capacity("a", 10**9)], context_size=1024, batch=256)
+    placement = place(layout, [Capacity("a", 10**9)], context_tokens=1024, outputs=4)
     assert placement.bytes["a"] == int((MiB + 1024 * 1024) * 1.10)
-    assert placement.bytes[LOCAL] == int((MiB + 1000 * 256 * 4) * 1.10) + MiB
+    assert placement.bytes[LOCAL] == int((MiB + 1000 * 4 * 4 * 2) * 1.10) + MiB
 
 
 def test_layout_of_a_real_gguf(tiny_path: Path) -> None:

@@ -10,6 +10,7 @@ import psutil
 
 from ..base import ModelLoadError
 from ..llama import LlamaEngine, LlamaSettings
+from ..llama.loading import MAX_AUTO_PARALLEL
 from . import native
 from .child import ChildSpec
 from .engine import RpcEngine
@@ -61,11 +62,12 @@ async def load_rpc_model(
     if tensor_split is not None and len(usable) != len(candidates):
         tensor_split = None  # the shares named workers that are gone; split by memory instead
     layout = await asyncio.to_thread(gguf_layout, settings.path)
+    slots = settings.parallel or MAX_AUTO_PARALLEL  # automatic: at most this many
     placement: Placement = place(
         layout,
         [Capacity(worker.peer_id, worker.free_memory) for worker, _ in usable],
-        settings.context_size,
-        settings.batch,
+        settings.context_size * slots,
+        slots,
         gpu_layers,
         tensor_split,
         psutil.virtual_memory().available,

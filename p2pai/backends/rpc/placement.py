@@ -45,7 +45,7 @@ class ModelLayout:
 
     layer_bytes: tuple[int, ...]
     output_bytes: int
-    """The output layer's weights (a copy of the embeddings when they are tied)."""
+    """The output layer's own weights: only its norm when tied to the embeddings (counted as input)."""
     input_bytes: int
     kv_bytes_per_token_layer: int
     vocab_size: int
@@ -94,8 +94,8 @@ class Placement:
 def place(
     layout: ModelLayout,
     workers: list[Capacity],
-    context_size: int,
-    batch: int,
+    context_tokens: int,
+    outputs: int,
     gpu_layers: int | None = None,
     tensor_split: list[float] | None = None,
     local_free: int | None = None,
@@ -105,6 +105,7 @@ def place(
     gpu_layers: how many of the n_layer repeating layers go to workers, the last
     ones (default all); tensor_split: relative shares per worker (default: by
     advertised free memory); local_free: this node's available memory, if it is to be checked.
+    context_tokens: KV cells over all slots; outputs: rows of logits per step (one per slot).
     """
     n = layout.n_layer
     if gpu_layers is not None and gpu_layers < 0:
@@ -138,13 +139,13 @@ def place(
         where = LOCAL if index < first or index == n else workers[devices[index - first]].worker_id
         layers[where].append(index)
 
-    kv = layout.kv_bytes_per_token_layer * context_size
-    compute_for_logits = layout.vocab_size * batch * 4
+    kv = layout.kv_bytes_per_token_layer * context_tokens
+    logits = layout.vocab_size * outputs * 4 * 2  # llama.cpp's output buffer and the matmul's result
 
     def need(indices: list[int]) -> int:
         total = 0
         for index in indices:
-            total += layout.output_bytes + compute_for_logits if index == n else layout.layer_bytes[index] + kv
+            total += layout.output_bytes + logits if index == n else layout.layer_bytes[index] + kv
         return int(total * HEADROOM)
 
     sizes = {where: need(indices) for where, indices in layers.items()}
@@ -211,7 +212,7 @@ def gguf_layout(path: str) -> ModelLayout:
         else:
             named[name] = size
     embeddings = named.get("token_embd.weight", 0)
-    output = named.get("output.weight", embeddings) + named.get("output_norm.weight", 0)
+    output = named.get("output.weight", 0) + named.get("output_norm.weight", 0)
     heads = number(f"{arch}.attention.head_count", 1)
     kv_heads = number(f"{arch}.attention.head_count_kv", heads)
     key_length = number(f"{arch}.attention.key_length", number(f"{arch}.embedding_length") // max(heads, 1))
