@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signum, lambda *_: stop.set())
     while thread.is_alive() and not stop.wait(0.2):
         pass
-    sys.exit(0 if stop.is_set() else 1)  # the server returned: e.g. the port was taken
+    # Not sys.exit: interpreter teardown and ggml's static destructors would run beside the
+    # C server thread, which may be mid-graph. The server keeps nothing that needs flushing.
+    sys.stdout.flush()
+    os._exit(0 if stop.is_set() else 1)  # 1: the server returned, e.g. the port was taken
 
 
 def _die_with_parent() -> None:
