@@ -34,8 +34,8 @@ from p2pai.backends.rpc.engine import RpcEngine
 from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
 from p2pai.backends.rpc.relay import MAX_FRAME, Credentials, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
+from p2pai.identity import Identity
 from p2pai.models.catalog import default_model_config, ensure_default_model_file
-from p2pai.overlay.identity import Identity
 
 PROMPT = "Write a short story about a lighthouse keeper."
 

@@ -15,14 +15,14 @@ from .api.peer_app import create_peer_app
 from .api.state import NodeState
 from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
+from .identity import Identity
 from .models.catalog import build_catalog
 from .overlay.addresses import ips
-from .overlay.identity import Identity
-from .serving.manager import LoadEvent, ModelManager
 from .routing.forward import Forwarder
 from .routing.peer_auth import Verifier
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
+from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload

@@ -25,7 +25,6 @@ import psutil
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
-from .overlay.identity import Identity
 from .settings import NodeSettings, add_swarm_arguments, env_default, swarm_fields
 from .swarm.join import build_overlay
 from .swarm.payload import WORKER_PAYLOAD_KEY, WORKER_ROLE
@@ -111,7 +110,7 @@ class Worker:
         overlay = build_overlay(self.settings, self.keys, [WORKER_ROLE])
         await overlay.start()
         try:
-            credentials = Credentials(Identity.load_or_create(self.data_dir), self.keys.rpc_key)  # the overlay's own
+            credentials = Credentials(overlay.identity, self.keys.rpc_key)
             self.relay = RelayServer(credentials, lambda: self.rpc.port, self._publish_soon)
             self.port = await self.relay.start(listen_ip, self.args.rpc_port)
             self.hosts = ips(overlay.self_member().addrs)  # the relay listens on the overlay's IP

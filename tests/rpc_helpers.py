@@ -16,7 +16,7 @@ from typing import Any
 from overlay_helpers import free_port
 
 from p2pai.backends.rpc.workers import WorkerInfo
-from p2pai.overlay.identity import Identity
+from p2pai.identity import Identity
 from p2pai.swarm.view import SwarmNode
 from p2pai.token import derive_keys, parse_token
 

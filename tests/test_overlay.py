@@ -16,6 +16,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.__main__ import keys_from_seed
 from p2pai.overlay.announcement import (
@@ -26,7 +27,6 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.identity import Identity
 from p2pai.overlay.membership import HEARTBEAT_TIMEOUT, MEMBER_TTL, Membership
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
 from p2pai.token import NetworkKeys

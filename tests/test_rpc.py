@@ -21,8 +21,8 @@ from p2pai.backends.llama import LlamaEngine
 from p2pai.backends.rpc.engine import RpcEngine
 from p2pai.backends.rpc.relay import Credentials, Endpoint, RelayRefused, probe
 from p2pai.backends.rpc.workers import WorkerInfo
+from p2pai.identity import Identity
 from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
-from p2pai.overlay.identity import Identity
 from p2pai.serving.manager import ModelManager
 from p2pai.token import derive_keys, new_token, parse_token
 

@@ -12,7 +12,7 @@ import pytest
 from rpc_helpers import Impostor
 
 from p2pai.backends.rpc.relay import _LENGTH, Credentials, Endpoint, Forwarder, RelayServer, connect
-from p2pai.overlay.identity import Identity
+from p2pai.identity import Identity
 
 KEY = os.urandom(32)
 WORKER = Credentials(Identity.generate(), KEY)

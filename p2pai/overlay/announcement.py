@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2pai.overlay.identity import Identity, peer_id_from_public_key, verify_signature
+from p2pai.identity import Identity, peer_id_from_public_key, verify_signature
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 32 * 1024

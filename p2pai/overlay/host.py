@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pai.identity import Identity, is_peer_id
 from p2pai.overlay.addresses import advertised, parse_tcp
 from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
 from p2pai.overlay.dialer import Dialer
-from p2pai.overlay.identity import Identity, is_peer_id
 from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, TunnelBroken, TunnelClient, TunnelServer
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
+from p2pai.identity import is_peer_id
 from p2pai.overlay.addresses import dialable
 from p2pai.overlay.announcement import Announcement, Rejected
-from p2pai.overlay.identity import is_peer_id
 
 HEARTBEAT_TIMEOUT = 2.0
 MEMBER_TTL = 300.0

@@ -21,6 +21,7 @@ from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from p2pai.identity import Identity
 from p2pai.overlay.announcement import (
     MAX_ADDRS,
     MAX_HINTED_PEERS,
@@ -30,7 +31,6 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.identity import Identity
 from p2pai.overlay.membership import MAX_PEERS, AddressBook, Member, MemberEvent, Membership
 
 if TYPE_CHECKING:
@@ -199,6 +199,12 @@ class Overlay:
 
     def unsubscribe(self, queue: asyncio.Queue[MemberEvent]) -> None:
         self._subscribers.remove(queue)
+
+    @property
+    def identity(self) -> Identity:
+        """This node's identity, loaded by start(); the RPC relay signs with it too."""
+        assert self._identity is not None, "start() first"
+        return self._identity
 
     def set_tunnel_handler(self, handler: TunnelHandler) -> None:
         """Answer tunnelled requests from peers: ``handler(peer_id, request)`` yields the answer's bytes."""

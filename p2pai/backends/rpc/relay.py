@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ...overlay.identity import Identity, public_key_from_peer_id, verify_signature
+from ...identity import Identity, public_key_from_peer_id, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class RelayRefused(ConnectionError):
 
 @dataclass(frozen=True)
 class Credentials:
-    """One side of the relay: its overlay identity and the swarm's rpc_key."""
+    """One side of the relay: its identity (the peer id it signs for) and the swarm's rpc_key."""
 
     identity: Identity
     key: bytes = field(repr=False)

@@ -1,7 +1,8 @@
-"""The node's persistent Ed25519 identity.
+"""The node's persistent Ed25519 identity: its libp2p peer id, and what signs for it.
 
-Kept independent of libp2p so that announcements can be signed and verified
-without importing libp2p (0.5 s); libp2p only gets a key pair built from it.
+Kept independent of libp2p so that announcements and the RPC relay's handshake
+can be signed and verified without importing libp2p (0.5 s); libp2p only gets a
+key pair built from it.
 """
 
 from __future__ import annotations
