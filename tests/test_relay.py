@@ -1,7 +1,8 @@
-"""The entry's transport-level relay of a streamed answer, in-process over loopback.
+"""The entry's relay of a streamed answer, in-process over loopback.
 
 A "peer" aiohttp app answers; an "entry" app forwards to it with PeerClient and
-relays with Relay, as the router does; clients read from the entry.
+relays with relay(), as the router does; clients read from the entry. Every
+entry test runs both ways of relaying: by a thread per stream, and on the event loop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.peer_http import PeerClient, PeerResponse
-from p2pai.routing.relay import DONE, ClientGone, Relay
+from p2pai.routing.relay import DONE, ClientGone, StreamThread, relay
 
 HOST = "127.0.0.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,6 +61,11 @@ async def servers() -> AsyncIterator[Callable[..., Awaitable[str]]]:
         await runner.cleanup()
 
 
+@pytest.fixture(params=[True, False], ids=["thread", "loop"])
+def threaded(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
 async def peer_client() -> AsyncIterator[PeerClient]:
     client = PeerClient(connect_timeout=3.0)
@@ -67,10 +73,11 @@ async def peer_client() -> AsyncIterator[PeerClient]:
     client.close()
 
 
-async def start_entry(servers, client: PeerClient, peer_url: str, cancel_handlers: bool = True) -> Entry:
+async def start_entry(servers, client: PeerClient, peer_url: str, threaded: bool, cancel_handlers: bool = True,
+                      rewrite: Callable[[bytes], bytes] | None = None) -> Entry:
     entry = Entry()
 
-    async def relay(request: web.Request) -> web.StreamResponse:
+    async def forward(request: web.Request) -> web.StreamResponse:
         entry.requests.append(request)
         upstream = await client.request(peer_url, "POST", request.path_qs, {}, await request.read())
         entry.upstreams.append(upstream)
@@ -80,7 +87,8 @@ async def start_entry(servers, client: PeerClient, peer_url: str, cancel_handler
             writer = await response.prepare(request)
             assert writer is not None
             try:
-                entry.outcomes.append(await Relay(request, writer, keep=entry.kept).run(upstream))
+                entry.outcomes.append(await relay(request, writer, upstream, keep=entry.kept, rewrite=rewrite,
+                                                   thread=threaded))
             except ClientGone:
                 entry.outcomes.append("client gone")
                 raise
@@ -89,7 +97,7 @@ async def start_entry(servers, client: PeerClient, peer_url: str, cancel_handler
         finally:
             upstream.release()
 
-    entry.url = await servers(relay, cancel_handlers)
+    entry.url = await servers(forward, cancel_handlers)
     return entry
 
 
@@ -107,7 +115,7 @@ def sse_answer(events: list[bytes], pause: float = 0.0) -> Handler:
 
 
 async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_the_connection(
-        servers, peer_client: PeerClient) -> None:
+        servers, peer_client: PeerClient, threaded: bool) -> None:
     events = [b"data: {\"n\": %d, \"text\": \"\xc3\xa9t\xc3\xa9\"}\n\n" % i for i in range(300)]
     events[100] = b"data: " + b"x" * 300_000 + b"\n\n"  # larger than any single read
     events.append(DONE)
@@ -119,7 +127,7 @@ async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_t
         return await answer(request)
 
     peer_url = await servers(peer)
-    entry = await start_entry(servers, peer_client, peer_url)
+    entry = await start_entry(servers, peer_client, peer_url, threaded)
     async with aiohttp.ClientSession() as session:
         async with session.post(peer_url + "/v1/completions", data=b"{}") as direct:
             expected = await direct.read()
@@ -133,7 +141,43 @@ async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_t
     assert peers[1] == peers[2]  # the second relayed request reused the first one's connection
 
 
-async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient) -> None:
+async def test_a_client_that_stops_reading_at_done_keeps_its_connection(servers, peer_client: PeerClient,
+                                                                       threaded: bool) -> None:
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(5)] + [DONE]
+    entry = await start_entry(servers, peer_client, await servers(sse_answer(events)), threaded)
+    connections = []
+
+    async def connecting(session: object, context: object, params: object) -> None:
+        connections.append(params)
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_start.append(connecting)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as session:
+        for _ in range(10):
+            async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+                while await routed.content.readuntil(b"\n\n") != DONE:  # and no further: like many SSE clients
+                    pass
+    assert len(connections) == 1  # the end of the body came with [DONE]
+    assert entry.outcomes == [True] * 10
+
+
+async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: PeerClient, threaded: bool) -> None:
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(50)] + [DONE]
+
+    def rewrite(piece: bytes) -> bytes:
+        if b"\"n\": 3}" in piece:
+            raise ValueError("a malformed event")
+        return piece
+
+    entry = await start_entry(servers, peer_client, await servers(sse_answer(events, pause=0.005)), threaded,
+                              rewrite=rewrite)
+    async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+        body = await asyncio.wait_for(routed.content.read(), 5.0)
+    assert body.startswith(b"data: {\"n\": 0}") and DONE not in body
+    assert entry.outcomes == [False] and entry.upstreams[0]._connection.closed
+
+
+async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient, threaded: bool) -> None:
     piece = b"data: " + b"y" * (64 * 1024) + b"\n\n"
     total = 64 * 1024 * 1024 // len(piece)
     written = [0]
@@ -148,7 +192,7 @@ async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: 
         await response.write_eof()
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(peer))
+    entry = await start_entry(servers, peer_client, await servers(peer), threaded)
     port = int(entry.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -158,6 +202,7 @@ async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: 
         stalled = written[0]
         await asyncio.sleep(0.3)
         assert written[0] == stalled < total // 2  # the peer waits for the entry, which waits for the client
+        assert StreamThread.running == int(threaded)
         transport = entry.requests[0].transport
         assert transport is not None
         assert transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1] + 2 * len(piece)
@@ -173,7 +218,7 @@ async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: 
 
 @pytest.mark.parametrize("cancel_handlers", [True, False])
 async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
-        servers, peer_client: PeerClient, cancel_handlers: bool) -> None:
+        servers, peer_client: PeerClient, cancel_handlers: bool, threaded: bool) -> None:
     peer_ended = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -187,7 +232,7 @@ async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
             peer_ended.set()
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(endless), cancel_handlers)
+    entry = await start_entry(servers, peer_client, await servers(endless), threaded, cancel_handlers)
     async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
         assert await routed.content.readuntil(b"\n\n") == b"data: {}\n\n"
     left = time.monotonic()
@@ -198,7 +243,8 @@ async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
         assert entry.outcomes == ["client gone"]
 
 
-async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_client: PeerClient) -> None:
+async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_client: PeerClient, threaded: bool
+                                                              ) -> None:
     async def silent_after_two(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -207,16 +253,66 @@ async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_cli
         await asyncio.sleep(10)  # like a frozen peer
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(silent_after_two))
+    entry = await start_entry(servers, peer_client, await servers(silent_after_two), threaded)
     async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
         assert await routed.content.readuntil(b"\n\n") == b"data: 1\n\n"
         await routed.content.readuntil(b"\n\n")
+        assert StreamThread.running == int(threaded)
         closed = time.monotonic()
         entry.upstreams[0].close()  # what the router does when the peer goes offline
         assert await asyncio.wait_for(routed.read(), 2.0) == b""
     assert time.monotonic() - closed < 0.5
     assert entry.outcomes == [False]
     assert b"".join(entry.kept) == b"data: 1\n\ndata: 2\n\n"
+
+
+async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_closed(servers, peer_client: PeerClient
+                                                                                 ) -> None:
+    piece = b"data: " + b"z" * (64 * 1024) + b"\n\n"
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(1000):  # 64 MB, far more than the socket buffers hold
+            await response.write(piece)
+        return response
+
+    entry = await start_entry(servers, peer_client, await servers(flood), threaded=True)
+    port = int(entry.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"POST /v1/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.5)  # the client reads nothing: the thread waits to send
+        assert StreamThread.running == 1 and not entry.outcomes
+        closed = time.monotonic()
+        entry.upstreams[0].close()
+        deadline = time.monotonic() + 3
+        while not entry.outcomes and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        writer.close()
+    assert entry.outcomes == [False] and time.monotonic() - closed < 1.0
+    assert StreamThread.running == 0
+
+
+@pytest.mark.parametrize("split_every", [1, 7, 1000])
+async def test_a_stream_taken_over_mid_chunk_is_relayed_whole_and_its_connection_reused(
+        servers, peer_client: PeerClient, threaded: bool, split_every: int) -> None:
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)] + [DONE]
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(event), event) for event in events) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    url, server, heads = await raw_peer([head + chunked, head + chunked], split_every)
+    try:
+        entry = await start_entry(servers, peer_client, url, threaded)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+                    assert await routed.read() == b"".join(events)
+    finally:
+        server.close()
+    assert entry.outcomes == [True, True]
+    assert len(heads) == 2  # both requests on the one connection raw_peer serves
 
 
 async def raw_peer(answers: list[bytes], split_every: int, hang_up: bool = False

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from .peer_http import BodyReader
 
 
 class AnswerBroken(Exception):
@@ -63,11 +66,16 @@ class Answer(ABC):
             raise self._error
         return b"".join(self._buffered)
 
+    def take_buffered(self) -> bytes:
+        """What arrived so far and nobody took yet."""
+        buffered = b"".join(self._buffered)
+        self._buffered.clear()
+        return buffered
+
     def stream_to(self, sink: Sink) -> None:
         """Hand what arrived so far, then every later piece, to ``sink``."""
         if self._buffered:
-            sink.data(b"".join(self._buffered))
-            self._buffered.clear()
+            sink.data(self.take_buffered())
         if self._ended.is_set():
             sink.end(self._error)
         else:
@@ -86,3 +94,7 @@ class Answer(ABC):
     def release(self) -> None:
         """Done with this answer (the connection may serve another request)."""
         self.close()
+
+    def detach(self) -> BodyReader | None:
+        """The rest of the body for a thread to read with blocking calls, if this answer allows it."""
+        return None

@@ -12,17 +12,21 @@ mistake could mix up two answers.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from collections.abc import Callable, Iterator
 from typing import cast
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from .answer import Answer, AnswerBroken
+from .chunked import ChunkError, Dechunker
 
 MAX_HEAD = 64 * 1024
-MAX_LINE = 1024  # a chunk-size line
 IDLE_S = 30.0  # an idle connection older than this is closed, not reused (aiohttp servers keep theirs an hour)
 MAX_IDLE_PER_PEER = 16
+RECV_BYTES = 256 * 1024
 
 
 class PeerResponse(Answer):
@@ -42,6 +46,61 @@ class PeerResponse(Answer):
     def release(self) -> None:
         self._connection.release()
 
+    def detach(self) -> BodyReader | None:
+        return self._connection.detach()
+
+
+class BodyReader:
+    """The rest of a chunked answer, read off the connection's socket with blocking calls by one thread.
+
+    The thread reads a duplicate of the socket in blocking mode. That mode is a flag the
+    duplicate shares with the event loop's descriptor, so close() restores it before the
+    connection can serve the event loop again; settle() then hands the connection back.
+    """
+
+    def __init__(self, sock: socket.socket, dechunker: Dechunker, pending: bytes,
+                 settled: Callable[[BodyReader, AnswerBroken | None], None]) -> None:
+        self._sock = sock
+        self._dechunker = dechunker
+        self._pending = pending
+        self._settled = settled
+        self.complete = False  # the body ended and nothing followed it: the connection can be reused
+        self.stopped = False  # set from the event loop: stop waiting, the answer is being closed
+
+    # On the reading thread
+
+    def pieces(self) -> Iterator[bytes]:
+        """The body's data as it arrives, until its end; AnswerBroken if it breaks off."""
+        if self._pending:
+            yield self._pending
+        while True:
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except OSError as exc:
+                raise AnswerBroken(f"the connection was lost ({exc!r})") from exc
+            if not data:
+                raise AnswerBroken("the connection was closed" if self.stopped else "the peer closed the connection")
+            try:
+                payload, rest = self._dechunker.feed(data)
+            except ChunkError as exc:
+                raise AnswerBroken(f"the peer sent {exc}") from exc
+            if payload:
+                yield payload
+            if rest is not None:
+                self.complete = not rest
+                return
+
+    def close(self) -> None:
+        """Give the socket back to the event loop's care (non-blocking again) and close the duplicate."""
+        self._sock.setblocking(False)
+        self._sock.close()
+
+    # On the event loop, after close()
+
+    def settle(self, error: AnswerBroken | None) -> None:
+        """The answer ends (broken if ``error``); a complete one's connection may serve another request."""
+        self._settled(self, error)
+
 
 class _Connection(asyncio.Protocol):
     """One connection to a peer: one request at a time, then back to the pool if the answer was complete."""
@@ -54,10 +113,10 @@ class _Connection(asyncio.Protocol):
         self._response: PeerResponse | None = None
         self._head = b""
         self._body = self._unexpected
-        self._left = 0  # bytes of the body (Content-Length) or of the current chunk still to come
-        self._partial = b""  # an incomplete chunk-size line
-        self._trailers = False
+        self._left = 0  # bytes of a Content-Length body still to come
+        self._dechunker = Dechunker()
         self._keep_alive = False
+        self._reader: BodyReader | None = None  # while a thread reads the body
         self.closed = False
         self.idle_since = 0.0
 
@@ -89,9 +148,50 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close at once; an unfinished answer ends broken now, not when the transport says so."""
         self._keep_alive = False
+        if self._reader is not None:  # wake the thread blocked on the socket
+            self._reader.stopped = True
+            self._shutdown()
         if self._transport is not None:
             self._transport.abort()
         self._lost(AnswerBroken("the connection was closed"))
+
+    def detach(self) -> BodyReader | None:
+        """Let a thread read the rest of a chunked body off the socket; None if this answer cannot be."""
+        transport, response = self._transport, self._response
+        if self._body != self._chunked or self.closed or transport is None or response is None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
+            return None
+        try:
+            duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return None  # out of descriptors
+        transport.pause_reading()
+        duplicate.setblocking(True)
+        self._body = self._unexpected
+        self._reader = BodyReader(duplicate, self._dechunker, response.take_buffered(), self._reattach)
+        return self._reader
+
+    def _reattach(self, reader: BodyReader, error: AnswerBroken | None) -> None:
+        self._reader = None
+        if self.closed:
+            return  # aborted meanwhile: the answer already ended broken
+        if error is not None:
+            self._fail_with(error)
+            return
+        assert self._transport is not None and self._response is not None
+        self._keep_alive = self._keep_alive and reader.complete
+        self._transport.resume_reading()
+        self._response.finish()
+
+    def _shutdown(self) -> None:
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already disconnected
 
     # asyncio.Protocol
 
@@ -151,7 +251,7 @@ class _Connection(asyncio.Protocol):
         if response.status < 200 or response.status in (204, 304):
             self._end()
         elif "chunked" in headers.get("Transfer-Encoding", "").lower():
-            self._body, self._left, self._partial, self._trailers = self._chunked, 0, b"", False
+            self._body, self._dechunker = self._chunked, Dechunker()
         elif "Content-Length" in headers:
             self._left = int(headers["Content-Length"])
             self._body = self._by_length
@@ -176,48 +276,16 @@ class _Connection(asyncio.Protocol):
         self._response.feed(data)
 
     def _chunked(self, data: bytes) -> None:
-        """Pass each chunk's data on, one feed per read: the common read holds whole chunks."""
         assert self._response is not None
-        if self._partial:
-            data, self._partial = self._partial + data, b""
-        pieces = []
-        pos, size = 0, len(data)
-        while pos < size:
-            if self._left:
-                end = min(pos + self._left, size)
-                pieces.append(data[pos:end])
-                self._left -= end - pos
-                pos = end
-                continue
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                self._partial = data[pos:]
-                if len(self._partial) > MAX_LINE:
-                    self._fail("a chunk-size line too long")
-                    return
-                break
-            line, pos = data[pos:eol], eol + 2
-            if self._trailers:
-                if not line:  # the empty line after the last chunk and its trailers
-                    self._feed(pieces)
-                    self._end(extra=pos < size)
-                    return
-            elif line:  # an empty line is the end of a chunk's data
-                try:
-                    self._left = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    self._fail(f"a bad chunk size {line[:40]!r}")
-                    return
-                if self._left < 0:
-                    self._fail("a negative chunk size")
-                    return
-                self._trailers = self._left == 0
-        self._feed(pieces)
-
-    def _feed(self, pieces: list[bytes]) -> None:
-        assert self._response is not None
-        if pieces:
-            self._response.feed(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        try:
+            payload, rest = self._dechunker.feed(data)
+        except ChunkError as exc:
+            self._fail(str(exc))
+            return
+        if payload:
+            self._response.feed(payload)
+        if rest is not None:
+            self._end(extra=bool(rest))
 
     def _unexpected(self, data: bytes) -> None:
         self._fail("bytes after the end of an answer")
@@ -230,10 +298,13 @@ class _Connection(asyncio.Protocol):
         self._response.finish()
 
     def _fail(self, reason: str) -> None:
+        self._fail_with(AnswerBroken(f"the peer sent {reason}"))
+
+    def _fail_with(self, error: AnswerBroken) -> None:
         self._keep_alive = False
         if self._transport is not None:
             self._transport.abort()
-        self._lost(AnswerBroken(f"the peer sent {reason}"))
+        self._lost(error)
 
     def _lost(self, error: AnswerBroken) -> None:
         if not self.closed:

@@ -39,7 +39,7 @@ from .continuation import (
 from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
-from .relay import DONE, Relay
+from .relay import DONE, relay
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class Router:
         assert writer is not None  # a response prepared once has its writer
         original = continuable(request.path, body)
         relayed: list[bytes] | None = [] if original is not None else None
-        if not await self._pump(upstream, peer, Relay(request, writer, keep=relayed)):
+        if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed)):
             self.metrics[peer].failed("the stream broke off")
             done = progress(b"".join(relayed)) if relayed is not None else None
             if original is None or done is None or not await self._continue(
@@ -267,14 +267,14 @@ class Router:
             ):
                 await response.write(_broken_stream_event(peer))
                 await response.write(DONE)
-        await response.write_eof()
+        await response.write_eof()  # a complete stream's relay has ended it already
         return response
 
-    async def _pump(self, upstream: Answer, peer: str, relay: Relay) -> bool:
+    async def _pump(self, peer: str, upstream: Answer, relaying: Awaitable[bool]) -> bool:
         """Relay ``upstream``'s events as they come, cut off if the peer goes offline; True if it ended with [DONE]."""
         self._aborts[peer].add(upstream.close)
         try:
-            return await relay.run(upstream)
+            return await relaying
         finally:
             self._aborts[peer].discard(upstream.close)
 
@@ -306,8 +306,8 @@ class Router:
                 if upstream.status != 200:
                     continue
                 log.info("continuing a broken stream of %s on %s", failed, target.candidate.name)
-                relay = Relay(request, writer, rewrite=Rewriter(done, path in CHAT_PATHS).feed)
-                return await self._pump(upstream, node, relay)
+                rewrite = Rewriter(done, path in CHAT_PATHS).feed
+                return await self._pump(node, upstream, relay(request, writer, upstream, rewrite=rewrite))
             finally:
                 upstream.release()
         return False
