@@ -2,8 +2,9 @@
 
 aiohttp's client hands a streamed body to a task one chunk at a time (a wake-up
 and a read per SSE event); here each piece of the body goes from data_received
-straight to the answer's sink, which is what makes relaying a stream cheap for
-the entry node. Only what peer requests need: a request with a body (never HEAD); answers
+straight to the answer's sink, or a relay thread takes the rest of a chunked body
+over (detach(), BodyReader), which is what makes relaying a stream cheap for the
+entry node. Only what peer requests need: a request with a body (never HEAD); answers
 framed by Content-Length, chunked encoding or the end of the connection. The
 peer is a p2pai node (aiohttp's server), so parsing is strict only where a
 mistake could mix up two answers.
