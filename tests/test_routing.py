@@ -5,6 +5,7 @@ A routes only (no model); B and C serve `tiny`; D serves `tiny-b`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -12,12 +13,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 
+from p2pai.routing.forward import PeerUnavailable
 from p2pai.routing.peer_auth import sign
+from p2pai.routing.router import Router
 from p2pai.token import derive_keys, new_token, parse_token
 from conftest import NodeProcess
 from test_swarm import online_peers, wait_for
@@ -216,3 +220,36 @@ def test_a_peer_that_cannot_be_reached_directly_is_served_through_the_tunnel(sta
     assert "".join(chunk.choices[0].text for chunk in streamed) == direct.choices[0].text
     with pytest.raises(openai.BadRequestError):  # the peer's 4xx comes back through the tunnel unchanged
         api.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=7)
+
+
+async def test_waiting_for_a_peer_that_goes_offline_fails_over_unless_the_client_left() -> None:
+    """The wait for a peer's headers runs in the handler's own task: an abort (the peer went
+    offline) becomes PeerUnavailable and leaves the task usable; the client leaving stays a cancel."""
+    router = Router(cast(Any, None), cast(Any, None), cast(Any, None))
+    loop = asyncio.get_running_loop()
+
+    def abort_peer() -> None:
+        for abort in list(router._aborts["p"]):
+            abort()
+
+    async def handler() -> str:
+        with pytest.raises(PeerUnavailable):
+            await router._abortable("p", loop.create_future())
+        await asyncio.sleep(0)  # not cancelled any more: the next candidate can be tried
+        return "next candidate"
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0)
+    abort_peer()
+    assert await task == "next candidate"
+    assert not router._aborts["p"]
+
+    for peer_too in (False, True):
+        task = asyncio.create_task(router._abortable("p", loop.create_future()))
+        await asyncio.sleep(0)
+        if peer_too:
+            abort_peer()
+        task.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not router._aborts["p"]

@@ -12,10 +12,21 @@ from .errors import error_event
 DONE = b"data: [DONE]\n\n"
 
 
+class EventStream(web.StreamResponse):
+    """A streamed response whose headers leave with its first event, in one TCP segment.
+
+    aiohttp's StreamResponse sends its headers alone in prepare(); the client (or the
+    entry node relaying the stream) then wakes up twice before it has the first token.
+    Response buffers them until the first write; this class asks for the same.
+    """
+
+    _send_headers_immediately = False  # aiohttp >= 3.12; older versions ignore it and send them at once
+
+
 async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
                       headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Write each event as soon as it exists; end with [DONE], or an error event if generation failed."""
-    response = web.StreamResponse(
+    response = EventStream(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
