@@ -9,6 +9,7 @@ import logging
 import sys
 
 from . import __version__
+from .malloc_tuning import tune_malloc
 from .settings import add_node_arguments, add_swarm_arguments, env_default, settings_from_args
 from .worker import add_worker_arguments, run_worker
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     return args.run(args)
 
 

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.peer_http import PeerClient, PeerResponse
-from p2pai.routing.relay import DONE, ClientGone, StreamThread, relay
+from p2pai.event_stream import DONE
+from p2pai.routing.relay import ClientGone, StreamThread, relay
 
 HOST = "127.0.0.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

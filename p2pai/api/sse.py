@@ -7,20 +7,8 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from ..event_stream import DONE, EventStream
 from .errors import error_event
-
-DONE = b"data: [DONE]\n\n"
-
-
-class EventStream(web.StreamResponse):
-    """A streamed response whose headers leave with its first event, in one TCP segment.
-
-    aiohttp's StreamResponse sends its headers alone in prepare(); the client (or the
-    entry node relaying the stream) then wakes up twice before it has the first token.
-    Response buffers them until the first write; this class asks for the same.
-    """
-
-    _send_headers_immediately = False  # aiohttp >= 3.12; older versions ignore it and send them at once
 
 
 async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],

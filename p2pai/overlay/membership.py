@@ -7,7 +7,6 @@ alone never notices a frozen peer. Offline members are pruned after MEMBER_TTL.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,8 +32,9 @@ class Member:
     connected: bool
 
     def snapshot(self) -> Member:
-        """A copy the caller may keep or modify."""
-        return replace(self, roles=list(self.roles), addrs=list(self.addrs), payload=copy.deepcopy(self.payload))
+        """A copy the caller may keep. The payload is shared, not copied (routing reads the swarm on
+        every request): an announcement replaces it, nothing changes it in place; read it only."""
+        return replace(self, roles=list(self.roles), addrs=list(self.addrs))
 
 
 @dataclass(frozen=True)

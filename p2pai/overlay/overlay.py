@@ -185,7 +185,7 @@ class Overlay:
             version=self.config.version,
             roles=list(self.config.roles),
             addrs=list(self._addrs),
-            payload=json.loads(json.dumps(self._payload)),
+            payload=self._payload,  # replaced by set_payload, never changed in place: read it only
             last_seen=time.time(),
             online=True,
             connected=True,

@@ -27,7 +27,7 @@ from .chunked import ChunkError, Dechunker
 MAX_HEAD = 64 * 1024
 IDLE_S = 30.0  # an idle connection older than this is closed, not reused (aiohttp servers keep theirs an hour)
 MAX_IDLE_PER_PEER = 16
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 64 * 1024  # a larger recv() costs a fresh allocation each time: 20 µs against 3 for 190 bytes here
 
 
 class PeerResponse(Answer):

@@ -29,12 +29,12 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from ..event_stream import DONE
 from .answer import Answer, AnswerBroken
 from .peer_http import BodyReader
 
 log = logging.getLogger(__name__)
 
-DONE = b"data: [DONE]\n\n"
 MAX_THREADS = 64  # streams relayed by threads at once; more go through the event loop
 IDLE_THREADS = 4  # threads kept waiting for the next stream
 WAIT_MS = 200  # a thread waiting for a slow client checks this often whether the answer was closed
@@ -56,8 +56,11 @@ async def relay(request: web.Request, writer: AbstractStreamWriter, upstream: An
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientGone("the client went away")
-    writer.send_headers()  # the pieces go to the transport or its socket directly, after the headers
     pieces = Pieces(keep, rewrite)
+    first = pieces.next(upstream.take_buffered())
+    if first:
+        await writer.write(first)  # with the headers if they are still waiting (EventStream): one segment
+    writer.send_headers()  # the pieces go to the transport or its socket directly, after the headers
     stream_thread = _stream_thread(transport, upstream, pieces) if thread else None
     if stream_thread is not None:
         complete = await stream_thread.run()
@@ -87,7 +90,7 @@ def _stream_thread(transport: asyncio.Transport, upstream: Answer, pieces: Piece
 
 
 class Pieces:
-    """Each piece of the body as the client gets it: kept as received, rewritten, chunk-framed.
+    """Each piece of the body as the client gets it: kept as received, rewritten.
 
     A piece that ends the stream with [DONE] is held back until the body ends (see relay()).
     """
@@ -99,18 +102,18 @@ class Pieces:
         self.held = b""
 
     def next(self, payload: bytes) -> bytes:
-        """The bytes to send now for ``payload``, framed."""
+        """The body to send now for ``payload`` (not chunk-framed)."""
+        if not payload:
+            return b""
         if self._keep is not None:
             self._keep.append(payload)
         self._tail = (self._tail + payload)[-len(DONE) :]
-        out = self._rewrite(payload) if self._rewrite is not None else payload
-        send = _framed(self.held)  # held back, but something followed
-        self.held = b""
+        out = self.held + (self._rewrite(payload) if self._rewrite is not None else payload)
         if self.done:
-            self.held = out
+            self.held, out = out, b""
         else:
-            send += _framed(out)
-        return send
+            self.held = b""
+        return out
 
     @property
     def done(self) -> bool:
@@ -118,8 +121,9 @@ class Pieces:
         return self._tail == DONE
 
 
-def _framed(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+def framed(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class Threads:
@@ -189,7 +193,7 @@ class StreamThread:
             for piece in self._reader.pieces():
                 out = self._pieces.next(piece)
                 if out:
-                    self._send(out)
+                    self._send(framed(out))
         except AnswerBroken as exc:
             error = exc
         except OSError:
@@ -273,7 +277,7 @@ class LoopRelay:
             assert self._upstream is not None
             self._upstream.close()
             return
-        transport.write(out)
+        transport.write(framed(out))
         if transport.get_write_buffer_size() > self._high and not self._paused:
             self._paused = True
             assert self._upstream is not None

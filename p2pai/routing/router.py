@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from ..backends.base import ModelLoadError, QueueFullError
+from ..event_stream import DONE, EventStream
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
 from ..swarm.swarm import Swarm
@@ -39,7 +40,7 @@ from .continuation import (
 from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
-from .relay import DONE, relay
+from .relay import relay
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class Router:
             except AnswerBroken as exc:
                 raise PeerUnavailable(f"the answer broke off: {exc}") from exc
             return web.Response(status=upstream.status, body=body, headers=headers)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = EventStream(status=upstream.status, headers=headers)
         writer = await response.prepare(request)
         assert writer is not None  # a response prepared once has its writer
         original = continuable(request.path, body)

@@ -28,6 +28,7 @@ class Swarm:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._parsed: dict[str, tuple[float, tuple[NodePayload, WorkerOffer | None]]] = {}
+        self._self_parsed: tuple[dict[str, Any], tuple[NodePayload, WorkerOffer | None]] | None = None
 
     @property
     def peer_id(self) -> str:
@@ -50,7 +51,10 @@ class Swarm:
         self._wake.set()
 
     def self_node(self) -> SwarmNode:
-        return SwarmNode.from_member(self.overlay.self_member(), is_self=True)
+        member = self.overlay.self_member()
+        if self._self_parsed is None or self._self_parsed[0] is not member.payload:  # set_payload replaces it
+            self._self_parsed = (member.payload, parse_payload(member.payload))
+        return SwarmNode.from_member(member, is_self=True, parsed=self._self_parsed[1])
 
     def nodes(self) -> list[SwarmNode]:
         """This node first, then the peers (offline ones until they are pruned)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import BackendError
+from ...malloc_tuning import tune_malloc
 from ..llama import LlamaEngine, LlamaSettings
 from .relay import Credentials, Endpoint, Forwarder
 
@@ -136,6 +137,7 @@ async def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
+    tune_malloc()  # this process relays llama.cpp RPC messages: about 9 reads per token
     sock = socket.socket(fileno=int(sys.argv[1]))
     asyncio.run(serve(sock))
     # Skip interpreter teardown: freeing a model whose worker died aborts llama.cpp,

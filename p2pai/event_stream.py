@@ -1,0 +1,19 @@
+"""The HTTP side of a server-sent event stream, shared by the API (which writes
+streams) and the router (which relays them)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+DONE = b"data: [DONE]\n\n"
+
+
+class EventStream(web.StreamResponse):
+    """A streamed response whose headers leave with its first event, in one TCP segment.
+
+    aiohttp's StreamResponse sends its headers alone in prepare(); the client (or the
+    entry node relaying the stream) then wakes up twice before it has the first token.
+    Response buffers them until the first write; this class asks for the same.
+    """
+
+    _send_headers_immediately = False  # aiohttp >= 3.12 (private): headers wait for the first write
