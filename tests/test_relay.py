@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from p2pai.routing.answer import AnswerBroken
+from p2pai.routing.chunked import Dechunker
 from p2pai.routing.peer_http import PeerClient, PeerResponse
 from p2pai.event_stream import DONE
 from p2pai.routing.relay import ClientGone, StreamThread, relay
@@ -372,3 +373,23 @@ async def test_an_answer_cut_mid_chunk_is_broken(peer_client: PeerClient) -> Non
             await asyncio.wait_for(answer.read(), 5)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(("data", "whole"), [
+    (b"5\r\nhello\r\n", b"hello"),
+    (b"5;ext=1\r\nhello\r\n", None),  # extensions go the general way
+    (b"0\r\n\r\n", None),  # the end of the body
+    (b"5\r\nhello\r\n0\r\n\r\n", None),  # more than one chunk
+    (b"5\r\nhel", None),
+    (b"5\r\nhello\r\n5\r\nworld\r\n", None),
+    (b"x\r\nhello\r\n", None),
+])
+def test_a_read_of_exactly_one_whole_chunk_can_be_passed_on_as_it_came(data: bytes, whole: bytes | None) -> None:
+    assert Dechunker().whole(data) == whole
+
+
+def test_a_read_in_the_middle_of_a_chunk_is_not_whole() -> None:
+    dechunker = Dechunker()
+    assert dechunker.feed(b"a\r\nhello")[0] == b"hello"
+    assert dechunker.whole(b"3\r\nab\r\n") is None  # the 10-byte chunk's last 5 bytes, and its end
+    assert dechunker.feed(b"3\r\nab\r\n") == (b"3\r\nab", None)

@@ -51,6 +51,21 @@ class Dechunker:
         return _joined(pieces), None
 
 
+    def whole(self, data: bytes) -> bytes | None:
+        """The data of ``data`` if it is exactly one whole chunk, not the last, starting at a chunk
+        boundary: the common read of a stream, which can then be passed on just as it came."""
+        if self._left or self._partial or self._trailers or not data.endswith(b"\r\n"):
+            return None
+        eol = data.find(b"\r\n")
+        try:
+            size = int(data[:eol], 16)
+        except ValueError:
+            return None  # an extension, or not a size at all: feed() decides
+        if size <= 0 or eol + size + 4 != len(data):
+            return None
+        return data[eol + 2 : -2]
+
+
 def _size(line: bytes) -> int:
     try:
         size = int(line.split(b";", 1)[0], 16)

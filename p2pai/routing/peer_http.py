@@ -70,15 +70,24 @@ class BodyReader:
 
     # On the reading thread
 
-    def pieces(self) -> Iterator[bytes]:
-        """The body's data as it arrives, until its end; AnswerBroken if it breaks off."""
+    def pieces(self) -> Iterator[tuple[bytes, bytes]]:
+        """The body's data as it arrives, until its end; AnswerBroken if it breaks off.
+
+        Each piece comes with the bytes it arrived as when they were exactly one whole chunk
+        (else b""): the relay can send those on as they are, which halves its Python work per event.
+        """
         if self._pending:
-            yield self._pending
+            yield self._pending, b""
+        recv, whole = self._sock.recv, self._dechunker.whole
         while True:
             try:
-                data = self._sock.recv(RECV_BYTES)
+                data = recv(RECV_BYTES)
             except OSError as exc:
                 raise AnswerBroken(f"the connection was lost ({exc!r})") from exc
+            payload = whole(data)
+            if payload is not None:
+                yield payload, data
+                continue
             if not data:
                 raise AnswerBroken("the connection was closed" if self.stopped else "the peer closed the connection")
             try:
@@ -86,7 +95,7 @@ class BodyReader:
             except ChunkError as exc:
                 raise AnswerBroken(f"the peer sent {exc}") from exc
             if payload:
-                yield payload
+                yield payload, b""
             if rest is not None:
                 self.complete = not rest
                 return

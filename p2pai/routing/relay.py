@@ -115,6 +115,16 @@ class Pieces:
             self.held = b""
         return out
 
+    def plain(self, payload: bytes) -> bool:
+        """Take ``payload`` if it goes out unchanged and at once (no rewrite, nothing held, not the
+        [DONE] end), so that the bytes it arrived as can be sent; False: pass it to next()."""
+        if self._rewrite is not None or self.held or len(payload) < len(DONE) or payload.endswith(DONE):
+            return False
+        if self._keep is not None:
+            self._keep.append(payload)
+        self._tail = payload[-len(DONE) :]
+        return True
+
     @property
     def done(self) -> bool:
         """The body so far ends with [DONE]."""
@@ -190,7 +200,10 @@ class StreamThread:
         error: AnswerBroken | None = None
         client_gone = False
         try:
-            for piece in self._reader.pieces():
+            for piece, chunk in self._reader.pieces():
+                if chunk and self._pieces.plain(piece):
+                    self._send(chunk)
+                    continue
                 out = self._pieces.next(piece)
                 if out:
                     self._send(framed(out))
