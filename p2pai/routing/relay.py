@@ -49,9 +49,11 @@ async def relay(request: web.Request, writer: AbstractStreamWriter, upstream: An
     """Relay ``upstream``'s body to the client until it ends; True if it ended complete with [DONE].
 
     ``writer`` is the prepared chunked response's; ``keep`` collects the pieces as received,
-    ``rewrite`` changes them before they are sent. A complete answer's response is ended here:
-    its last piece and the end of the body leave in one write, so a client that stops reading
-    at [DONE] finds its connection ready for the next request. ClientGone if the client left.
+    ``rewrite`` changes them before they are sent; ``thread`` False keeps the relay on the event
+    loop (what happens anyway when a thread cannot take the stream). A complete answer's
+    response is ended here: its last piece and the end of the body leave in one write, so a
+    client that stops reading at [DONE] finds its connection ready for the next request.
+    ClientGone if the client left.
     """
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -78,6 +80,8 @@ def _stream_thread(transport: asyncio.Transport, upstream: Answer, pieces: Piece
     client = transport.get_extra_info("socket")
     if StreamThread.running >= MAX_THREADS or transport.get_write_buffer_size() or client is None:
         return None
+    if not hasattr(select, "poll"):
+        return None  # Windows: no poll(), and sockets are not file descriptors there
     try:
         duplicate = socket.socket(fileno=os.dup(client.fileno()))
     except OSError:
@@ -131,12 +135,12 @@ class Pieces:
         return self._tail == DONE
 
 
-def framed(data: bytes) -> bytes:
+def _framed(data: bytes) -> bytes:
     """``data`` as one chunk of a chunked body."""
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-class Threads:
+class _Threads:
     """Daemon threads that wait for the next stream: starting a thread costs 0.1-0.4 ms here,
     which would delay the stream's first event. At most IDLE_THREADS wait; more end."""
 
@@ -174,7 +178,7 @@ class StreamThread:
     """
 
     running = 0  # on the event loop's thread only
-    threads = Threads()
+    threads = _Threads()
 
     def __init__(self, reader: BodyReader, client: socket.socket, pieces: Pieces) -> None:
         self._reader = reader
@@ -206,7 +210,7 @@ class StreamThread:
                     continue
                 out = self._pieces.next(piece)
                 if out:
-                    self._send(framed(out))
+                    self._send(_framed(out))
         except AnswerBroken as exc:
             error = exc
         except OSError:
@@ -290,7 +294,7 @@ class LoopRelay:
             assert self._upstream is not None
             self._upstream.close()
             return
-        transport.write(framed(out))
+        transport.write(_framed(out))
         if transport.get_write_buffer_size() > self._high and not self._paused:
             self._paused = True
             assert self._upstream is not None
