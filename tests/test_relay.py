@@ -179,6 +179,23 @@ async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: Pe
     assert entry.outcomes == [False] and entry.upstreams[0]._connection.closed
 
 
+async def test_an_http_1_0_client_gets_the_stream_unframed_until_the_close(servers, peer_client: PeerClient,
+                                                                           threaded: bool) -> None:
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(50)] + [DONE]
+    entry = await start_entry(servers, peer_client, await servers(sse_answer(events)), threaded)
+    port = int(entry.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"POST /v1/completions HTTP/1.0\r\nHost: {HOST}\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        answer = await asyncio.wait_for(reader.read(), 5.0)  # until the entry closes the connection
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"".join(events)
+    assert entry.outcomes == [True]
+
+
 async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient, threaded: bool) -> None:
     piece = b"data: " + b"y" * (64 * 1024) + b"\n\n"
     total = 64 * 1024 * 1024 // len(piece)

@@ -63,11 +63,12 @@ async def relay(request: web.Request, writer: AbstractStreamWriter, upstream: An
     if first:
         await writer.write(first)  # with the headers if they are still waiting (EventStream): one segment
     writer.send_headers()  # the pieces go to the transport or its socket directly, after the headers
-    stream_thread = _stream_thread(transport, upstream, pieces) if thread else None
+    chunked = bool(getattr(writer, "chunked", False))  # not for an HTTP/1.0 client: its body ends at the close
+    stream_thread = _stream_thread(transport, upstream, pieces) if thread and chunked else None
     if stream_thread is not None:
         complete = await stream_thread.run()
     else:
-        complete = await LoopRelay(transport, writer, pieces).run(upstream)
+        complete = await LoopRelay(transport, writer, pieces, chunked).run(upstream)
     if complete:
         await writer.write_eof(pieces.held)
     elif pieces.held:
@@ -255,9 +256,11 @@ class LoopRelay:
     then the peer's connection stops being read until the client's buffer drains.
     """
 
-    def __init__(self, transport: asyncio.Transport, writer: AbstractStreamWriter, pieces: Pieces) -> None:
+    def __init__(self, transport: asyncio.Transport, writer: AbstractStreamWriter, pieces: Pieces,
+                 chunked: bool) -> None:
         self._transport = transport
         self._writer = writer
+        self._frame = _framed if chunked else bytes
         self._high = transport.get_write_buffer_limits()[1]
         self._pieces = pieces
         self._paused = self._ended = self._client_gone = False
@@ -294,7 +297,7 @@ class LoopRelay:
             assert self._upstream is not None
             self._upstream.close()
             return
-        transport.write(_framed(out))
+        transport.write(self._frame(out))
         if transport.get_write_buffer_size() > self._high and not self._paused:
             self._paused = True
             assert self._upstream is not None
