@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.chunked import Dechunker
 from p2pai.routing.peer_http import PeerClient, PeerResponse
 from p2pai.event_stream import DONE
-from p2pai.routing.relay import ClientGone, StreamThread, relay
+from p2pai.routing.relay import IDLE_THREADS, ClientGone, StreamThread, relay
 
 HOST = "127.0.0.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -194,6 +195,29 @@ async def test_an_http_1_0_client_gets_the_stream_unframed_until_the_close(serve
     assert b"transfer-encoding" not in head.lower()
     assert body == b"".join(events)
     assert entry.outcomes == [True]
+
+
+async def test_concurrent_streams_get_threads_and_at_most_a_few_stay(servers, peer_client: PeerClient) -> None:
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)] + [DONE]
+    entry = await start_entry(servers, peer_client, await servers(sse_answer(events, pause=0.01)), threaded=True)
+    most = 0
+
+    async def one(session: aiohttp.ClientSession) -> bytes:
+        nonlocal most
+        async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+            first = await routed.content.readuntil(b"\n\n")
+            most = max(most, StreamThread.running)
+            return first + await routed.read()
+
+    async with aiohttp.ClientSession() as session:
+        bodies = await asyncio.gather(*(one(session) for _ in range(10)))
+    assert bodies == [b"".join(events)] * 10 and entry.outcomes == [True] * 10
+    assert most == 10  # every stream had a thread
+    assert StreamThread.running == 0
+    deadline = time.monotonic() + 2.0  # a thread ends just after its stream's end is reported
+    while sum(t.name == "p2pai-relay" for t in threading.enumerate()) > IDLE_THREADS and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert sum(t.name == "p2pai-relay" for t in threading.enumerate()) <= IDLE_THREADS
 
 
 async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient, threaded: bool) -> None:
