@@ -11,7 +11,6 @@ llama.cpp RPC messages. The price is up to TRIM_BYTES of freed heap kept for reu
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -22,8 +21,7 @@ MMAP_BYTES = 1024 * 1024  # blocks from this size up get their own mapping (a 25
 def tune_malloc() -> bool:
     """Apply the settings; False where the C library is not glibc (they are only an optimisation)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_BYTES))

@@ -171,7 +171,7 @@ class _Connection(asyncio.Protocol):
         if self._body != self._chunked or self.closed or transport is None or response is None:
             return None
         sock = transport.get_extra_info("socket")
-        if sock is None or transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
+        if sock is None or transport.get_write_buffer_size():
             return None
         try:
             duplicate = socket.socket(fileno=os.dup(sock.fileno()))

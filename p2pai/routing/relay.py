@@ -83,6 +83,8 @@ def _stream_thread(transport: asyncio.Transport, upstream: Answer, pieces: Piece
         return None
     if not hasattr(select, "poll"):
         return None  # Windows: no poll(), and sockets are not file descriptors there
+    if transport.get_extra_info("sslcontext") is not None:
+        return None  # a TLS connection's socket carries records, not the body's bytes
     try:
         duplicate = socket.socket(fileno=os.dup(client.fileno()))
     except OSError:
