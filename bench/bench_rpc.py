@@ -27,10 +27,9 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pai.backends.base import GenerationRequest, SamplingParams
-from p2pai.backends.llama import LlamaEngine, LlamaSettings
+from p2pai.backends.llama import LlamaSettings
 from p2pai.backends.llama.loading import MAX_AUTO_PARALLEL
-from p2pai.backends.rpc.child import ChildSpec
-from p2pai.backends.rpc.engine import RpcEngine
+from p2pai.backends.process import ChildSpec, ModelProcess
 from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
 from p2pai.backends.rpc.relay import MAX_FRAME, Credentials, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
@@ -74,7 +73,7 @@ class Worker:
 
 async def rpc_engine(
     settings: LlamaSettings, workers: list[Worker], key: bytes, output_local: bool = True
-) -> tuple[RpcEngine, float]:
+) -> tuple[ModelProcess, float]:
     """output_local=False drops the override: llama.cpp's own layout, output layer on the last worker."""
     layout = gguf_layout(settings.path)
     capacities = [Capacity(w.relay.peer_id, 8 << 30) for w in workers]
@@ -84,7 +83,7 @@ async def rpc_engine(
         configured = dataclasses.replace(configured, cpu_tensors=())
     spec = ChildSpec("gemma", configured, tuple(w.endpoint for w in workers), Credentials(Identity.generate(), key))
     started = time.perf_counter()
-    engine = await RpcEngine.start(spec, lambda e: print("lost:", e.failure))
+    engine = await ModelProcess.start(spec, lambda e: print("lost:", e.failure))
     return engine, time.perf_counter() - started
 
 
@@ -152,7 +151,7 @@ async def main(args: argparse.Namespace) -> None:
     # the machine's speed drifts by 20 % between minutes, and a ratio taken within one round
     # (setup vs local, seconds apart) is far steadier than one taken between separate runs.
     started = time.perf_counter()
-    local = await LlamaEngine.load("gemma", settings)
+    local = await ModelProcess.start(ChildSpec("gemma", settings), lambda e: print("failed:", e.failure))
     setups: list[tuple[str, Any, list[Worker], str]] = [
         ("all layers local", local, [], f"load {time.perf_counter() - started:.2f} s")]
     for count, output_local in ((1, True), (2, True), (1, False)):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pai.backends.base import (
-    FimTokens,
+    ModelInfo,
     GenerationChunk,
     GenerationRequest,
     InvalidRequestError,
@@ -54,18 +54,16 @@ class SlowEngine:
     def __init__(self, name: str, settings: SlowSettings) -> None:
         self.name = name
         self._settings = settings
-        self.metadata: dict[str, str] = {}
-        self.n_ctx = settings.n_ctx
-        self.bos_text = "<s>"
-        self.eos_text = "</s>"
+        self.info = ModelInfo(metadata={}, bos_text="<s>", eos_text="</s>", fim=None, n_ctx=settings.n_ctx,
+                              n_vocab=32000, slots=settings.slots)
         self._gate = asyncio.Semaphore(settings.slots)
         self.running = 0
         self.waiting = 0
 
     @classmethod
-    async def load(cls, name: str, _llama_settings: Any = None) -> SlowEngine:
-        """Stands in for `LlamaEngine.load(name, LlamaSettings)`; the llama settings are ignored."""
-        return cls(name, cls.settings)
+    async def start(cls, spec: Any, _on_failed: Any = None) -> SlowEngine:
+        """Stands in for `ModelProcess.start(ChildSpec, on_failed)`; only the spec's name is used."""
+        return cls(spec.name, cls.settings)
 
     def stats(self) -> ModelStats:
         return ModelStats(
@@ -75,9 +73,6 @@ class SlowEngine:
             slots=self._settings.slots,
             decode_tps=1.0 / self._settings.token_s,
         )
-
-    def fim_tokens(self) -> FimTokens | None:
-        return None
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return ([1] if add_special else []) + [hash(word) % 30000 + 3 for word in text.split()]
@@ -92,7 +87,7 @@ class SlowEngine:
         prompt = request.prompt if isinstance(request.prompt, tuple) else await self.tokenize(request.prompt)
         if self.waiting >= self._settings.max_queue:
             raise QueueFullError(f"model {self.name!r} has {self.waiting} requests waiting")
-        room = self.n_ctx - len(prompt)
+        room = self.info.n_ctx - len(prompt)
         max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
         self.waiting += 1
         try:

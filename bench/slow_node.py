@@ -4,7 +4,7 @@
 
 Everything after `--` goes to p2pai's own CLI unchanged. The model file must exist
 (the node announces its size) but is never read: `ModelManager` loads every model
-with `SlowEngine` instead of `LlamaEngine`.
+with `SlowEngine` instead of `ModelProcess`.
 
 `--profile FILE` (also without `--token-ms`, to profile a normal node) runs the
 node under cProfile and writes the stats to FILE when it stops (SIGTERM). Times are
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         import p2pai.serving.manager
 
         SlowEngine.settings = SlowSettings(token_s=args.token_ms / 1000, slots=args.slots)
-        p2pai.serving.manager.LlamaEngine = SlowEngine  # type: ignore[misc]  # what ModelManager._load calls
+        p2pai.serving.manager.ModelProcess = SlowEngine  # type: ignore[misc]  # what ModelManager._load calls
 
     from p2pai.cli import main as p2pai_main
 

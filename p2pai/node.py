@@ -50,6 +50,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         on_load=on_load,
         workers=lambda: swarm.workers(),
         rpc_credentials=Credentials(Identity.load_or_create(settings.data_dir), membership.keys.rpc_key),
+        flash_attention=settings.flash_attention,
     )
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from platformdirs import user_data_dir
 
+from .backends.llama.loading import FlashAttention
 from .routing.placement import Policy
 
 ENV_PREFIX = "P2PAI_"
@@ -43,6 +44,8 @@ class NodeSettings:
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: every interface."""
     routing: Policy = Policy.LEAST_LOADED
+    flash_attention: FlashAttention = "auto"
+    """llama.cpp flash attention for models whose config sets none: auto, on or off."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -101,6 +104,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routing", choices=[policy.value for policy in Policy], default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
                              "(P2PAI_ROUTING)")
+    parser.add_argument("--flash-attention", choices=["auto", "on", "off"],
+                        default=env_default("FLASH_ATTENTION", "auto"),
+                        help="llama.cpp flash attention for models whose config sets none: auto (default, where "
+                             "the backend supports it), on or off (P2PAI_FLASH_ATTENTION)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
@@ -157,5 +164,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         preload=args.preload,
         log_level=args.log_level,
         routing=Policy(args.routing),
+        flash_attention=args.flash_attention,  # argparse checked the choices
         **swarm_fields(args),
     )

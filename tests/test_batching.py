@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.backends.base import GenerationRequest, QueueFullError, SamplingParams
-from p2pai.backends.llama import LlamaEngine, LlamaSettings
+from p2pai.backends.base import GenerationRequest, SamplingParams
+from p2pai.backends.llama import LlamaSettings
 from p2pai.serving.context import Completion, collect
-from busy_thread import occupy
+from host_harness import InProcessModel
 
 GREEDY = SamplingParams(temperature=0.0)
 DIGITS = SamplingParams(temperature=0.0, grammar='root ::= [0-9]+ "."')
@@ -33,14 +33,14 @@ MIXED = [
 ]
 
 
-async def _load(tiny_path: Path, parallel: int, **kwargs) -> LlamaEngine:
+async def _load(tiny_path: Path, parallel: int, **kwargs) -> InProcessModel:
     settings = LlamaSettings(path=str(tiny_path), context_size=512, threads=2, parallel=parallel, **kwargs)
-    return await LlamaEngine.load("tiny", settings)
+    return await InProcessModel.load("tiny", settings)
 
 
 @pytest.fixture
 async def engine(tiny_path: Path):
-    engine = await _load(tiny_path, 4, max_queue=8)
+    engine = await _load(tiny_path, 4)
     yield engine
     await engine.close()
 
@@ -52,7 +52,7 @@ async def single(tiny_path: Path):
     await engine.close()
 
 
-async def _alone(engine: LlamaEngine, requests: list[GenerationRequest]) -> list[Completion]:
+async def _alone(engine: InProcessModel, requests: list[GenerationRequest]) -> list[Completion]:
     return [await collect(engine.generate(r)) for r in requests]
 
 
@@ -61,11 +61,12 @@ def _same(a: Completion, b: Completion) -> None:
     assert a.finish_reason == b.finish_reason
     assert (a.usage.prompt_tokens, a.usage.completion_tokens) == (b.usage.prompt_tokens, b.usage.completion_tokens)
     assert [lp.token for lp in a.logprobs] == [lp.token for lp in b.logprobs]
-    # Batched matrix products sum in another order: the same tokens, logprobs equal to float noise.
-    assert [lp.logprob for lp in a.logprobs] == pytest.approx([lp.logprob for lp in b.logprobs], abs=1e-4)
+    # Batched matrix products (and flash attention's tiles) sum in another order: the same tokens,
+    # logprobs equal to float noise.
+    assert [lp.logprob for lp in a.logprobs] == pytest.approx([lp.logprob for lp in b.logprobs], abs=2e-3)
 
 
-async def test_concurrent_sequences_match_the_one_slot_engine(engine: LlamaEngine, single: LlamaEngine) -> None:
+async def test_concurrent_sequences_match_the_one_slot_engine(engine: InProcessModel, single: InProcessModel) -> None:
     expected = await _alone(single, MIXED)
     got = await asyncio.gather(*(collect(engine.generate(r)) for r in MIXED))
     for a, b in zip(got, expected, strict=True):
@@ -75,7 +76,7 @@ async def test_concurrent_sequences_match_the_one_slot_engine(engine: LlamaEngin
     assert expected[2].text[:-1].isdigit() or expected[2].finish_reason == "length"
 
 
-async def test_seeded_sampling_is_the_same_concurrently_and_alone(engine: LlamaEngine, tiny_path: Path) -> None:
+async def test_seeded_sampling_is_the_same_concurrently_and_alone(engine: InProcessModel, tiny_path: Path) -> None:
     import llama_cpp
 
     requests = [GenerationRequest("the water", seeded(seed), max_tokens=24) for seed in (1, 2, 3, 4)]
@@ -96,7 +97,7 @@ async def test_seeded_sampling_is_the_same_concurrently_and_alone(engine: LlamaE
     assert alone[0].text.replace("\ufffd", "") == await asyncio.to_thread(reference)
 
 
-async def test_cancelling_one_stream_leaves_the_others_intact(engine: LlamaEngine) -> None:
+async def test_cancelling_one_stream_leaves_the_others_intact(engine: InProcessModel) -> None:
     requests = [GenerationRequest(p, GREEDY, max_tokens=60) for p in ("hello world", "the people", "one two")]
     expected = await _alone(engine, requests)
     streams = [engine.generate(r) for r in requests]
@@ -111,7 +112,7 @@ async def test_cancelling_one_stream_leaves_the_others_intact(engine: LlamaEngin
     assert engine.stats().in_flight == 0
 
 
-async def test_stop_strings_max_tokens_and_errors_are_per_sequence(engine: LlamaEngine) -> None:
+async def test_stop_strings_max_tokens_and_errors_are_per_sequence(engine: InProcessModel) -> None:
     full = await collect(engine.generate(GenerationRequest("hello world", GREEDY, max_tokens=30)))
     stop = full.text[10:13]
     assert stop.strip()
@@ -159,7 +160,7 @@ async def test_a_long_prompt_is_read_in_chunks_while_others_keep_streaming(tiny_
         await engine.close()
 
 
-async def test_the_next_chat_turn_reuses_its_slots_cached_prefix(engine: LlamaEngine) -> None:
+async def test_the_next_chat_turn_reuses_its_slots_cached_prefix(engine: InProcessModel) -> None:
     chat_a = "one two three four five six seven eight nine ten"
     chat_b = "the people of the world and the water of the sea"
     first_a = await collect(engine.generate(GenerationRequest(chat_a, GREEDY, max_tokens=8)))
@@ -181,22 +182,22 @@ async def test_the_next_chat_turn_reuses_its_slots_cached_prefix(engine: LlamaEn
     _same(second_a, cold)
 
 
-async def _load_cold(engine: LlamaEngine, request: GenerationRequest) -> Completion:
-    fresh = await LlamaEngine.load("cold", engine.settings)
+async def _load_cold(engine: InProcessModel, request: GenerationRequest) -> Completion:
+    fresh = await InProcessModel.load("cold", engine.settings)
     try:
         return await collect(fresh.generate(request))
     finally:
         await fresh.close()
 
 
-async def test_full_slots_queue_fairly_and_the_queue_is_bounded(tiny_path: Path) -> None:
-    engine = await _load(tiny_path, 2, max_queue=2)
+async def test_full_slots_queue_fairly(tiny_path: Path) -> None:
+    engine = await _load(tiny_path, 2)
     try:
         running = [engine.generate(GenerationRequest(f"run {i}", GREEDY)) for i in range(2)]
         for stream in running:
             await anext(stream)
         # Hold the thread so nothing finishes while the queue fills: deterministic.
-        gate, busy = await occupy(engine._thread)
+        gate, busy = await engine.hold()
         order: list[int] = []
 
         async def waiter(i: int) -> Completion:
@@ -211,8 +212,6 @@ async def test_full_slots_queue_fairly_and_the_queue_is_bounded(tiny_path: Path)
             await asyncio.sleep(0.01)
         stats = engine.stats()
         assert (stats.slots, stats.in_flight, stats.queued) == (2, 2, 2)
-        with pytest.raises(QueueFullError):
-            await anext(engine.generate(GenerationRequest("one too many", GREEDY, max_tokens=3)))
         await running[0].aclose()  # one slot frees at the next step: the first waiter takes it
         gate.set()
         await busy

@@ -9,8 +9,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..backends.base import InvalidRequestError, ModelLoadError, QueueFullError
-from ..backends.rpc.engine import WorkerLostError
+from ..backends.base import (
+    InvalidRequestError,
+    ModelCrashedError,
+    ModelLoadError,
+    ModelRestartingError,
+    QueueFullError,
+    WorkerLostError,
+)
 from ..routing.router import NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
 
@@ -73,6 +79,12 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, QueueFullError):
         return APIError(
             503, str(exc), "server_overloaded", "overloaded", headers={"Retry-After": str(exc.retry_after)}
+        )
+    if isinstance(exc, ModelCrashedError):
+        return APIError(500, str(exc), "server_error", "model_crashed")
+    if isinstance(exc, ModelRestartingError):
+        return APIError(
+            503, str(exc), "server_overloaded", "model_restarting", headers={"Retry-After": str(exc.retry_after)}
         )
     if isinstance(exc, WorkerLostError):
         return APIError(502, f"{exc}; retry to run the model on the remaining workers", "server_error", "worker_lost")

@@ -28,6 +28,25 @@ class QueueFullError(BackendError):
         self.retry_after = retry_after
 
 
+class ModelCrashedError(BackendError):
+    """The model's process died (abort, segfault, OOM kill) while serving the request.
+
+    Another node would likely crash the same way on the same request, so this is
+    never a reason to try one (no query of death across the swarm)."""
+
+
+class WorkerLostError(BackendError):
+    """An RPC worker of this model died, froze or refused during the request."""
+
+
+class ModelRestartingError(BackendError):
+    """The model keeps crashing: it is not restarted again before `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidRequestError(BackendError):
     """The request cannot be served by this model as asked (bad grammar, too long...)."""
 
@@ -113,6 +132,21 @@ class FimTokens:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model tells the serving layer about itself, once."""
+
+    metadata: dict[str, str]
+    bos_text: str
+    eos_text: str
+    fim: FimTokens | None
+    n_ctx: int
+    """Context of one request (one slot)."""
+    n_vocab: int
+    """Token ids a request may use: [0, n_vocab)."""
+    slots: int
+
+
+@dataclass(frozen=True)
 class ModelStats:
     """Live figures the router and /api/p2p use to judge a model's load."""
 
@@ -126,10 +160,15 @@ class ModelStats:
     decode_tps: float | None
     """Aggregate decode speed, all slots together (tokens/s, recent average); one of
     `in_flight` streams sees about decode_tps / in_flight. None: nothing decoded yet."""
+    crashes: int = 0
+    """Times the model's process died since the node started."""
+    last_crash: str | None = None
 
 
 class Engine(Protocol):
     """One loaded model: submit a request, receive chunks, cancel by closing the iterator."""
+
+    info: ModelInfo
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
 
@@ -138,8 +177,6 @@ class Engine(Protocol):
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
 
     async def detokenize(self, tokens: list[int]) -> str: ...
-
-    def fim_tokens(self) -> FimTokens | None: ...
 
     def stats(self) -> ModelStats: ...
 

@@ -73,6 +73,8 @@ class ModelConfig(BaseModel):
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     max_queue: int = Field(default=64, ge=1)
     """Requests that may wait for a free slot; more get 503 with Retry-After."""
+    flash_attention: Literal["auto", "on", "off"] | None = None
+    """llama.cpp's flash attention; None: the node's `--flash-attention` (default auto)."""
 
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this came from, for error messages."""

@@ -33,7 +33,7 @@ async def _prompts(served: ServedModel, request: CompletionRequest) -> list[tupl
 
 
 async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tuple[int, ...]:
-    fim = served.engine.fim_tokens()
+    fim = served.engine.info.fim
     if fim is None:
         raise InvalidRequestError(
             f"model {served.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported", param="suffix"

@@ -7,8 +7,15 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator
 
-from ..backends.base import GenerationChunk, GenerationRequest, InvalidRequestError, SamplingParams, TokenLogprob, Usage
-from ..backends.llama import LlamaEngine
+from ..backends.base import (
+    Engine,
+    GenerationChunk,
+    GenerationRequest,
+    InvalidRequestError,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from ..models.config import ModelConfig
 from .chat_prompt import ChatTemplate, chat_template
 from .manager import ModelManager
@@ -17,7 +24,7 @@ from .manager import ModelManager
 @dataclass
 class ServedModel:
     config: ModelConfig
-    engine: LlamaEngine
+    engine: Engine
     template: ChatTemplate
 
     @property
@@ -50,9 +57,10 @@ class ServedModel:
 
     def max_tokens(self, requested: int | None, default: int | None = None) -> int | None:
         limit = requested or self.config.parameters.max_tokens or default
-        if limit is not None and limit > self.engine.n_ctx:
+        n_ctx = self.engine.info.n_ctx
+        if limit is not None and limit > n_ctx:
             raise InvalidRequestError(
-                f"max_tokens is {limit}, more than this model's context of {self.engine.n_ctx} tokens",
+                f"max_tokens is {limit}, more than this model's context of {n_ctx} tokens",
                 code="context_length_exceeded",
                 param="max_tokens",
             )
@@ -81,7 +89,8 @@ class Serving:
         engine = await self.manager.engine(name)
         template = self._templates.get(name)
         if template is None:
-            template = chat_template(config, engine.metadata, engine.bos_text, engine.eos_text)
+            info = engine.info
+            template = chat_template(config, info.metadata, info.bos_text, info.eos_text)
             self._templates[name] = template
         return ServedModel(config, engine, template)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..backends.base import Engine, ModelLoadError, ModelStats
-from ..backends.llama import LlamaEngine, LlamaSettings
+from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
+from ..backends.llama import LlamaSettings
+from ..backends.llama.loading import FlashAttention
+from ..backends.process import ChildSpec, ModelProcess
 from ..backends.rpc.loader import load_rpc_model
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
@@ -23,6 +27,37 @@ class UnknownModelError(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"The model {name!r} does not exist")
         self.name = name
+
+
+CRASH_WINDOW_S = 300.0
+"""Crashes this recent count towards the restart delay."""
+MAX_RESTART_DELAY_S = 60.0
+
+
+@dataclass
+class Crashes:
+    """How often a model's process died, and when it may be started again.
+
+    The first crash in CRASH_WINDOW_S restarts the model on its next request; each
+    further one doubles the wait (2 s, 4 s, ... up to MAX_RESTART_DELAY_S), so a
+    request that kills the model on arrival cannot keep a node busy reloading it.
+    """
+
+    count: int = 0
+    last: str | None = None
+    recent: deque[float] = field(default_factory=deque)
+    not_before: float = 0.0
+
+    def record(self, reason: str, now: float) -> float:
+        """Note a crash; returns the seconds before the model may start again."""
+        self.count += 1
+        self.last = reason
+        while self.recent and now - self.recent[0] > CRASH_WINDOW_S:
+            self.recent.popleft()
+        self.recent.append(now)
+        delay = 0.0 if len(self.recent) < 2 else min(2.0 ** (len(self.recent) - 1), MAX_RESTART_DELAY_S)
+        self.not_before = now + delay
+        return delay
 
 
 @dataclass
@@ -50,6 +85,7 @@ class ModelManager:
         on_load: Callable[[LoadEvent], None] | None = None,
         workers: Callable[[], list[WorkerInfo]] | None = None,
         rpc_credentials: Credentials | None = None,
+        flash_attention: FlashAttention = "auto",
     ) -> None:
         """`workers` lists the swarm's RPC workers and `rpc_credentials` is how this node
         authenticates to them; both are needed only by models configured with `rpc:`."""
@@ -60,8 +96,10 @@ class ModelManager:
         self._on_load = on_load or (lambda event: None)
         self._workers = workers or (lambda: [])
         self._rpc_credentials = rpc_credentials
+        self._flash_attention = flash_attention
         self._engines: dict[str, Engine] = {}
         self._loading: dict[str, asyncio.Task[Engine]] = {}
+        self._crashes: dict[str, Crashes] = {}
 
     def names(self) -> list[str]:
         return self.catalog.names()
@@ -78,14 +116,22 @@ class ModelManager:
     def stats(self, name: str) -> ModelStats:
         engine = self._engines.get(name)
         if engine is not None:
-            return engine.stats()
-        slots = self.config(name).parallel or self._parallel or 0  # 0: automatic, known once loaded
-        return ModelStats(loaded=False, in_flight=0, queued=0, slots=slots, decode_tps=None)
+            stats = engine.stats()
+        else:
+            slots = self.config(name).parallel or self._parallel or 0  # 0: automatic, known once loaded
+            stats = ModelStats(loaded=False, in_flight=0, queued=0, slots=slots, decode_tps=None)
+        crashes = self._crashes.get(name)
+        return stats if crashes is None else replace(stats, crashes=crashes.count, last_crash=crashes.last)
 
     async def engine(self, name: str) -> Engine:
         if name in self._engines:
             return self._engines[name]
         config = self.config(name)
+        crashes = self._crashes.get(name)
+        if crashes is not None and (wait := crashes.not_before - time.monotonic()) > 0:
+            raise ModelRestartingError(
+                f"the model {name!r} crashed {len(crashes.recent)} times in the last {CRASH_WINDOW_S / 60:.0f} "
+                f"minutes (last: {crashes.last}); it restarts in {wait:.0f} s", retry_after=math.ceil(wait))
         task = self._loading.get(name)
         if task is None:
             task = asyncio.create_task(self._load(config))
@@ -119,14 +165,18 @@ class ModelManager:
         return engine
 
     async def _start_engine(self, config: ModelConfig) -> Engine:
-        if config.rpc is None:
-            return await LlamaEngine.load(config.name, self._settings(config))
-
-        def forget(engine: Engine) -> None:
-            """The model lost a worker: the next request reloads it on what is left."""
+        def forget(engine: ModelProcess) -> None:
+            """The model's process died (or lost an RPC worker): the next request starts it again."""
             if self._engines.get(config.name) is engine:
                 del self._engines[config.name]
+            if isinstance(engine.failure, ModelCrashedError):
+                crashes = self._crashes.setdefault(config.name, Crashes())
+                delay = crashes.record(str(engine.failure), time.monotonic())
+                log.error("model %r crashed (%d times so far); %s", config.name, crashes.count,
+                          f"it may restart in {delay:.0f} s" if delay else "it restarts on the next request")
 
+        if config.rpc is None:
+            return await ModelProcess.start(ChildSpec(config.name, self._settings(config)), forget)
         return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
                                     config.gpu_layers, self._workers(), self._rpc_credentials, forget)
 
@@ -142,6 +192,7 @@ class ModelManager:
             pooling=config.pooling,
             gpu_layers=config.gpu_layers or 0,
             max_queue=config.max_queue,
+            flash_attention=config.flash_attention or self._flash_attention,
         )
 
     async def close(self) -> None:

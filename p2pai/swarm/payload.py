@@ -41,6 +41,8 @@ class ModelOffer(_Lenient):
     in_flight: int = 0
     queued: int = 0
     decode_tps: float | None = None
+    crashes: int = 0
+    """Times this model's process died on that node since it started."""
 
 
 class Capacity(_Lenient):
@@ -96,6 +98,7 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
                 in_flight=stats.in_flight,
                 queued=stats.queued,
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
+                crashes=stats.crashes,
             )
         )
     return offers

@@ -1,6 +1,6 @@
 """GGUF models through llama.cpp (llama-cpp-python), with continuous batching."""
 
-from .engine import LlamaEngine
+from .host import LlamaHost
 from .loading import LlamaSettings
 
-__all__ = ["LlamaEngine", "LlamaSettings"]
+__all__ = ["LlamaHost", "LlamaSettings"]

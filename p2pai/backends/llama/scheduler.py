@@ -3,19 +3,19 @@
 Each `step` (on the model thread) makes one `llama_decode` over a batch holding
 the next token of every generating sequence, then fills the rest of the batch
 with prompt chunks of sequences still reading their prompt; so a long prompt
-delays running streams by one step at most. Requests wait in a bounded FIFO
-queue and join at the next step once a slot is free; a finished or cancelled
+delays running streams by one step at most. Requests wait in a FIFO queue
+(bounded by the node, see process.py) and join at the next step once a slot is free; a finished or cancelled
 sequence frees its slot at once. A slot's KV cells stay as a prefix cache: the
 next request sharing that prefix (a chat's next turn) skips recomputing it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..base import (
     BackendError,
@@ -23,7 +23,6 @@ from ..base import (
     GenerationChunk,
     GenerationRequest,
     InvalidRequestError,
-    QueueFullError,
     TokenLogprob,
     Usage,
 )
@@ -33,6 +32,7 @@ from .logprobs import token_logprob
 from .pieces import TokenPieces
 from .sampling import Sampler
 from .slots import Slot, pick_slot
+from .tokens import check_token_ids
 
 SPEED_WINDOW_S = 1.0
 """Decode speed is averaged over windows of about this long (or until the scheduler idles)."""
@@ -52,19 +52,19 @@ class StepRecord:
 class Sequence:
     """One request from submission to its final chunk.
 
-    Created on the event loop; `cancelled` is the only field the loop writes
-    afterwards. The rest belongs to the model thread.
+    Created by the thread that receives requests; `cancelled` is the only field
+    it writes afterwards. The rest belongs to the model thread.
     """
 
     __slots__ = (
-        "request", "loop", "queue", "cancelled", "prompt", "todo", "n_past", "slot", "sampler", "text",
+        "request", "tag", "cancelled", "prompt", "todo", "n_past", "slot", "sampler", "text",
         "max_tokens", "produced", "cached", "prompt_read", "logprobs", "index",
     )
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: GenerationRequest, tag: Any) -> None:
         self.request = request
-        self.loop = loop
-        self.queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        self.tag = tag
+        """Whatever names the request to whoever receives its chunks."""
         self.cancelled = False
         self.prompt: list[int] = []
         self.todo: list[int] = []
@@ -84,12 +84,14 @@ class Sequence:
 
 
 Outbox = list[tuple[Sequence, "GenerationChunk | BaseException"]]
+Deliver = Callable[[Outbox, "Scheduler"], None]
+"""Hands a step's chunks (and failures) on, in one go; called on the model thread."""
 
 
 class Scheduler:
     """Admits, batches, samples and retires sequences; implements the model thread's `Stepper`."""
 
-    def __init__(self, loaded: LoadedModel, pieces: TokenPieces, max_queue: int) -> None:
+    def __init__(self, loaded: LoadedModel, pieces: TokenPieces, deliver: Deliver) -> None:
         import llama_cpp
 
         self._loaded = loaded
@@ -99,7 +101,7 @@ class Scheduler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_swa = llama_cpp.llama_model_n_swa(loaded.model.model)
         self._pieces = pieces
-        self._max_queue = max_queue
+        self._deliver = deliver
         self.n_ctx = loaded.n_ctx_slot
         self.slots = [Slot(i) for i in range(loaded.parallel)]
         self._n_batch = loaded.n_batch
@@ -116,14 +118,12 @@ class Scheduler:
         self._admitted = 0
         self._closed = False
 
-    # Called on the event loop.
+    # Called on the thread that receives requests.
 
     def submit(self, seq: Sequence) -> None:
         with self._lock:
             if self._closed:
                 raise BackendError("the model was unloaded")
-            if len(self._waiting) >= self._max_queue:
-                raise QueueFullError(f"{len(self._waiting)} requests are waiting for this model; try again shortly")
             self._waiting.append(seq)
 
     def cancel(self, seq: Sequence) -> None:
@@ -158,7 +158,8 @@ class Scheduler:
                 self._release(seq)
                 outbox.append((seq, exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")))
         finally:
-            _post(outbox)
+            if outbox:
+                self._deliver(outbox, self)
 
     def close(self) -> None:
         import llama_cpp
@@ -170,7 +171,8 @@ class Scheduler:
         for seq in waiting + self._active:
             outbox.append((seq, BackendError("the model was unloaded")))
             self._release(seq)
-        _post(outbox)
+        if outbox:
+            self._deliver(outbox, self)
         llama_cpp.llama_batch_free(self._batch)
 
     def _step(self, outbox: Outbox) -> None:
@@ -249,8 +251,11 @@ class Scheduler:
 
     def _start(self, seq: Sequence, outbox: Outbox) -> None:
         request = seq.request
-        prompt = list(request.prompt) if isinstance(request.prompt, tuple) else self._loaded.model.tokenize(
-            request.prompt.encode("utf-8"), add_bos=request.add_special, special=True)
+        if isinstance(request.prompt, tuple):
+            prompt = check_token_ids(request.prompt, self._n_vocab, "prompt")
+        else:
+            prompt = self._loaded.model.tokenize(request.prompt.encode("utf-8"), add_bos=request.add_special,
+                                                 special=True)
         if not prompt:
             raise InvalidRequestError("the prompt is empty", code="empty_prompt")
         room = self.n_ctx - len(prompt)
@@ -348,20 +353,3 @@ class Scheduler:
             tps = self._window_tokens / max(self._window_s, 1e-9)
             self.decode_tps = tps if self.decode_tps is None else 0.7 * self.decode_tps + 0.3 * tps
             self._window_tokens, self._window_s = 0, 0.0
-
-
-def _post(outbox: Outbox) -> None:
-    """Hand a step's chunks to their event loops: one wake-up per loop per step, not per token."""
-    by_loop: dict[asyncio.AbstractEventLoop, Outbox] = {}
-    for seq, item in outbox:
-        by_loop.setdefault(seq.loop, []).append((seq, item))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_deliver, items)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is left to tell
-
-
-def _deliver(items: Outbox) -> None:
-    for seq, item in items:
-        seq.queue.put_nowait(item)

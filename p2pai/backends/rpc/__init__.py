@@ -2,6 +2,6 @@
 
 Workers run llama.cpp's RPC server on loopback behind a token-authenticated
 relay (relay.py); a node places layers on them (placement.py) and runs the
-model in a child process (child.py, engine.py) so a dying worker, which aborts
+model in its own process (backends/process.py, like every model) so a dying worker, which aborts
 llama.cpp, cannot take the node down.
 """

@@ -9,11 +9,9 @@ from typing import Callable
 import psutil
 
 from ..base import ModelLoadError
-from ..llama import LlamaEngine, LlamaSettings
-from ..llama.loading import MAX_AUTO_PARALLEL
+from ..llama.loading import MAX_AUTO_PARALLEL, LlamaSettings
+from ..process import ChildSpec, ModelProcess
 from . import native
-from .child import ChildSpec
-from .engine import RpcEngine
 from .placement import Capacity, Placement, gguf_layout, place
 from .relay import Credentials, Endpoint, RelayRefused, probe
 from .workers import WorkerInfo, select_workers
@@ -43,13 +41,13 @@ async def load_rpc_model(
     gpu_layers: int | None,
     workers: list[WorkerInfo],
     credentials: Credentials | None,
-    on_failed: Callable[[RpcEngine], None],
-) -> LlamaEngine | RpcEngine:
-    """Health-check the wanted workers, explain the placement, then start the model's child process.
+    on_failed: Callable[[ModelProcess], None],
+) -> ModelProcess:
+    """Health-check the wanted workers, explain the placement, then start the model's process.
 
-    With no usable worker the model loads locally, in this process, so a swarm
-    whose workers are gone keeps serving; a model that does not fit on the
-    usable workers is refused (PlacementError).
+    With no usable worker the model loads on this node alone, so a swarm whose
+    workers are gone keeps serving; a model that does not fit on the usable
+    workers is refused (PlacementError).
     """
     if credentials is None:
         raise ModelLoadError(f"model {name!r} uses RPC workers, but this node is not in a swarm")
@@ -58,7 +56,7 @@ async def load_rpc_model(
     usable = [(worker, endpoint) for worker, endpoint in zip(candidates, endpoints) if endpoint is not None]
     if not usable:
         log.warning("model %r: no usable RPC worker (asked for %s); loading it locally", name, wanted)
-        return await LlamaEngine.load(name, settings)
+        return await ModelProcess.start(ChildSpec(name, settings), on_failed)
     if tensor_split is not None and len(usable) != len(candidates):
         tensor_split = None  # the shares named workers that are gone; split by memory instead
     layout = await asyncio.to_thread(gguf_layout, settings.path)
@@ -79,6 +77,6 @@ async def load_rpc_model(
         workers=tuple(endpoint for _, endpoint in usable),
         credentials=credentials,
     )
-    engine = await RpcEngine.start(spec, on_failed)
+    engine = await ModelProcess.start(spec, on_failed)
     engine.placement = placement
     return engine

@@ -20,6 +20,7 @@ import struct
 import sys
 import threading
 
+from ..orphan import die_with_parent
 from . import native
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache-dir")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     # The C server never returns; a daemon thread lets SIGTERM end the process.
     thread = threading.Thread(
         target=native.serve_forever, args=(HOST, args.port, args.threads, args.cache_dir), daemon=True
@@ -51,16 +52,6 @@ def main(argv: list[str] | None = None) -> None:
     # C server thread, which may be mid-graph. The server keeps nothing that needs flushing.
     sys.stdout.flush()
     os._exit(0 if stop.is_set() else 1)  # 1: the server returned, e.g. the port was taken
-
-
-def _die_with_parent() -> None:
-    """A worker killed with SIGKILL must not leave its RPC server behind (Linux only)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        sys.exit(1)
 
 
 async def rpc_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
