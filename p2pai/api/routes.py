@@ -168,5 +168,5 @@ async def system(request: web.Request) -> web.Response:
 def _stats(state: NodeState, name: str) -> dict[str, Any]:
     stats = state.manager.stats(name)
     return {"in_flight": stats.in_flight, "queued": stats.queued, "slots": stats.slots, "decode_tps": stats.decode_tps,
-            "crashes": stats.crashes, "last_crash": stats.last_crash}
+            "crashes": stats.crashes, "last_crash": stats.last_crash, "pid": stats.pid}
 

@@ -163,6 +163,8 @@ class ModelStats:
     crashes: int = 0
     """Times the model's process died since the node started."""
     last_crash: str | None = None
+    pid: int | None = None
+    """The model's process, while it runs."""
 
 
 class Engine(Protocol):

@@ -126,7 +126,7 @@ class ModelProcess:
         slots = self.info.slots
         in_flight = min(self._generations, slots)
         return ModelStats(loaded=self.failure is None, in_flight=in_flight, queued=self._generations - in_flight,
-                          slots=slots, decode_tps=self._decode_tps)
+                          slots=slots, decode_tps=self._decode_tps, pid=self.pid)
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return await self._call("tokenize", text, add_special)

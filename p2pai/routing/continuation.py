@@ -38,7 +38,7 @@ def continuable(path: str, body: bytes) -> dict[str, Any] | None:
         return None
     try:
         request = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(request, dict) or not request.get("stream") or request.get("n", 1) != 1:
         return None

@@ -8,7 +8,7 @@ import aiohttp
 from ..overlay.tunnel import TunnelBroken
 from .answer import Answer, AnswerBroken
 from .peer_auth import sign
-from .peer_http import PeerClient
+from .peer_http import PeerClient, Unreachable
 from .tunnel_http import Tunnel, TunnelResponse, encode_request
 
 CONNECT_TIMEOUT = 3.0  # a reachable peer on a LAN connects in milliseconds
@@ -16,7 +16,16 @@ POOL_SIZE = 256
 
 
 class PeerUnavailable(Exception):
-    """The peer could not take the request; nothing reached the client yet, so try another node."""
+    """The peer could not take the request; nothing reached the client yet, so another node may.
+
+    `lost`: the peer may have been working on the request when it failed (it died or went
+    offline after the request was sent). Such a request may be what killed it, so the router
+    tries it on one more node at most (no query of death across the swarm).
+    """
+
+    def __init__(self, message: str, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 class Forwarder:
@@ -42,19 +51,24 @@ class Forwarder:
                    content_type: str | None) -> Answer:
         """The peer's response (headers read, body not yet): its addresses in order, then the tunnel."""
         failures = []
+        lost = False
         for url in urls:
             try:
                 return await self._client.request(url, method, path, self._headers(method, path, body, content_type),
                                                   body)
+            except Unreachable as exc:
+                failures.append(f"{url}: {exc}")
             except (OSError, TimeoutError, AnswerBroken) as exc:
                 failures.append(f"{url}: {exc!r}")
+                lost = True
         if self._tunnel is not None:
             request = encode_request(method, path, self._headers(method, path, body, content_type), body)
             try:
                 return await TunnelResponse.open(self._tunnel(peer, request))
             except (TunnelBroken, StopAsyncIteration, ValueError) as exc:
                 failures.append(f"tunnel: {exc!r}")
-        raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})")
+                lost = True
+        raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})", lost)
 
     def _headers(self, method: str, path: str, body: bytes, content_type: str | None) -> dict[str, str]:
         """Signed headers; a fresh nonce for every attempt, since the peer may have seen the last one."""

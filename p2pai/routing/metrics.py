@@ -16,6 +16,10 @@ class PeerMetrics:
     latency_ms: float | None = None
     """Smoothed time until the peer's response headers arrived."""
     last_error: str = ""
+    lost: int = 0
+    """Requests it was working on when it died or went offline."""
+    crashed: int = 0
+    """Requests it answered with `model_crashed`: its model died of them."""
 
     def started(self) -> None:
         self.requests += 1
@@ -25,8 +29,9 @@ class PeerMetrics:
         ms = seconds * 1000
         self.latency_ms = ms if self.latency_ms is None else self.latency_ms + LATENCY_SMOOTHING * (ms - self.latency_ms)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, lost: bool) -> None:
         self.failures += 1
+        self.lost += lost
         self.last_error = reason
 
     def finished(self) -> None:

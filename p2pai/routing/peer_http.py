@@ -30,6 +30,10 @@ MAX_IDLE_PER_PEER = 16
 RECV_BYTES = 64 * 1024  # a larger recv() costs a fresh allocation each time: 20 µs against 3 for 190 bytes here
 
 
+class Unreachable(ConnectionError):
+    """No connection to the peer could be made: the request never left this node."""
+
+
 class PeerResponse(Answer):
     def __init__(self, connection: _Connection, status: int, headers: CIMultiDict[str]) -> None:
         super().__init__(status, headers)
@@ -340,7 +344,12 @@ class PeerClient:
             raise ValueError(f"not an http:// URL: {url!r}")
         address = (split.hostname, split.port or 80)
         message = _encode(method, path, split.netloc, headers, body)
-        connection = self._take(address) or await self._connect(address)
+        connection = self._take(address)
+        if connection is None:
+            try:
+                connection = await self._connect(address)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise Unreachable(f"cannot connect: {exc!r}") from exc
         try:
             return await connection.request(message)
         except BaseException:

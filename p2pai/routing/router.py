@@ -5,6 +5,11 @@ that fails before anything reached the client (cannot connect, 5xx, full queue,
 went offline) is skipped for the next one; a streamed answer that breaks after
 it began is continued on another node (see continuation.py) or, when that is
 not possible, ends with an explicit error event, never a clean-looking end.
+
+No query of death: a peer whose model crashed on the request says so
+(`model_crashed`), and that answer goes to the client as it is; a request whose
+node died while working on it may be what killed it, so it travels to one more
+node at most, mid-stream continuation included (Journey).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from ..backends.base import ModelLoadError, QueueFullError
+from ..backends.base import ModelLoadError, ModelRestartingError, QueueFullError
 from ..event_stream import DONE, EventStream
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import ModelOffer
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 FORWARDED = "p2pai_forwarded_by"  # request key: set by the peer endpoint to the sender's id
 PIN_HEADER = "X-P2PAI-Node"
 MAX_ATTEMPTS = 3
+MAX_LOST = 2
+"""Nodes a request may be lost with (they died or froze working on it): the first, and one more."""
+CRASHED = "model_crashed"
 RETRY_AFTER = 2
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
@@ -71,6 +79,18 @@ class UnknownNodeError(LookupError):
 class Target:
     candidate: Candidate
     urls: tuple[str, ...]  # empty for this node
+
+
+@dataclass
+class Journey:
+    """How many nodes were lost while working on one request."""
+
+    lost: int = 0
+
+    def lose(self) -> bool:
+        """Count a node lost with the request; True if it may still go to another one."""
+        self.lost += 1
+        return self.lost < MAX_LOST
 
 
 @dataclass(frozen=True)
@@ -183,19 +203,23 @@ class Router:
             return await local()
         targets = self.targets(model, request.headers.get(PIN_HEADER))
         failures = []
+        journey = Journey()
         for target in targets[:MAX_ATTEMPTS]:
             try:
                 if target.candidate.is_self:
                     return await local()
-                return await self._forward(request, target, model)
-            except (QueueFullError, ModelLoadError, PeerUnavailable) as exc:
+                return await self._forward(request, target, model, journey)
+            except (QueueFullError, ModelLoadError, ModelRestartingError, PeerUnavailable) as exc:
                 if len(targets) == 1 and not isinstance(exc, PeerUnavailable):
                     raise  # this node was the only choice: its own error says it best
                 failures.append(f"{target.candidate.name}: {exc}")
                 log.info("%s could not take a request for %s: %s", target.candidate.name, model, exc)
+                if isinstance(exc, PeerUnavailable) and exc.lost and not journey.lose():
+                    break
         raise NoNodeAvailable(f"no node could take the request for {model!r} ({'; '.join(failures)})")
 
-    async def _forward(self, request: web.Request, target: Target, model: str) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, target: Target, model: str, journey: Journey
+                       ) -> web.StreamResponse:
         peer = target.candidate.node_id
         metrics = self.metrics[peer]
         loop = asyncio.get_running_loop()
@@ -209,15 +233,18 @@ class Router:
             )
             upstream = await self._abortable(peer, send)
             try:
-                if upstream.status >= 500:
-                    raise PeerUnavailable(f"answered {upstream.status}: {await _detail(upstream)}")
                 waited = loop.time() - started
+                if upstream.status >= 500:
+                    answer = await _error_answer(upstream)
+                    if answer.code != CRASHED:
+                        raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
+                    metrics.crashed += 1  # its model died of this request: another node would too
                 metrics.answered(waited)
-                return await self._relay(request, upstream, peer, waited, body, model)
+                return await self._relay(request, upstream, peer, waited, body, model, journey)
             finally:
                 upstream.release()
         except PeerUnavailable as exc:
-            metrics.failed(str(exc))
+            metrics.failed(str(exc), exc.lost)
             raise
         finally:
             metrics.finished()
@@ -250,13 +277,13 @@ class Router:
             return await send
         except asyncio.CancelledError:
             if aborted and task.uncancel() <= cancelling:
-                raise PeerUnavailable("it went offline while the request waited") from None
+                raise PeerUnavailable("it went offline while the request waited", lost=True) from None
             raise  # the client went away
         finally:
             self._aborts[peer].discard(abort)
 
     async def _relay(self, request: web.Request, upstream: Answer, peer: str, waited: float, body: bytes,
-                     model: str) -> web.StreamResponse:
+                     model: str, journey: Journey) -> web.StreamResponse:
         headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
         headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
         headers["X-P2PAI-Entry"] = self._swarm.peer_id
@@ -265,7 +292,7 @@ class Router:
             try:  # read whole before answering: a peer dying now is still a clean failover
                 body = await upstream.read()
             except AnswerBroken as exc:
-                raise PeerUnavailable(f"the answer broke off: {exc}") from exc
+                raise PeerUnavailable(f"the answer broke off: {exc}", lost=True) from exc
             return web.Response(status=upstream.status, body=body, headers=headers)
         response = EventStream(status=upstream.status, headers=headers)
         writer = await response.prepare(request)
@@ -273,10 +300,10 @@ class Router:
         original = continuable(request.path, body)
         relayed: list[bytes] | None = [] if original is not None else None
         if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed)):
-            self.metrics[peer].failed("the stream broke off")
+            self.metrics[peer].failed("the stream broke off", lost=True)
             done = progress(b"".join(relayed)) if relayed is not None else None
-            if original is None or done is None or not await self._continue(
-                request, writer, original, done, model, peer
+            if original is None or done is None or not journey.lose() or not await self._continue(
+                request, writer, original, done, model, peer, journey
             ):
                 await response.write(_broken_stream_event(peer))
                 await response.write(DONE)
@@ -292,8 +319,9 @@ class Router:
             self._aborts[peer].discard(upstream.close)
 
     async def _continue(self, request: web.Request, writer: AbstractStreamWriter, original: dict[str, Any],
-                        done: Progress, model: str, failed: str) -> bool:
-        """Finish a broken stream on another node that has the model; False if none could."""
+                        done: Progress, model: str, failed: str, journey: Journey) -> bool:
+        """Finish a broken stream on another node that has the model; False if none could (or the
+        request has been lost with as many nodes as it may)."""
         path = request.path
         if done.finished:  # every token arrived, only the end marker was lost
             await writer.write(DONE)
@@ -314,6 +342,8 @@ class Router:
                                                                              "application/json"))
             except PeerUnavailable as exc:
                 log.info("%s could not continue a broken stream: %s", target.candidate.name, exc)
+                if exc.lost and not journey.lose():
+                    return False
                 continue
             try:
                 if upstream.status != 200:
@@ -337,12 +367,24 @@ class Router:
             self._swarm.overlay.unsubscribe(events)
 
 
-async def _detail(upstream: Answer) -> str:
-    """The start of an error answer's body, for the log."""
+@dataclass(frozen=True)
+class ErrorAnswer:
+    code: str | None
+    text: str
+    """The start of the body, for the log."""
+
+
+async def _error_answer(upstream: Answer) -> ErrorAnswer:
+    """An error answer's OpenAI error code and the start of its body; its body stays readable."""
     try:
-        return (await upstream.read())[:300].decode(errors="replace")
+        body = await upstream.read()
     except AnswerBroken as exc:
-        return f"(its body broke off: {exc})"
+        raise PeerUnavailable(f"answered {upstream.status}, then its body broke off: {exc}", lost=True) from exc
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        code = None
+    return ErrorAnswer(code if isinstance(code, str) else None, body[:300].decode(errors="replace"))
 
 
 def _broken_stream_event(peer: str) -> bytes:
