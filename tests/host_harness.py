@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from p2pai.backends.base import GenerationChunk, GenerationRequest, ModelStats
 from p2pai.backends.llama import LlamaHost, LlamaSettings
@@ -101,7 +102,7 @@ async def _on(loop: ModelLoop, call: Callable[[], Any]) -> Any:
     def job() -> None:
         try:
             result = call()
-        except BaseException as exc:  # handed to the awaiting coroutine
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             events.call_soon_threadsafe(settle, None, exc)
         else:
             events.call_soon_threadsafe(settle, result, None)

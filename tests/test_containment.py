@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -84,16 +84,14 @@ def test_a_non_streamed_request_whose_model_crashes_gets_a_500_json_and_restarts
     for crashes in (1, 2):
         pid = model_pid(node, "tiny")
         os.kill(pid, signal.SIGSTOP)  # the request below waits in a frozen model
-        with httpx.Client(timeout=30) as http:
-            answer: list[httpx.Response] = []
-            sender = threading.Thread(target=lambda: answer.append(http.post(
-                node.url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 8})))
-            sender.start()
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(httpx.post, node.url + "/v1/completions",
+                               json={"model": "tiny", "prompt": "hi", "max_tokens": 8}, timeout=30)
             time.sleep(0.3)
             os.kill(pid, signal.SIGKILL)
-            sender.join(10)
-        assert answer[0].status_code == 500
-        assert answer[0].json()["error"]["code"] == "model_crashed"
+            answer = sent.result(10)
+        assert answer.status_code == 500
+        assert answer.json()["error"]["code"] == "model_crashed"
         wait_gone(pid)
         if crashes == 1:  # the first crash: restarted on the next request
             assert api.completions.create(model="tiny", prompt="hello", max_tokens=2).choices[0].text

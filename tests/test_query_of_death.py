@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,21 @@ def serving(nodes: list[NodeProcess], timeout: float = 10.0) -> NodeProcess:
     raise AssertionError("no node is serving the request")
 
 
+@contextlib.contextmanager
+def frozen_models(nodes: list[NodeProcess]) -> Iterator[dict[str, int]]:
+    """Every node's `tiny` process stopped, so a request surely waits in whichever node gets it;
+    yields their pids by node URL and resumes the survivors afterwards."""
+    pids = {node.url: model_pid(node, "tiny") for node in nodes}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def send_in_background(entry: NodeProcess, body: dict) -> tuple[threading.Thread, list[httpx.Response]]:
     answer: list[httpx.Response] = []
     sender = threading.Thread(target=lambda: answer.append(
@@ -68,18 +84,11 @@ def send_in_background(entry: NodeProcess, body: dict) -> tuple[threading.Thread
 
 def test_a_request_that_crashes_its_model_is_not_tried_on_another_node(swarm) -> None:
     nodes = [swarm[n] for n in "bcd"]
-    pids = {node.url: model_pid(node, "tiny") for node in nodes}
-    for pid in pids.values():  # frozen models: the request surely waits in whichever node gets it
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_models(nodes) as pids:
         sender, answer = send_in_background(swarm["a"], {"model": "tiny", "prompt": "hi", "max_tokens": 8})
         victim = serving(nodes)
         crash(pids[victim.url], signal.SIGSEGV)
         sender.join(20)
-    finally:
-        for pid in pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     assert answer[0].status_code == 500
     assert answer[0].json()["error"]["code"] == "model_crashed"
     metrics = peer_metrics(swarm["a"])
@@ -93,10 +102,7 @@ def test_a_request_that_crashes_its_model_is_not_tried_on_another_node(swarm) ->
 
 def test_a_request_whose_nodes_die_under_it_goes_to_one_more_node_only(swarm) -> None:
     nodes = [swarm[n] for n in "bcd"]
-    pids = {node.url: model_pid(node, "tiny") for node in nodes}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_models(nodes):
         sender, answer = send_in_background(swarm["a"], {"model": "tiny", "prompt": "hi", "max_tokens": 8})
         killed = []
         for _ in range(2):  # the node holding the request dies; then the one it was retried on
@@ -105,10 +111,6 @@ def test_a_request_whose_nodes_die_under_it_goes_to_one_more_node_only(swarm) ->
             victim.proc.wait(5)
             killed.append(victim)
         sender.join(20)
-    finally:
-        for pid in pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     assert answer[0].status_code == 503
     assert answer[0].json()["error"]["code"] == "no_node_available"
     metrics = peer_metrics(swarm["a"])

@@ -14,7 +14,8 @@ import pickle
 import socket
 import struct
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import BackendError
 
@@ -22,6 +23,7 @@ _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30
 
 Message = tuple[Any, ...]
+EncodedError = tuple[type[BackendError], str, dict[str, Any]]
 
 
 def encode(message: Message) -> bytes:
@@ -29,14 +31,14 @@ def encode(message: Message) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
-def encode_error(exc: BaseException) -> tuple[type, str, dict[str, Any]]:
+def encode_error(exc: BaseException) -> EncodedError:
     """Backend errors keep their type and fields (code, param, retry_after...) across the boundary."""
     if isinstance(exc, BackendError):
         return type(exc), str(exc), dict(vars(exc))
     return BackendError, f"{type(exc).__name__}: {exc}", {}
 
 
-def decode_error(encoded: tuple[type, str, dict[str, Any]]) -> BackendError:
+def decode_error(encoded: EncodedError) -> BackendError:
     cls, message, attrs = encoded
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)

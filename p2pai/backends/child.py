@@ -10,6 +10,7 @@ node's messages; an RPC model also has its workers' forwarders on a thread
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..malloc_tuning import tune_malloc
 from .base import GenerationChunk
-from .channel import BlockingChannel, encode_error
+from .channel import BlockingChannel, EncodedError, encode_error
 from .llama.host import LlamaHost
 from .llama.scheduler import Outbox, Scheduler, Sequence
 from .model_loop import ModelLoop
@@ -44,7 +45,7 @@ class ChildServer:
                 "lost", peer, reason))
         try:
             self._host = LlamaHost(spec.name, spec.settings, self._loop, self._deliver)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the node reports it as a load failure
             self._channel.send("load_failed", encode_error(exc))
             return
         self._channel.send("ready", self._host.info())
@@ -67,16 +68,15 @@ class ChildServer:
                 self._sequences[request_id] = seq
                 try:
                     host.submit(seq)
-                except Exception as exc:
-                    del self._sequences[request_id]
+                except Exception as exc:  # noqa: BLE001 - the request's own failure, sent to its caller
+                    self._forget(request_id)
                     self._channel.send("error", request_id, encode_error(exc))
             elif kind == "cancel":
-                seq = self._sequences.pop(message[1], None)
-                if seq is not None:
-                    host.cancel(seq)
+                cancelled = self._forget(message[1])
+                if cancelled is not None:
+                    host.cancel(cancelled)
             elif kind == "call":
-                _, request_id, method, args = message
-                self._loop.post(lambda: self._call(request_id, method, args))
+                self._loop.post(functools.partial(self._call, *message[1:]))
             else:  # close
                 self._loop.post(host.close)
                 self._loop.stop()
@@ -85,23 +85,30 @@ class ChildServer:
     def _call(self, request_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             result = getattr(self._host, method)(*args)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the call's own failure, sent to its caller
             self._channel.send("error", request_id, encode_error(exc))
         else:
             self._channel.send("result", request_id, result)
 
     def _deliver(self, outbox: Outbox, scheduler: Scheduler) -> None:
         """One decode step's chunks, for every sequence, in one message to the node."""
-        items = []
+        items: list[tuple[int, GenerationChunk | EncodedError]] = []
         for seq, item in outbox:
             if isinstance(item, GenerationChunk):
                 items.append((seq.tag, item))
                 if item.finish_reason is not None:
-                    self._sequences.pop(seq.tag, None)
+                    self._forget(seq.tag)
             else:
                 items.append((seq.tag, encode_error(item)))
-                self._sequences.pop(seq.tag, None)
+                self._forget(seq.tag)
         self._channel.send("step", scheduler.decode_tps, items)
+
+    def _forget(self, request_id: int) -> Sequence | None:
+        """The generation leaves the table (finished, failed or cancelled); both threads call this."""
+        try:
+            return self._sequences.pop(request_id)
+        except KeyError:
+            return None
 
 
 def main() -> None:

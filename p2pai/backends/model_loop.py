@@ -10,7 +10,8 @@ only post calls and wake it.
 from __future__ import annotations
 
 import queue
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 _WAKE = object()
 """Posted only to wake an idle loop: the stepper has new work."""

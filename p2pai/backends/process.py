@@ -20,8 +20,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from .base import (
     BackendError,

@@ -7,8 +7,8 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
 from ..backends.llama import LlamaSettings

@@ -33,7 +33,7 @@ class LlamaHost:
         self._loaded = load_generator(settings)
         model = self._loaded.model
         self._model = model
-        self._embedder: "Llama | None" = None
+        self._embedder: Llama | None = None
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(model.vocab)
         self.scheduler = Scheduler(self._loaded, TokenPieces(model.vocab), deliver)
         loop.attach(self.scheduler)
@@ -89,11 +89,11 @@ class LlamaHost:
         self._loaded.close()
 
 
-def _token_text(model: "LlamaModel", token: int) -> str:
+def _token_text(model: LlamaModel, token: int) -> str:
     return model.token_get_text(token) if token >= 0 else ""
 
 
-def _fim_tokens(model: "LlamaModel") -> FimTokens | None:
+def _fim_tokens(model: LlamaModel) -> FimTokens | None:
     import llama_cpp
 
     ids = (
