@@ -23,7 +23,7 @@ from .routing.peer_auth import Verifier
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
-from .settings import NodeSettings
+from .settings import NodeSettings, prepare_data_dir
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
 from .swarm.swarm import Swarm
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models), settings.default_model)
     reporter = LoadReporter()
@@ -65,6 +65,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         node_id=swarm.peer_id,
         version=__version__,
         api_keys=frozenset(settings.api_keys),
+        admin_keys=frozenset(settings.admin_keys),
         swarm=swarm,
         router=router,
         token=membership.token,

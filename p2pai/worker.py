@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import psutil
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
-from .settings import NodeSettings, add_swarm_arguments, env_default, swarm_fields
-from .swarm.join import build_overlay
+from .settings import NodeSettings, add_swarm_arguments, env_default, prepare_data_dir, swarm_fields
+from .swarm.join import build_overlay, given_token
 from .swarm.payload import WORKER_PAYLOAD_KEY, WORKER_ROLE
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,39 @@ def memory(limit_mb: int) -> tuple[int, int]:
     return free, total
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """`p2pai worker`'s flags. Its repr shows no secret (the token stays in ``node``, hidden)."""
+
+    node: NodeSettings
+    """The swarm fields and the data dir."""
+    rpc_port: int = 0
+    threads: int = 0
+    memory_mb: int = 0
+    cache_dir: str | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WorkerSettings:
+        defaults = NodeSettings()
+        node = NodeSettings(data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
+                            **swarm_fields(args))
+        return cls(node=node, rpc_port=args.rpc_port, threads=args.threads, memory_mb=args.memory,
+                   cache_dir=args.cache_dir, log_level=args.log_level)
+
+
 class Worker:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         from .token import derive_keys, parse_token
 
-        if not args.token:
-            raise SystemExit("p2pai worker needs the swarm's token: --token, P2PAI_TOKEN or TOKEN")
-        self.args = args
-        defaults = NodeSettings()
-        self.settings = NodeSettings(
-            data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir, **swarm_fields(args)
-        )
-        self.keys = derive_keys(parse_token(self.settings.token or ""))
-        self.data_dir = self.settings.data_dir
-        self.threads = args.threads or os.cpu_count() or 1
-        self.rpc = RpcServerProcess(self.threads, args.cache_dir)
+        token = given_token(settings.node)
+        if not token:
+            raise SystemExit("p2pai worker needs the swarm's token: --token, --token-file, P2PAI_TOKEN or TOKEN")
+        self.settings = settings
+        self.keys = derive_keys(parse_token(token))
+        self.data_dir = settings.node.data_dir
+        self.threads = settings.threads or os.cpu_count() or 1
+        self.rpc = RpcServerProcess(self.threads, settings.cache_dir)
         self.relay: RelayServer | None = None
         self.hosts: list[str] = []
         self.port = 0
@@ -84,7 +103,7 @@ class Worker:
     def payload(self) -> dict[str, Any]:
         """The announced `worker` payload; GET /api/p2p shows it under llama_cpp_nodes."""
         assert self.relay is not None
-        free, total = memory(self.args.memory)
+        free, total = memory(self.settings.memory_mb)
         return {
             "rpc": {"port": self.port, "hosts": self.hosts},
             "free_memory": free,
@@ -92,7 +111,7 @@ class Worker:
             "threads": self.threads,
             "protocol": self.rpc.protocol,
             "in_use_by": self.relay.lease.holder,
-            "cache": bool(self.args.cache_dir),
+            "cache": bool(self.settings.cache_dir),
             "served": {
                 "sessions": self.relay.traffic.sessions,
                 "bytes_in": self.relay.traffic.bytes_in,
@@ -103,16 +122,16 @@ class Worker:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        listen_ip = _listen_ip(self.settings.p2p_listen[0])
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        listen_ip = _listen_ip(self.settings.node.p2p_listen[0])
+        prepare_data_dir(self.data_dir)
         await self.rpc.start()
         supervisor = asyncio.create_task(self.rpc.supervise())
-        overlay = build_overlay(self.settings, self.keys, [WORKER_ROLE])
+        overlay = build_overlay(self.settings.node, self.keys, [WORKER_ROLE])
         await overlay.start()
         try:
             credentials = Credentials(overlay.identity, self.keys.rpc_key)
             self.relay = RelayServer(credentials, lambda: self.rpc.port, self._publish_soon)
-            self.port = await self.relay.start(listen_ip, self.args.rpc_port)
+            self.port = await self.relay.start(listen_ip, self.settings.rpc_port)
             self.hosts = ips(overlay.self_member().addrs)  # the relay listens on the overlay's IP
             self._overlay = overlay
             log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d",
@@ -155,14 +174,15 @@ def _listen_ip(multiaddr: str) -> str:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    settings = WorkerSettings.from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     from .token import TokenError
 
     try:
-        worker = Worker(args)
+        worker = Worker(settings)
     except TokenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

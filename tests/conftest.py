@@ -67,11 +67,11 @@ async def client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
 
 class _client:
     def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset(),
-                 token: str | None = None) -> None:
+                 token: str | None = None, admin_keys: frozenset[str] = frozenset()) -> None:
         catalog = build_catalog(models_dir, data_dir, [])
         self.manager = ModelManager(catalog, threads=2)
         state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True,
-                          token=token)
+                          token=token, admin_keys=admin_keys)
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
     async def __aenter__(self) -> TestClient:
