@@ -34,7 +34,7 @@ async def swarm_nodes(request: web.Request) -> web.Response:
             ],
             "llama_cpp_nodes": [worker_data(node) for node in nodes if node.llama_worker],
             "mlx_nodes": [],
-            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.overlay.stats()},
+            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.stats()},
         }
     )
 

@@ -30,6 +30,8 @@ class Member:
     last_seen: float  # time.time() when its last announcement arrived
     online: bool
     connected: bool
+    remote: str | None = None
+    """The IP its connection comes from, as this node sees it (not what it announces)."""
 
     def snapshot(self) -> Member:
         """A copy the caller may keep. The payload is shared, not copied (routing reads the swarm on
@@ -56,8 +58,9 @@ class Membership:
         self._members: dict[str, Member] = {}
         self._last_seq: dict[str, int] = {}
 
-    def accept(self, sender: str, announcement: Announcement, now: float) -> list[MemberEvent]:
-        """Apply a verified announcement that ``sender``'s connection delivered.
+    def accept(self, sender: str, announcement: Announcement, now: float, remote: str | None = None
+               ) -> list[MemberEvent]:
+        """Apply a verified announcement that ``sender``'s connection, from IP ``remote``, delivered.
 
         Raises Rejected for a replay (sequence number not above the last one
         seen), for an announcement relayed from another peer, or when the table
@@ -81,6 +84,7 @@ class Membership:
         member.name, member.version = announcement.name, announcement.version
         member.roles, member.addrs = announcement.roles, announcement.addrs
         member.payload = announcement.payload
+        member.remote = remote
         member.last_seen = now
         member.connected = True  # the announcement just came over a direct connection
         events += self._refresh(member, now)

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pai.identity import Identity
+from p2pai.overlay.addresses import parse_tcp
 from p2pai.overlay.announcement import (
     MAX_ADDRS,
     MAX_HINTED_PEERS,
@@ -76,6 +77,7 @@ class Overlay:
         self._membership = Membership()
         self._book: AddressBook | None = None
         self._addrs: list[str] = []
+        self._listening: list[str] = []
         self._payload: dict[str, Any] = {}
         self._seq = 0
         self._changed = asyncio.Event()
@@ -116,7 +118,7 @@ class Overlay:
         await bridge.start()
         self._running = True
         try:
-            self._addrs = await bridge.start_task(self._host.serve)
+            self._listening, self._addrs = await bridge.start_task(self._host.serve)
             # Microseconds since the epoch: stays above what peers saw before a restart.
             self._seq = time.time_ns() // 1000
             first = self._sealed_announcement()  # raises now if name or roles are too big
@@ -175,6 +177,10 @@ class Overlay:
     def last_seen(self, peer_id: str) -> float | None:
         """When the last announcement of ``peer_id`` arrived (None: not a member)."""
         return self._membership.last_seen(peer_id)
+
+    def listening(self) -> list[tuple[str, int]]:
+        """The (IP, port) pairs libp2p listens on, wildcard IPs included."""
+        return [(str(ip), port) for ip, port, _ in filter(None, map(parse_tcp, self._listening))]
 
     def self_member(self) -> Member:
         if self._identity is None:
@@ -320,15 +326,15 @@ class Overlay:
             self._publish(self._membership.sweep(now))
             self._push_dial_targets(now)
 
-    def _hand_over_frame(self, sender: str, frame: bytes) -> bool:
+    def _hand_over_frame(self, sender: str, frame: bytes, remote: str | None) -> bool:
         """In the trio thread: queue a frame for checking, unless too many are queued."""
         if not self._frame_slots.acquire(blocking=False):
             return False
         assert self._bridge is not None
-        self._bridge.to_asyncio(self._on_frame, sender, frame)
+        self._bridge.to_asyncio(self._on_frame, sender, frame, remote)
         return True
 
-    def _on_frame(self, sender: str, frame: bytes) -> None:
+    def _on_frame(self, sender: str, frame: bytes, remote: str | None) -> None:
         self._frame_slots.release()
         if not self._running:
             return
@@ -337,7 +343,7 @@ class Overlay:
         keys = self.config.keys
         try:
             announcement = open_sealed(frame, keys.seal_key, keys.discriminator, now)
-            events = self._membership.accept(sender, announcement, now)
+            events = self._membership.accept(sender, announcement, now, remote)
         except Rejected as rejected:
             self._counts[rejected.reason] += 1
             return
