@@ -21,6 +21,7 @@ from p2pai.identity import Identity, is_peer_id
 from p2pai.overlay.addresses import advertised, parse_tcp
 from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
 from p2pai.overlay.dialer import Dialer
+from p2pai.overlay.ratelimit import TokenBucket
 from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, TunnelBroken, TunnelClient, TunnelServer
 
 if TYPE_CHECKING:
@@ -37,20 +38,6 @@ FRAMES_PER_SECOND = 20.0  # per peer; a healthy peer sends about 1, more on chan
 FRAME_BURST = 40
 MAX_STREAMS_PER_PEER = 2
 _LENGTH_BYTES = 4
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate, self._burst = rate, burst
-        self._tokens, self._stamp = burst, now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 class OverlayHost:
@@ -157,9 +144,14 @@ class OverlayHost:
             raise TunnelBroken("the host is not running")
         await self._tunnel_client.exchange(self._host, self._nursery, peer_id, request, deliver)
 
-    def set_dial_targets(self, targets: dict[str, list[str]]) -> None:
+    def set_dial_targets(self, targets: dict[str, list[str]], once: frozenset[str]) -> None:
         if self._dialer is not None:
-            self._dialer.set_targets(targets)
+            self._dialer.set_targets(targets, once)
+
+    @property
+    def dials(self) -> int:
+        """Dial attempts so far (one per address tried); read from the asyncio thread."""
+        return self._dialer.dials if self._dialer is not None else 0
 
     async def _watch_connections(self, host: IHost, nursery: trio.Nursery) -> None:
         """Give each connected peer a link and report the connected set on change."""

@@ -32,7 +32,7 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.membership import MAX_PEERS, AddressBook, Member, MemberEvent, Membership
+from p2pai.overlay.membership import MAX_HINT_ADDRS, MAX_PEERS, AddressBook, Member, MemberEvent, Membership
 
 if TYPE_CHECKING:
     from p2pai.overlay.discovery import MdnsDiscovery
@@ -47,7 +47,6 @@ TunnelHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 ANNOUNCE_INTERVAL = 1.0  # announcements double as the heartbeat
 MIN_ANNOUNCE_GAP = 0.1  # coalesces bursts of changes
 SWEEP_INTERVAL = 0.25
-MAX_HINT_ADDRS = 4
 EVENT_QUEUE_SIZE = 1000
 MAX_QUEUED_FRAMES = 256  # frames handed to asyncio but not yet checked; more are dropped
 STOP_TIMEOUT = 1.0  # per stage (mDNS, trio thread): stop() stays under 3 s
@@ -83,7 +82,7 @@ class Overlay:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
-        self._pushed_targets: dict[str, list[str]] | None = None
+        self._pushed_targets: tuple[dict[str, list[str]], frozenset[str]] | None = None
         self._connections = 0
         self._counts: Counter[str] = Counter()
         self._running = False  # trio callbacks may still arrive after stop()
@@ -103,7 +102,7 @@ class Overlay:
         config = self.config
         self._identity = Identity.load_or_create(config.data_dir)
         self.peer_id = self._identity.peer_id
-        self._book = AddressBook(self.peer_id)
+        self._book = AddressBook(self.peer_id, now=time.time())
         bridge = self._bridge = TrioBridge()
         self._host = OverlayHost(
             self._identity,
@@ -280,12 +279,17 @@ class Overlay:
                 bridge.call_soon(send.close)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for diagnostics: connections, accepted and dropped announcements."""
+        """Counters for diagnostics: connections, accepted and dropped announcements, dials,
+        and the hints (mDNS answers, other members' lists) in the address book and dropped."""
         host_drops = self._host.drops if self._host is not None else {}
         return {
             "connections": self._connections,
             "accepted": self._counts["accepted"],
             "dropped": {**{k: v for k, v in self._counts.items() if k != "accepted"}, **host_drops},
+            "dials": self._host.dials if self._host is not None else 0,
+            "hints": self._book.hints() if self._book is not None else 0,
+            "hints_dropped": {**(self._book.dropped_hints if self._book is not None else {}),
+                              **(self._discovery.dropped if self._discovery is not None else {})},
         }
 
     def _sealed_announcement(self) -> bytes:
@@ -350,7 +354,7 @@ class Overlay:
         self._counts["accepted"] += 1
         self._book.learn(announcement.peer_id, announcement.addrs, now)
         for peer_id, addrs in announcement.peers.items():
-            self._book.learn(peer_id, addrs, now)
+            self._book.hint(peer_id, addrs, now)
         self._push_dial_targets(now)
         self._publish(events)
 
@@ -365,14 +369,14 @@ class Overlay:
             return
         assert self._book is not None
         now = time.time()
-        self._book.learn(peer_id, addrs, now)
+        self._book.hint(peer_id, addrs, now)
         self._push_dial_targets(now)
 
     def _push_dial_targets(self, now: float) -> None:
         assert self._book is not None and self._bridge is not None and self._host is not None
-        targets = self._book.targets(now)
+        targets = self._book.targets(now), self._book.unconfirmed()
         if targets != self._pushed_targets:
-            self._bridge.call_soon(self._host.set_dial_targets, targets)
+            self._bridge.call_soon(self._host.set_dial_targets, *targets)
             self._pushed_targets = targets
 
     def _publish(self, events: list[MemberEvent]) -> None:
