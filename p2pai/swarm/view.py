@@ -32,6 +32,8 @@ class WorkerOffer(_Lenient):
     protocol: str = Field("", max_length=32)
     in_use_by: str | None = Field(None, max_length=128)
     cache: bool = False
+    isolated: bool = False
+    """Its llama.cpp RPC server is unreachable from other local processes (a network namespace of its own)."""
     served: dict[Annotated[str, Field(max_length=32)], Annotated[int, Field(ge=0, le=1 << 63)]] = Field(
         default_factory=dict, max_length=16)
     """Sessions, bytes and restarts so far: shows from the outside that a worker is used."""
