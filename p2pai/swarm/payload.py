@@ -42,7 +42,7 @@ class ModelOffer(_Lenient):
     """One model a node can serve, with the live figures routing weighs."""
 
     name: str = Field(min_length=1, max_length=256)
-    backend: str = Field("llama-cpp", max_length=64)
+    backend: str = Field(default="llama-cpp", max_length=64)
     size: Bytes = 0
     """Bytes of the weights file (0 when unknown, e.g. not yet assembled)."""
     loaded: bool = False

@@ -29,8 +29,8 @@ class WorkerOffer(_Lenient):
     free_memory: Bytes = 0
     total_memory: Bytes = 0
     threads: Count = 0
-    protocol: str = Field("", max_length=32)
-    in_use_by: str | None = Field(None, max_length=128)
+    protocol: str = Field(default="", max_length=32)
+    in_use_by: str | None = Field(default=None, max_length=128)
     cache: bool = False
     isolated: bool = False
     """Its llama.cpp RPC server is unreachable from other local processes (a network namespace of its own)."""

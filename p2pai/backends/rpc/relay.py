@@ -387,7 +387,7 @@ class RelayServer:
             link.close()
             return
         try:
-            local = await _open_link(await self.connect_rpc())
+            local = await _adopt_link(await self.connect_rpc())
         except OSError as exc:
             log.warning("the RPC server is unreachable: %s", exc)
             self.lease.release()
@@ -439,15 +439,20 @@ async def _serve_links(
     return await asyncio.get_running_loop().create_server(lambda: _Link(connected), host, port)
 
 
-async def _open_link(sock: socket.socket | None = None, host: str | None = None, port: int | None = None) -> _Link:
-    """A link over a connected ``sock``, or over a new connection to ``host``:``port``."""
-    _, link = await asyncio.get_running_loop().create_connection(_Link, host, port, sock=sock)
+async def _open_link(host: str, port: int) -> _Link:
+    _, link = await asyncio.get_running_loop().create_connection(_Link, host, port)
+    return link
+
+
+async def _adopt_link(sock: socket.socket) -> _Link:
+    """A link over an already connected socket."""
+    _, link = await asyncio.get_running_loop().create_connection(_Link, sock=sock)
     return link
 
 
 async def connect(endpoint: Endpoint, credentials: Credentials) -> tuple[_Link, _Sealer, _Sealer]:
     """Open an authenticated session to a worker's relay; raises RelayRefused or OSError."""
-    link = await asyncio.wait_for(_open_link(host=endpoint.host, port=endpoint.port), HANDSHAKE_TIMEOUT)
+    link = await asyncio.wait_for(_open_link(endpoint.host, endpoint.port), HANDSHAKE_TIMEOUT)
     try:
         send, receive = await asyncio.wait_for(_client_handshake(link, endpoint, credentials), HANDSHAKE_TIMEOUT)
         return link, send, receive

@@ -237,8 +237,13 @@ class RpcServerProcess:
             try:
                 message, fds, _, _ = socket.recv_fds(control, 256, 1)
             except BlockingIOError:
-                readable = loop.create_future()
-                loop.add_reader(control.fileno(), lambda: readable.done() or readable.set_result(None))
+                readable: asyncio.Future[None] = loop.create_future()
+
+                def wake(readable: asyncio.Future[None] = readable) -> None:
+                    if not readable.done():
+                        readable.set_result(None)
+
+                loop.add_reader(control.fileno(), wake)
                 try:
                     await readable
                 finally:
