@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -58,7 +59,7 @@ class Worker:
 
     def __init__(self, key: bytes, threads: int, cache_dir: str | None) -> None:
         self.server = RpcServerProcess(threads, cache_dir)
-        self.relay = RelayServer(Credentials(Identity.generate(), key), lambda: self.server.port)
+        self.relay = RelayServer(Credentials(Identity.generate(), key), self.server.connect)
         self.endpoint: Endpoint | None = None
 
     async def start(self) -> "Worker":
@@ -128,7 +129,13 @@ async def relay_round_trips(key: bytes) -> tuple[float, float]:
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     echo_port = server.sockets[0].getsockname()[1]
-    relay = RelayServer(Credentials(Identity.generate(), key), lambda: echo_port)
+    async def connect_echo() -> socket.socket:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", echo_port))
+        return sock
+
+    relay = RelayServer(Credentials(Identity.generate(), key), connect_echo)
     forwarder = Forwarder(Endpoint(relay.peer_id, "127.0.0.1", await relay.start("127.0.0.1", 0)),
                           Credentials(Identity.generate(), key), lambda _, reason: print("lost:", reason))
     try:

@@ -79,5 +79,5 @@ def print_swarm(settings: NodeSettings, membership: Membership, addrs: tuple[str
         console.print(f"  p2pai start --token {membership.token}", markup=False, highlight=False)
         if addrs:
             console.print(f"  and from another network add: --bootstrap {addrs[0]}", markup=False, highlight=False)
-    elif not settings.token:
+    elif not settings.token and settings.token_file is None:
         console.print(f"[dim]token: {settings.data_dir / 'token'} (or GET /api/p2p/token from this machine)[/]")

@@ -23,7 +23,8 @@ from .routing.peer_auth import Verifier
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
-from .settings import NodeSettings
+from .settings import NodeSettings, prepare_data_dir
+from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
 from .swarm.swarm import Swarm
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models), settings.default_model)
     reporter = LoadReporter()
@@ -66,6 +67,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         node_id=swarm.peer_id,
         version=__version__,
         api_keys=frozenset(settings.api_keys),
+        admin_keys=frozenset(settings.admin_keys),
         swarm=swarm,
         router=router,
         token=membership.token,
@@ -82,10 +84,14 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         overlay.set_tunnel_handler(serve_locally(forwarder.session, lambda: local_peer_url))
         if settings.peer_advertise is not None:
             endpoint.hosts, endpoint.port = [settings.peer_advertise[0]], settings.peer_advertise[1]
+            if parse_ip(settings.peer_advertise[0]) is None:
+                log.warning("--peer-advertise %s is not an IP address: peers connect only to the IP this node's "
+                            "connections come from, so they will use the tunnel", settings.peer_advertise[0])
         else:
             endpoint.hosts, endpoint.port = endpoint_hosts(settings.peer_host, swarm.self_node().addrs), bound_port
         swarm.refresh()
-        await _listen(runner, settings.listen_host, settings.listen_port)
+        client_site = await _listen(runner, settings.listen_host, settings.listen_port)
+        swarm.set_own_addresses([(settings.listen_host, _bound_port(client_site)), (settings.peer_host, bound_port)])
         url = f"http://{settings.listen_host}:{settings.listen_port}"
         print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
         print_swarm(settings, membership, swarm.self_node().addrs)

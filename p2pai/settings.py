@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from .backends.llama.loading import FlashAttention
 from .routing.placement import Policy
 
 ENV_PREFIX = "P2PAI_"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,17 @@ class NodeSettings:
     models_dir: Path | None = None
     models: tuple[str, ...] = ()
     default_model: bool = True
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Also valid API keys; only they may read the swarm token when keys are set."""
     threads: int | None = None
     context_size: int | None = None
     parallel: int | None = None
     preload: bool = False
     log_level: str = "info"
-    token: str | None = None
-    """None: the token kept in the data dir (created on first start)."""
+    token: str | None = field(default=None, repr=False)
+    """None: the token of token_file, else the one kept in the data dir (created on first start)."""
+    token_file: Path | None = None
     name: str = field(default_factory=socket.gethostname)
     p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     bootstrap: tuple[str, ...] = ()
@@ -50,6 +57,16 @@ class NodeSettings:
     @property
     def effective_models_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir private to this user (it holds the swarm token and the node's key);
+    warn about an existing one that other users can read."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the data dir %s is open to other users (mode %o): it holds the swarm token and this node's "
+                    "private key; chmod 700 it", path, mode)
 
 
 def env_default(name: str, default: str | None = None) -> str | None:
@@ -91,6 +108,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "swarm (P2PAI_NO_DEFAULT_MODEL=1)")
     parser.add_argument("--api-key", action="append", default=env_list("API_KEY"), metavar="KEY",
                         help="require `Authorization: Bearer KEY` (repeatable; P2PAI_API_KEY, comma-separated)")
+    parser.add_argument("--admin-key", action="append", default=env_list("ADMIN_KEY"), metavar="KEY",
+                        help="a key that may also read the swarm token (GET /api/p2p/token); also a valid API key "
+                             "(repeatable; P2PAI_ADMIN_KEY, comma-separated)")
     parser.add_argument("--threads", type=int, default=env_default("THREADS"),
                         help="llama.cpp threads per model (default: all cores; P2PAI_THREADS)")
     parser.add_argument("--context-size", type=int, default=env_default("CONTEXT_SIZE"),
@@ -117,6 +137,9 @@ def add_swarm_arguments(parser: argparse.ArgumentParser,
     """Flags shared by every command that joins a swarm (`start`, `worker`)."""
     parser.add_argument("--token", default=env_default("TOKEN", os.environ.get("TOKEN")),
                         help=f"swarm token (P2PAI_TOKEN or TOKEN; default: {token_default})")
+    parser.add_argument("--token-file", type=Path, default=env_default("TOKEN_FILE"), metavar="PATH",
+                        help="read the swarm token from this file instead, keeping it out of the process list and "
+                             "the environment (P2PAI_TOKEN_FILE)")
     parser.add_argument("--name", default=env_default("NAME"),
                         help="name shown to the swarm (default: the host name; P2PAI_NAME)")
     parser.add_argument("--p2p-listen", action="append", default=env_list("P2P_LISTEN"), metavar="MULTIADDR",
@@ -135,6 +158,7 @@ def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
     defaults = NodeSettings()
     return {
         "token": args.token.strip() if args.token else None,
+        "token_file": Path(args.token_file).expanduser() if args.token_file else None,
         "name": args.name or defaults.name,
         "p2p_listen": tuple(args.p2p_listen) or defaults.p2p_listen,
         "bootstrap": tuple(args.bootstrap),
@@ -158,6 +182,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         models=tuple(args.model),
         default_model=args.default_model,
         api_keys=tuple(args.api_key),
+        admin_keys=tuple(args.admin_key),
         threads=int(args.threads) if args.threads else None,
         context_size=int(args.context_size) if args.context_size else None,
         parallel=int(args.parallel) if args.parallel else None,

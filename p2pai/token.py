@@ -9,9 +9,11 @@ tokens/FORMAT.md and pinned by tokens/vectors.json.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,6 +31,8 @@ TOKEN_FILE = "token"
 # Real tokens are about 170 characters; the cap keeps hostile input (deeply nested
 # YAML) away from the parser.
 MAX_TOKEN_CHARS = 512
+
+log = logging.getLogger(__name__)
 
 _FIELDS = ("version", "network_id", "created", "secret")
 _NETWORK_ID = re.compile(r"[0-9a-f]{%d}" % (2 * NETWORK_ID_BYTES))
@@ -206,6 +210,26 @@ def load_or_create_token(data_dir: Path) -> tuple[str, bool]:
     finally:
         os.unlink(tmp)
     return token, True
+
+
+def read_token_file(path: Path) -> str:
+    """The token of a file the user names (--token-file). A file other users can read gets a
+    warning, not a refusal: container secrets are commonly mounted world-readable (0444)."""
+    try:
+        with path.open("rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            raw = file.read(4 * MAX_TOKEN_CHARS)  # a bound: the path may name a device or a huge file
+    except OSError as e:
+        raise TokenError(f"cannot read the token file {path}: {e.strerror or e}") from None
+    if mode & 0o044:
+        log.warning("the token file %s is readable by other users (mode %o): anyone who reads it can join "
+                    "the swarm; chmod 600 it", path, mode)
+    token = raw.decode("utf-8", errors="replace").strip()
+    try:
+        parse_token(token)
+    except TokenError as e:
+        raise TokenError(f"the token file {path} does not hold a valid token ({e})") from None
+    return token
 
 
 def _read_token_file(path: Path) -> str:

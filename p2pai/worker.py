@@ -1,9 +1,12 @@
 """`p2pai worker`: lend this machine's memory and compute to the swarm as a llama.cpp RPC worker.
 
-It runs llama.cpp's RPC server on loopback (restarted if it dies), exposes it
-only through the token-authenticated relay, and announces itself over the
-overlay with role `llama-cpp-worker` and a `worker` payload that nodes use to
-place layers. A JSON status line goes to stdout whenever the status changes.
+It runs llama.cpp's RPC server in a network namespace of its own where the
+system allows it, else on loopback (restarted if it dies), exposes it only
+through the token-authenticated relay, and announces itself over the overlay
+with role `llama-cpp-worker` and a `worker` payload that nodes use to place
+layers. `--allow-node` admits only the named nodes; a lease without traffic
+for `--lease-idle` seconds ends. A JSON status line goes to stdout whenever
+the status changes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,8 @@ import psutil
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
-from .settings import NodeSettings, add_swarm_arguments, env_default, swarm_fields
-from .swarm.join import build_overlay
+from .settings import NodeSettings, add_swarm_arguments, env_default, env_list, prepare_data_dir, swarm_fields
+from .swarm.join import build_overlay, given_token
 from .swarm.payload import WORKER_PAYLOAD_KEY, WORKER_ROLE
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         help="advertise at most this much memory (default: what is available; P2PAI_MEMORY)")
     parser.add_argument("--cache-dir", default=env_default("CACHE_DIR"),
                         help="llama.cpp's tensor cache, speeds up reloads (default: none; P2PAI_CACHE_DIR)")
+    parser.add_argument("--allow-node", action="append", default=env_list("ALLOW_NODE"), metavar="ID_OR_NAME",
+                        help="admit only this node, by peer id or announced name (repeatable; default: every "
+                             "member; P2PAI_ALLOW_NODE, comma-separated). Ids are proven, names are what members "
+                             "call themselves")
+    parser.add_argument("--lease-idle", type=float, default=float(env_default("LEASE_IDLE", "300") or 300),
+                        metavar="SECONDS",
+                        help="end a node's session after this long without traffic, freeing the worker "
+                             "(default 300; 0: never; P2PAI_LEASE_IDLE)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
@@ -61,21 +73,44 @@ def memory(limit_mb: int) -> tuple[int, int]:
     return free, total
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """`p2pai worker`'s flags. Its repr shows no secret (the token stays in ``node``, hidden)."""
+
+    node: NodeSettings
+    """The swarm fields and the data dir."""
+    rpc_port: int = 0
+    threads: int = 0
+    memory_mb: int = 0
+    cache_dir: str | None = None
+    allow_nodes: tuple[str, ...] = ()
+    """Empty: every member."""
+    lease_idle: float | None = 300.0
+    """None: a session may stay idle forever."""
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WorkerSettings:
+        defaults = NodeSettings()
+        node = NodeSettings(data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir,
+                            **swarm_fields(args))
+        return cls(node=node, rpc_port=args.rpc_port, threads=args.threads, memory_mb=args.memory,
+                   cache_dir=args.cache_dir, allow_nodes=tuple(args.allow_node),
+                   lease_idle=args.lease_idle if args.lease_idle > 0 else None, log_level=args.log_level)
+
+
 class Worker:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         from .token import derive_keys, parse_token
 
-        if not args.token:
-            raise SystemExit("p2pai worker needs the swarm's token: --token, P2PAI_TOKEN or TOKEN")
-        self.args = args
-        defaults = NodeSettings()
-        self.settings = NodeSettings(
-            data_dir=Path(args.data_dir).expanduser() if args.data_dir else defaults.data_dir, **swarm_fields(args)
-        )
-        self.keys = derive_keys(parse_token(self.settings.token or ""))
-        self.data_dir = self.settings.data_dir
-        self.threads = args.threads or os.cpu_count() or 1
-        self.rpc = RpcServerProcess(self.threads, args.cache_dir)
+        token = given_token(settings.node)
+        if not token:
+            raise SystemExit("p2pai worker needs the swarm's token: --token, --token-file, P2PAI_TOKEN or TOKEN")
+        self.settings = settings
+        self.keys = derive_keys(parse_token(token))
+        self.data_dir = settings.node.data_dir
+        self.threads = settings.threads or os.cpu_count() or 1
+        self.rpc = RpcServerProcess(self.threads, settings.cache_dir)
         self.relay: RelayServer | None = None
         self.hosts: list[str] = []
         self.port = 0
@@ -84,7 +119,7 @@ class Worker:
     def payload(self) -> dict[str, Any]:
         """The announced `worker` payload; GET /api/p2p shows it under llama_cpp_nodes."""
         assert self.relay is not None
-        free, total = memory(self.args.memory)
+        free, total = memory(self.settings.memory_mb)
         return {
             "rpc": {"port": self.port, "hosts": self.hosts},
             "free_memory": free,
@@ -92,7 +127,8 @@ class Worker:
             "threads": self.threads,
             "protocol": self.rpc.protocol,
             "in_use_by": self.relay.lease.holder,
-            "cache": bool(self.args.cache_dir),
+            "cache": bool(self.settings.cache_dir),
+            "isolated": self.rpc.isolated,
             "served": {
                 "sessions": self.relay.traffic.sessions,
                 "bytes_in": self.relay.traffic.bytes_in,
@@ -103,20 +139,22 @@ class Worker:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        listen_ip = _listen_ip(self.settings.p2p_listen[0])
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        listen_ip = _listen_ip(self.settings.node.p2p_listen[0])
+        prepare_data_dir(self.data_dir)
         await self.rpc.start()
         supervisor = asyncio.create_task(self.rpc.supervise())
-        overlay = build_overlay(self.settings, self.keys, [WORKER_ROLE])
+        overlay = build_overlay(self.settings.node, self.keys, [WORKER_ROLE])
         await overlay.start()
         try:
             credentials = Credentials(overlay.identity, self.keys.rpc_key)
-            self.relay = RelayServer(credentials, lambda: self.rpc.port, self._publish_soon)
-            self.port = await self.relay.start(listen_ip, self.args.rpc_port)
+            self.relay = RelayServer(credentials, self.rpc.connect, self._publish_soon, self._admits,
+                                     self.settings.lease_idle)
+            self.port = await self.relay.start(listen_ip, self.settings.rpc_port)
             self.hosts = ips(overlay.self_member().addrs)  # the relay listens on the overlay's IP
             self._overlay = overlay
-            log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d",
-                     overlay.peer_id, ",".join(self.hosts), self.port, self.rpc.protocol, self.rpc.port)
+            log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d (%s)",
+                     overlay.peer_id, ",".join(self.hosts), self.port, self.rpc.protocol, self.rpc.port,
+                     "in a network namespace of its own" if self.rpc.isolated else "on this machine's loopback")
             while not stop.is_set():
                 self._publish()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -129,6 +167,14 @@ class Worker:
                 await self.relay.stop()
             await overlay.stop()
             await self.rpc.stop()
+
+    def _admits(self, peer_id: str) -> bool:
+        """Whether --allow-node names this node: by its peer id, or by the name it announces (any
+        member may announce any name: only an id is proven)."""
+        allowed = self.settings.allow_nodes
+        if not allowed or peer_id in allowed:
+            return True
+        return any(member.peer_id == peer_id and member.name in allowed for member in self._overlay.members())
 
     def _publish_soon(self) -> None:
         asyncio.get_running_loop().call_soon(self._publish)
@@ -155,14 +201,15 @@ def _listen_ip(multiaddr: str) -> str:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    settings = WorkerSettings.from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     from .token import TokenError
 
     try:
-        worker = Worker(args)
+        worker = Worker(settings)
     except TokenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from overlay_helpers import free_port
 
 from p2pai.backends.rpc.workers import WorkerInfo
@@ -26,7 +27,8 @@ ROOT = Path(__file__).parent.parent
 class WorkerProcess:
     """One worker; its JSON status lines are collected by a reader thread."""
 
-    def __init__(self, token: str, data_dir: Path, name: str, memory_mb: int = 4096) -> None:
+    def __init__(self, token: str, data_dir: Path, name: str, memory_mb: int = 4096, extra: tuple[str, ...] = ()
+                 ) -> None:
         self.name = name
         self.p2p_port = free_port()
         self.statuses: list[dict[str, Any]] = []
@@ -34,7 +36,7 @@ class WorkerProcess:
         self.stderr_path = data_dir.parent / f"{name}.stderr"
         command = [sys.executable, "-m", "p2pai", "worker", "--token", token, "--data-dir", str(data_dir),
                    "--p2p-listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}", "--no-mdns", "--name", name,
-                   "--threads", "1", "--memory", str(memory_mb), "--log-level", "warning"]
+                   "--threads", "1", "--memory", str(memory_mb), "--log-level", "warning", *extra]
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
                                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -108,9 +110,17 @@ def announced_workers(token: str, data_dir: Path, workers: list[WorkerProcess], 
     return asyncio.run(read())
 
 
-def listening_address(port: int) -> str:
-    """The local address a TCP socket listens on for `port`, from /proc/net/tcp{,6}."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def rpc_server(worker: WorkerProcess) -> psutil.Process:
+    """The worker's llama.cpp RPC server process (its current one: a dead one is replaced)."""
+    [server] = [p for p in psutil.Process(worker.process.pid).children()
+                if "p2pai.backends.rpc.server" in " ".join(p.cmdline())]
+    return server
+
+
+def listening_address(port: int, pid: int | str = "self") -> str:
+    """The local address a TCP socket listens on for `port`, from /proc/PID/net/tcp{,6}: the
+    table of that process's network namespace."""
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             address, hex_port = fields[1].split(":")

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openai import APIError, AsyncOpenAI
-from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address
+from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address, rpc_server
 
 from p2pai.api.app import create_app
 from p2pai.api.state import NodeState
 from p2pai.backends.base import GenerationRequest, SamplingParams
 from p2pai.backends.process import ModelProcess
 from p2pai.backends.rpc.relay import Credentials, Endpoint, RelayRefused, probe
+from p2pai.backends.rpc.server import RpcServerProcess, rpc_hello
 from p2pai.backends.rpc.workers import WorkerInfo
 from p2pai.identity import Identity
 from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
@@ -93,7 +96,7 @@ class Node:
         await self.manager.close()
 
 
-def test_worker_announces_itself_and_its_rpc_server_listens_on_loopback_only(
+def test_worker_announces_itself_and_its_rpc_server_listens_in_a_network_of_its_own(
     workers: list[WorkerProcess], infos: list[WorkerInfo]
 ) -> None:
     assert [info.name for info in infos] == ["w1", "w2"]
@@ -102,7 +105,37 @@ def test_worker_announces_itself_and_its_rpc_server_listens_on_loopback_only(
         assert info.peer_id == status["peer_id"] and info.hosts == ("127.0.0.1",)
         assert info.port == status["worker"]["rpc"]["port"] and info.protocol == "7.0.0"
         assert info.free_memory == 4096 * 2**20 and info.in_use_by is None
-        assert listening_address(status["rpc_port"]) == "127.0.0.1"
+        server = rpc_server(worker)
+        assert status["worker"]["isolated"]
+        assert listening_address(status["rpc_port"], server.pid) == "127.0.0.1"
+        assert os.readlink(f"/proc/{server.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+def test_no_other_local_process_reaches_the_workers_rpc_server(workers: list[WorkerProcess]) -> None:
+    """Its loopback is its own: the port it listens on is closed on this machine's loopback."""
+    port = workers[0].status["rpc_port"]
+    with pytest.raises(AssertionError, match="nothing listens"):
+        listening_address(port)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+async def test_where_namespaces_are_not_allowed_the_rpc_server_listens_on_loopback_and_says_so(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RpcServerProcess(threads=1, cache_dir=None, isolate=False)
+    with caplog.at_level("WARNING"):
+        await server.start()
+    try:
+        assert not server.isolated and server.protocol == "7.0.0"
+        assert "shares this machine's loopback" in caplog.text
+        assert listening_address(server.port) == "127.0.0.1"
+        sock = await server.connect()  # the relay's way still works
+        reader, writer = await asyncio.open_connection(sock=sock)
+        assert await rpc_hello(reader, writer) == "7.0.0"
+        writer.close()
+    finally:
+        await server.stop()
 
 
 async def test_relay_refuses_a_connection_without_the_token_handshake(workers: list[WorkerProcess]) -> None:
@@ -212,6 +245,78 @@ async def test_killed_worker_fails_the_request_cleanly_and_the_model_reloads_wit
         doomed.stop()
 
 
+async def test_a_worker_admits_only_the_nodes_it_allows_and_the_model_is_placed_elsewhere(
+    token: str, identity: Credentials, tmp_path: Path, tiny_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = WorkerProcess(token, tmp_path / "wa", "wa", extra=("--allow-node", Identity.generate().peer_id))
+    open_to_us = WorkerProcess(token, tmp_path / "wb", "wb", extra=("--allow-node", NODE_ID))
+    try:
+        infos = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [closed, open_to_us])
+        write_model(tmp_path / "models", "both", tiny_path, "[wa, wb]")
+        write_model(tmp_path / "models", "only-wa", tiny_path, "[wa]")
+        async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
+            with caplog.at_level("WARNING"):
+                both = await node.manager.engine("both")
+                assert isinstance(both, RpcEngine) and both.placement.workers == (infos[1].peer_id,)
+                alone = await node.manager.engine("only-wa")
+                assert isinstance(alone, LlamaEngine)  # no worker admits it: it runs on the node
+            assert "admits only the nodes named by its --allow-node" in caplog.text
+            reply = await node.openai.completions.create(model="both", prompt="one two", max_tokens=4)
+            assert reply.choices[0].text
+        status = await asyncio.to_thread(closed.wait_status, lambda s: s["worker"]["served"]["refused"] >= 2, 10)
+        assert status["worker"]["in_use_by"] is None and status["worker"]["served"]["sessions"] == 0
+    finally:
+        closed.stop()
+        open_to_us.stop()
+
+
+async def test_an_idle_lease_ends_and_the_model_reloads_on_next_use(
+    token: str, identity: Credentials, tmp_path: Path, tiny_path: Path
+) -> None:
+    worker = WorkerProcess(token, tmp_path / "wi", "wi", extra=("--lease-idle", "2"))
+    try:
+        [info] = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [worker])
+        write_model(tmp_path / "models", "idle", tiny_path, "[wi]")
+        async with Node(tmp_path / "models", tmp_path / "data", [info], identity) as node:
+            reply = await node.openai.completions.create(model="idle", prompt="one two", max_tokens=4)
+            assert reply.choices[0].text
+            first = await node.manager.engine("idle")
+            assert isinstance(first, RpcEngine)
+            idle_since = time.monotonic()
+            while first.failure is None and time.monotonic() - idle_since < 10:
+                await asyncio.sleep(0.1)
+            assert first.failure is not None and "the lease ended after 2 s without traffic" in first.failure
+            assert 1.5 <= time.monotonic() - idle_since < 6
+            assert worker.wait_status()["worker"]["in_use_by"] is None  # the worker is free for others
+            reply = await node.openai.completions.create(model="idle", prompt="one two", max_tokens=4)
+            assert reply.choices[0].text
+            second = await node.manager.engine("idle")
+            assert second is not first and isinstance(second, RpcEngine)
+    finally:
+        worker.stop()
+
+
+def test_a_worker_admits_a_node_by_the_name_it_announces(start_node, tmp_path: Path, tiny_path: Path) -> None:
+    token = new_token()
+    worker = WorkerProcess(token, tmp_path / "wn", "wn", extra=("--allow-node", "trusted"))
+    try:
+        write_model(tmp_path / "models", "named", tiny_path, "[wn]")
+        node = start_node("--token", token, "--models-dir", str(tmp_path / "models"), "--threads", "1",
+                          "--name", "trusted", "--bootstrap", worker.bootstrap, name="node")
+        for _ in range(100):  # the worker must know the node's name: its announcement, not the relay, says it
+            if any(n["online"] for n in node.swarm()["llama_cpp_nodes"]):
+                break
+            time.sleep(0.1)
+        import httpx
+
+        answer = httpx.post(node.url + "/v1/completions", json={"model": "named", "prompt": "one", "max_tokens": 4},
+                            timeout=60)
+        assert answer.status_code == 200, answer.text
+        worker.wait_status(lambda s: s["worker"]["in_use_by"] == node.peer_id(), 10)
+    finally:
+        worker.stop()
+
+
 def test_p2pai_start_places_a_model_on_the_swarms_workers_and_shows_them(
     start_node, tmp_path: Path, tiny_path: Path
 ) -> None:
@@ -266,19 +371,15 @@ def test_p2pai_start_places_a_model_on_the_swarms_workers_and_shows_them(
 async def test_a_dead_rpc_server_is_restarted_and_used_again(
     token: str, identity: Credentials, tmp_path: Path, tiny_path: Path
 ) -> None:
-    import psutil
-
     worker = WorkerProcess(token, tmp_path / "w4", "w4")
     try:
         [info] = await asyncio.to_thread(announced_workers, token, tmp_path / "overlay", [worker])
-        [server] = [p for p in psutil.Process(worker.process.pid).children()
-                    if "p2pai.backends.rpc.server" in " ".join(p.cmdline())]
-        server.kill()
+        rpc_server(worker).kill()
         await asyncio.to_thread(worker.wait_status, lambda s: s["worker"]["served"]["server_restarts"] == 1, 20)
-        for _ in range(100):  # the new server listens once it has started (on loopback only)
+        for _ in range(100):  # the new server listens once it has started (in its own namespace)
             await asyncio.sleep(0.1)
-            with contextlib.suppress(AssertionError):
-                assert listening_address(worker.status["rpc_port"]).startswith("127.0.0.1")
+            with contextlib.suppress(AssertionError, ValueError, psutil.Error):
+                assert listening_address(worker.status["rpc_port"], rpc_server(worker).pid) == "127.0.0.1"
                 break
         else:
             raise AssertionError("the restarted RPC server never listened")

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from conftest import _client
 from p2pai.api.errors import APIError
 from p2pai.api.p2p import swarm_token
-from p2pai.token import new_token, parse_token
+from p2pai.cli import build_parser
+from p2pai.settings import NodeSettings, prepare_data_dir, settings_from_args
+from p2pai.swarm.join import resolve_token
+from p2pai.token import TokenError, new_token, parse_token
+from p2pai.worker import WorkerSettings
 
 
 def p2pai(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +62,71 @@ def test_first_start_prints_the_new_token_and_join_command_later_starts_do_not(s
     assert node.log.read_text().count(token) == first.count(token)
 
 
+def test_no_settings_object_shows_a_secret() -> None:
+    token = new_token()
+    start = build_parser().parse_args(["start", "--token", token, "--api-key", "api-secret", "--admin-key",
+                                       "admin-secret"])
+    settings = settings_from_args(start)
+    worker = WorkerSettings.from_args(build_parser().parse_args(["worker", "--token", token]))
+    assert settings.token == worker.node.token == token and settings.admin_keys == ("admin-secret",)
+    for shown in (repr(settings), str(settings), repr(worker)):
+        assert token not in shown and "api-secret" not in shown and "admin-secret" not in shown, shown
+
+
+def test_the_token_file_is_read_and_a_file_others_can_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = new_token()
+    path = tmp_path / "swarm-token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    settings = NodeSettings(data_dir=tmp_path / "data", token_file=path)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_token(settings).token == token
+        assert not caplog.records
+        path.chmod(0o644)
+        assert resolve_token(settings).token == token
+    assert f"the token file {path} is readable by other users" in caplog.text
+    assert not (tmp_path / "data" / "token").exists()  # the given token is not replaced by a new one
+    with pytest.raises(TokenError, match="not both"):
+        resolve_token(NodeSettings(data_dir=tmp_path, token=token, token_file=path))
+    with pytest.raises(TokenError, match="cannot read the token file"):
+        resolve_token(NodeSettings(data_dir=tmp_path, token_file=tmp_path / "missing"))
+    path.write_text("not a token")
+    with pytest.raises(TokenError, match=f"the token file {path} does not hold a valid token"):
+        resolve_token(settings)
+
+
+def test_the_data_dir_is_created_private_and_an_open_one_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        prepare_data_dir(tmp_path / "new" / "data")
+        assert stat.S_IMODE((tmp_path / "new" / "data").stat().st_mode) == 0o700
+        assert not caplog.records
+        (tmp_path / "open").mkdir(mode=0o755)
+        (tmp_path / "open").chmod(0o755)
+        prepare_data_dir(tmp_path / "open")
+    assert "is open to other users (mode 755)" in caplog.text
+
+
+def test_a_node_reads_its_token_from_a_file_and_gives_it_to_an_admin_only(start_node, tmp_path: Path) -> None:
+    token = new_token()
+    path = tmp_path / "swarm-token"
+    path.write_text(token)
+    path.chmod(0o600)
+    node = start_node("--token-file", str(path), "--admin-key", "root", "--api-key", "user", "--no-default-model",
+                      "--models-dir", str(tmp_path / "none"), name="n")
+    given = httpx.get(node.url + "/api/p2p/token", headers={"Authorization": "Bearer root"}, timeout=5)
+    assert given.status_code == 200 and given.text == token
+    refused = httpx.get(node.url + "/api/p2p/token", headers={"Authorization": "Bearer user"}, timeout=5)
+    assert refused.status_code == 403
+    node.stop()
+    log = node.log.read_text()
+    assert token not in log
+    assert "is open to other users" in log  # the test made the data dir (for the log) with mode 755
+
+
 async def test_token_is_served_to_loopback_callers_when_no_key_is_set(models_dir: Path, tmp_path: Path) -> None:
     token = new_token()
     async with _client(models_dir, tmp_path, token=token) as client:
@@ -64,14 +136,51 @@ async def test_token_is_served_to_loopback_callers_when_no_key_is_set(models_dir
         assert await response.text() == token
 
 
-async def test_token_needs_the_api_key_when_one_is_set(models_dir: Path, tmp_path: Path) -> None:
+async def test_token_needs_an_admin_key_when_keys_are_set(models_dir: Path, tmp_path: Path) -> None:
     token = new_token()
-    async with _client(models_dir, tmp_path, frozenset({"sesame"}), token=token) as client:
+    async with _client(models_dir, tmp_path, frozenset({"sesame"}), token=token,
+                       admin_keys=frozenset({"root"})) as client:
         refused = await client.get("/api/p2p/token")
         assert refused.status == 401
         assert (await refused.json())["error"]["code"] == "invalid_api_key"
-        allowed = await client.get("/api/p2p/token", headers={"Authorization": "Bearer sesame"})
+        api_key_only = await client.get("/api/p2p/token", headers={"Authorization": "Bearer sesame"})
+        assert api_key_only.status == 403
+        assert (await api_key_only.json())["error"] == {
+            "message": "The swarm token needs an admin key (set with --admin-key), not an API key.",
+            "type": "permission_error", "param": None, "code": "forbidden"}
+        allowed = await client.get("/api/p2p/token", headers={"Authorization": "Bearer root"})
         assert allowed.status == 200 and await allowed.text() == token
+        # An admin key is also an API key.
+        assert (await client.get("/v1/models", headers={"X-API-Key": "root"})).status == 200
+
+
+async def test_api_keys_without_an_admin_key_never_give_the_token(models_dir: Path, tmp_path: Path) -> None:
+    async with _client(models_dir, tmp_path, frozenset({"sesame"}), token=new_token()) as client:
+        response = await client.get("/api/p2p/token", headers={"Authorization": "Bearer sesame"})
+        assert response.status == 403
+
+
+async def test_an_admin_key_alone_guards_the_token_not_the_api(models_dir: Path, tmp_path: Path) -> None:
+    token = new_token()
+    async with _client(models_dir, tmp_path, token=token, admin_keys=frozenset({"root"})) as client:
+        assert (await client.get("/v1/models")).status == 200
+        assert (await client.get("/api/p2p/token")).status == 401  # even from this machine
+        assert (await client.get("/api/p2p/token", headers={"Authorization": "Bearer wrong"})).status == 401
+        allowed = await client.get("/api/p2p/token", headers={"Authorization": "Bearer root"})
+        assert await allowed.text() == token
+
+
+@pytest.mark.parametrize("header", ["Forwarded", "X-Forwarded-For", "X-Real-IP", "x-forwarded-for"])
+async def test_token_is_never_given_through_a_reverse_proxy(models_dir: Path, tmp_path: Path, header: str) -> None:
+    """A proxy on this machine connects from loopback on behalf of anyone."""
+    async with _client(models_dir, tmp_path, token=new_token()) as client:
+        response = await client.get("/api/p2p/token", headers={header: "203.0.113.9"})
+        assert response.status == 403
+        assert (await response.json())["error"]["type"] == "permission_error"
+    async with _client(models_dir, tmp_path, token=new_token(), admin_keys=frozenset({"root"})) as client:
+        response = await client.get("/api/p2p/token", headers={header: "for=203.0.113.9",
+                                                                "Authorization": "Bearer root"})
+        assert response.status == 403
 
 
 async def test_token_is_refused_to_other_hosts_when_no_key_is_set(models_dir: Path, tmp_path: Path) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import APIError, from_exception
+from .errors import from_exception
+from .keys import has_key, invalid_key
 from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
@@ -31,21 +31,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = NodeState.of(request).api_keys
-    if keys and request.path not in OPEN_PATHS and not _has_valid_key(request, keys):
-        raise APIError(
-            401,
-            "Incorrect API key provided. Pass it as `Authorization: Bearer <key>`.",
-            code="invalid_api_key",
-        )
+    state = NodeState.of(request)
+    if state.api_keys and request.path not in OPEN_PATHS and not has_key(request, state.api_keys | state.admin_keys):
+        raise invalid_key()
     return await handler(request)
-
-
-def _has_valid_key(request: web.Request, keys: frozenset[str]) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        given = request.headers.get("X-API-Key", "")
-    return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
 
 
 def create_app(state: NodeState) -> web.Application:

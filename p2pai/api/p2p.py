@@ -10,9 +10,12 @@ from aiohttp import web
 
 from ..swarm.view import SwarmNode
 from .errors import APIError
+from .keys import has_key, invalid_key
 from .state import NodeState
 
 p2p_routes = web.RouteTableDef()
+
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 @p2p_routes.get("/api/p2p")
@@ -31,26 +34,33 @@ async def swarm_nodes(request: web.Request) -> web.Response:
             ],
             "llama_cpp_nodes": [worker_data(node) for node in nodes if node.llama_worker],
             "mlx_nodes": [],
-            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.overlay.stats()},
+            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.stats()},
         }
     )
 
 
 @p2p_routes.get("/api/p2p/token")
 async def swarm_token(request: web.Request) -> web.Response:
-    """The token lets anyone join: with API keys the middleware demands one, without
-    keys only a caller on this machine may read it."""
+    """The token lets anyone join the swarm. Never through a reverse proxy (its requests come
+    from this machine, for anyone); with keys set, only for an admin key; without keys, only to
+    a caller on this machine."""
     state = NodeState.of(request)
     if state.token is None:
         raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
-    if not state.api_keys and not _is_loopback(request.remote):
-        raise APIError(
-            403,
-            "The swarm token is only given to callers on this machine unless the node has an API key.",
-            type_="permission_error",
-            code="forbidden",
-        )
+    if any(name in request.headers for name in PROXY_HEADERS):
+        raise _forbidden("The swarm token is never given through a proxy (the request carries a forwarding header).")
+    if state.api_keys or state.admin_keys:
+        if not has_key(request, state.admin_keys):
+            if not has_key(request, state.api_keys):
+                raise invalid_key()
+            raise _forbidden("The swarm token needs an admin key (set with --admin-key), not an API key.")
+    elif not _is_loopback(request.remote):
+        raise _forbidden("The swarm token is only given to callers on this machine unless the node has an admin key.")
     return web.Response(text=state.token, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+
+def _forbidden(message: str) -> APIError:
+    return APIError(403, message, type_="permission_error", code="forbidden")
 
 
 def node_data(node: SwarmNode) -> dict[str, Any]:

@@ -19,13 +19,16 @@ class NodeState:
     manager: ModelManager
     node_id: str
     version: str
-    api_keys: frozenset[str] = frozenset()
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    """Empty: the API is open. When set, admin keys are accepted too."""
+    admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    """Keys that may also read the swarm token."""
     backends: list[str] = field(default_factory=lambda: ["llama-cpp"])
     ready: bool = False
     swarm: Swarm | None = None
     """None only for an app built without an overlay (in-process tests)."""
     router: Router | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
     serving: Serving = field(init=False)
 

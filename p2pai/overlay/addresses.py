@@ -66,13 +66,13 @@ def advertised(listen_addrs: list[str], peer_id: str) -> list[str]:
         if parsed is None:
             continue
         ip, port, _ = parsed
-        for concrete in _interface_ips(ip.version) if ip.is_unspecified else [ip]:
+        for concrete in interface_ips(ip.version) if ip.is_unspecified else [ip]:
             text = f"/ip{concrete.version}/{concrete}/tcp/{port}/p2p/{peer_id}"
             (loopback if concrete.is_loopback else routable).append(text)
     return routable or loopback
 
 
-def _interface_ips(version: int) -> list[_Ip]:
+def interface_ips(version: int) -> list[_Ip]:
     import ifaddr  # 35 ms, only needed when listening on a wildcard address
 
     ips: list[_Ip] = []

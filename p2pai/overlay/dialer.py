@@ -2,7 +2,9 @@
 
 New peers are dialed at once, lost ones redialed with capped exponential
 backoff: a restarted peer comes back within seconds while a dead one costs
-one failed dial every few seconds until the overlay forgets it.
+one failed dial every few seconds until the overlay forgets it. A peer only
+hinted at (mDNS, another member) is dialed once: if that fails, it is not
+dialed again while it stays a hint.
 """
 
 from __future__ import annotations
@@ -39,15 +41,22 @@ class Dialer:
         self._next_attempt: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._dialing: set[str] = set()
+        self._once: frozenset[str] = frozenset()
+        self._given_up: set[str] = set()
         self._wake = trio.Event()
+        self.dials = 0
+        """Dial attempts so far, one per address tried."""
 
-    def set_targets(self, targets: dict[str, list[str]]) -> None:
-        """Replace the peers to stay connected to (bootstrap peers always stay)."""
+    def set_targets(self, targets: dict[str, list[str]], once: frozenset[str] = frozenset()) -> None:
+        """Replace the peers to stay connected to (bootstrap peers always stay); those in
+        ``once`` are dialed once only."""
         merged = dict(targets)
         for peer_id, addrs in self._bootstrap.items():  # learned addresses first: newer
             merged[peer_id] = list(dict.fromkeys(merged.get(peer_id, []) + addrs))
         merged.pop(self._self_id, None)
         self._targets = merged
+        self._once = once - set(self._bootstrap)
+        self._given_up &= set(merged) & self._once
         for gone in set(self._next_attempt) - set(self._targets):
             del self._next_attempt[gone]
             self._backoff.pop(gone, None)
@@ -65,7 +74,7 @@ class Dialer:
         now = trio.current_time()
         connected = {str(peer) for peer in self._host.get_connected_peers()}
         for peer_id, addrs in self._targets.items():
-            if peer_id in connected or peer_id in self._dialing:
+            if peer_id in connected or peer_id in self._dialing or peer_id in self._given_up:
                 continue
             if peer_id not in self._next_attempt:
                 dials_first = peer_id in self._bootstrap or self._self_id < peer_id
@@ -81,15 +90,20 @@ class Dialer:
         try:
             peer = ID.from_base58(peer_id)  # the overlay only passes valid ids
             for addr in addrs:
+                self.dials += 1
                 try:
                     with trio.fail_after(DIAL_TIMEOUT):
                         await self._host.get_network().dial_addr(Multiaddr(addr), peer)
                 except Exception as exc:  # libp2p raises many types for one failure
-                    # Once per outage at INFO; the retries only at DEBUG.
-                    level = logging.DEBUG if peer_id in self._backoff else logging.INFO
+                    # Once per outage at INFO; the retries, and hints (anyone on the LAN can forge
+                    # them), only at DEBUG.
+                    level = logging.DEBUG if peer_id in self._backoff or peer_id in self._once else logging.INFO
                     log.log(level, "cannot dial %s at %s: %r", peer_id, addr, exc)
                     continue
                 self._backoff.pop(peer_id, None)
+                return
+            if peer_id in self._once:
+                self._given_up.add(peer_id)
                 return
             delay = min(self._backoff.get(peer_id, MIN_BACKOFF / 2) * 2, MAX_BACKOFF)
             self._backoff[peer_id] = delay

@@ -21,6 +21,7 @@ from p2pai.identity import Identity, is_peer_id
 from p2pai.overlay.addresses import advertised, parse_tcp
 from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
 from p2pai.overlay.dialer import Dialer
+from p2pai.overlay.ratelimit import TokenBucket
 from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, TunnelBroken, TunnelClient, TunnelServer
 
 if TYPE_CHECKING:
@@ -39,26 +40,14 @@ MAX_STREAMS_PER_PEER = 2
 _LENGTH_BYTES = 4
 
 
-class TokenBucket:
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate, self._burst = rate, burst
-        self._tokens, self._stamp = burst, now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-
 class OverlayHost:
     """Runs the libp2p host; reports frames and connections through callbacks.
 
     The callbacks are called in the trio thread and must only hand over
-    (e.g. ``loop.call_soon_threadsafe``); ``on_frame`` returns False when the
-    receiver is overloaded and the frame is dropped.
+    (e.g. ``loop.call_soon_threadsafe``); ``on_frame(peer, frame, remote_ip)``
+    returns False when the receiver is overloaded and the frame is dropped.
+    ``remote_ip`` is the address the peer's connection comes from (None if
+    libp2p cannot tell): the only address of a peer this node has seen it at.
     """
 
     def __init__(
@@ -68,7 +57,7 @@ class OverlayHost:
         listen: list[str],
         bootstrap: list[str],
         max_peers: int,
-        on_frame: Callable[[str, bytes], bool],
+        on_frame: Callable[[str, bytes, str | None], bool],
         on_connections: Callable[[frozenset[str]], None],
         tunnel: TunnelServer,
     ) -> None:
@@ -94,7 +83,8 @@ class OverlayHost:
         self.drops = dict.fromkeys(("rate_limited", "overloaded", "oversized", "too_many_streams"), 0)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen, then report our advertised addresses through ``task_status``."""
+        """Listen, then report (the addresses listened on, wildcards included; the advertised
+        ones) through ``task_status``."""
         from multiaddr import Multiaddr
 
         host = self._new_host()
@@ -106,7 +96,7 @@ class OverlayHost:
             nursery.start_soon(self._dialer.run)
             nursery.start_soon(self._watch_connections, host, nursery)
             listening = [str(a) for a in host.get_transport_addrs()]
-            task_status.started(advertised(listening, self._identity.peer_id))
+            task_status.started((listening, advertised(listening, self._identity.peer_id)))
             await trio.sleep_forever()
 
     def _new_host(self) -> IHost:
@@ -154,9 +144,14 @@ class OverlayHost:
             raise TunnelBroken("the host is not running")
         await self._tunnel_client.exchange(self._host, self._nursery, peer_id, request, deliver)
 
-    def set_dial_targets(self, targets: dict[str, list[str]]) -> None:
+    def set_dial_targets(self, targets: dict[str, list[str]], once: frozenset[str]) -> None:
         if self._dialer is not None:
-            self._dialer.set_targets(targets)
+            self._dialer.set_targets(targets, once)
+
+    @property
+    def dials(self) -> int:
+        """Dial attempts so far (one per address tried); read from the asyncio thread."""
+        return self._dialer.dials if self._dialer is not None else 0
 
     async def _watch_connections(self, host: IHost, nursery: trio.Nursery) -> None:
         """Give each connected peer a link and report the connected set on change."""
@@ -201,6 +196,7 @@ class OverlayHost:
         from libp2p.io.utils import read_exactly
 
         peer = str(stream.muxed_conn.peer_id)
+        remote = _remote_ip(stream)
         if self._streams[peer] >= MAX_STREAMS_PER_PEER:
             self.drops["too_many_streams"] += 1
             await _reset(stream)
@@ -217,7 +213,7 @@ class OverlayHost:
                 frame = await read_exactly(stream, length)
                 if not bucket.take(trio.current_time()):
                     self.drops["rate_limited"] += 1
-                elif not self._on_frame(peer, frame):
+                elif not self._on_frame(peer, frame, remote):
                     self.drops["overloaded"] += 1
         except Exception as exc:  # end of stream, reset or a dead peer
             log.debug("announce stream from %s ended: %r", peer, exc)
@@ -248,6 +244,16 @@ def _route_libp2p_logs() -> None:
 
 def _not_from_libp2p(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and f"{os.sep}libp2p{os.sep}" in record.pathname)
+
+
+def _remote_ip(stream: INetStream) -> str | None:
+    """The IP the stream's connection comes from (for a connection this node dialled, the one it dialled)."""
+    try:
+        address = stream.get_remote_address()
+    except Exception as exc:  # a connection closing under us
+        log.debug("no remote address for a stream: %r", exc)
+        return None
+    return address[0] if address else None
 
 
 async def _no_auto_dials() -> None:

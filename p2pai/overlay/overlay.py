@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pai.identity import Identity
+from p2pai.overlay.addresses import parse_tcp
 from p2pai.overlay.announcement import (
     MAX_ADDRS,
     MAX_HINTED_PEERS,
@@ -31,7 +32,7 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.membership import MAX_PEERS, AddressBook, Member, MemberEvent, Membership
+from p2pai.overlay.membership import MAX_HINT_ADDRS, MAX_PEERS, AddressBook, Member, MemberEvent, Membership
 
 if TYPE_CHECKING:
     from p2pai.overlay.discovery import MdnsDiscovery
@@ -46,7 +47,6 @@ TunnelHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 ANNOUNCE_INTERVAL = 1.0  # announcements double as the heartbeat
 MIN_ANNOUNCE_GAP = 0.1  # coalesces bursts of changes
 SWEEP_INTERVAL = 0.25
-MAX_HINT_ADDRS = 4
 EVENT_QUEUE_SIZE = 1000
 MAX_QUEUED_FRAMES = 256  # frames handed to asyncio but not yet checked; more are dropped
 STOP_TIMEOUT = 1.0  # per stage (mDNS, trio thread): stop() stays under 3 s
@@ -76,12 +76,13 @@ class Overlay:
         self._membership = Membership()
         self._book: AddressBook | None = None
         self._addrs: list[str] = []
+        self._listening: list[str] = []
         self._payload: dict[str, Any] = {}
         self._seq = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
-        self._pushed_targets: dict[str, list[str]] | None = None
+        self._pushed_targets: tuple[dict[str, list[str]], frozenset[str]] | None = None
         self._connections = 0
         self._counts: Counter[str] = Counter()
         self._running = False  # trio callbacks may still arrive after stop()
@@ -101,7 +102,7 @@ class Overlay:
         config = self.config
         self._identity = Identity.load_or_create(config.data_dir)
         self.peer_id = self._identity.peer_id
-        self._book = AddressBook(self.peer_id)
+        self._book = AddressBook(self.peer_id, now=time.time())
         bridge = self._bridge = TrioBridge()
         self._host = OverlayHost(
             self._identity,
@@ -116,7 +117,7 @@ class Overlay:
         await bridge.start()
         self._running = True
         try:
-            self._addrs = await bridge.start_task(self._host.serve)
+            self._listening, self._addrs = await bridge.start_task(self._host.serve)
             # Microseconds since the epoch: stays above what peers saw before a restart.
             self._seq = time.time_ns() // 1000
             first = self._sealed_announcement()  # raises now if name or roles are too big
@@ -175,6 +176,10 @@ class Overlay:
     def last_seen(self, peer_id: str) -> float | None:
         """When the last announcement of ``peer_id`` arrived (None: not a member)."""
         return self._membership.last_seen(peer_id)
+
+    def listening(self) -> list[tuple[str, int]]:
+        """The (IP, port) pairs libp2p listens on, wildcard IPs included."""
+        return [(str(ip), port) for ip, port, _ in filter(None, map(parse_tcp, self._listening))]
 
     def self_member(self) -> Member:
         if self._identity is None:
@@ -274,12 +279,17 @@ class Overlay:
                 bridge.call_soon(send.close)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for diagnostics: connections, accepted and dropped announcements."""
+        """Counters for diagnostics: connections, accepted and dropped announcements, dials,
+        and the hints (mDNS answers, other members' lists) in the address book and dropped."""
         host_drops = self._host.drops if self._host is not None else {}
         return {
             "connections": self._connections,
             "accepted": self._counts["accepted"],
             "dropped": {**{k: v for k, v in self._counts.items() if k != "accepted"}, **host_drops},
+            "dials": self._host.dials if self._host is not None else 0,
+            "hints": self._book.hints() if self._book is not None else 0,
+            "hints_dropped": {**(self._book.dropped_hints if self._book is not None else {}),
+                              **(self._discovery.dropped if self._discovery is not None else {})},
         }
 
     def _sealed_announcement(self) -> bytes:
@@ -320,15 +330,15 @@ class Overlay:
             self._publish(self._membership.sweep(now))
             self._push_dial_targets(now)
 
-    def _hand_over_frame(self, sender: str, frame: bytes) -> bool:
+    def _hand_over_frame(self, sender: str, frame: bytes, remote: str | None) -> bool:
         """In the trio thread: queue a frame for checking, unless too many are queued."""
         if not self._frame_slots.acquire(blocking=False):
             return False
         assert self._bridge is not None
-        self._bridge.to_asyncio(self._on_frame, sender, frame)
+        self._bridge.to_asyncio(self._on_frame, sender, frame, remote)
         return True
 
-    def _on_frame(self, sender: str, frame: bytes) -> None:
+    def _on_frame(self, sender: str, frame: bytes, remote: str | None) -> None:
         self._frame_slots.release()
         if not self._running:
             return
@@ -337,14 +347,14 @@ class Overlay:
         keys = self.config.keys
         try:
             announcement = open_sealed(frame, keys.seal_key, keys.discriminator, now)
-            events = self._membership.accept(sender, announcement, now)
+            events = self._membership.accept(sender, announcement, now, remote)
         except Rejected as rejected:
             self._counts[rejected.reason] += 1
             return
         self._counts["accepted"] += 1
         self._book.learn(announcement.peer_id, announcement.addrs, now)
         for peer_id, addrs in announcement.peers.items():
-            self._book.learn(peer_id, addrs, now)
+            self._book.hint(peer_id, addrs, now)
         self._push_dial_targets(now)
         self._publish(events)
 
@@ -359,14 +369,14 @@ class Overlay:
             return
         assert self._book is not None
         now = time.time()
-        self._book.learn(peer_id, addrs, now)
+        self._book.hint(peer_id, addrs, now)
         self._push_dial_targets(now)
 
     def _push_dial_targets(self, now: float) -> None:
         assert self._book is not None and self._bridge is not None and self._host is not None
-        targets = self._book.targets(now)
+        targets = self._book.targets(now), self._book.unconfirmed()
         if targets != self._pushed_targets:
-            self._bridge.call_soon(self._host.set_dial_targets, targets)
+            self._bridge.call_soon(self._host.set_dial_targets, *targets)
             self._pushed_targets = targets
 
     def _publish(self, events: list[MemberEvent]) -> None:

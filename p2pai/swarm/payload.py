@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from ..serving.manager import ModelManager
 
@@ -23,6 +24,15 @@ FEDERATED_ROLE = "federated"
 WORKER_ROLE = "llama-cpp-worker"
 WORKER_PAYLOAD_KEY = "worker"
 
+# Every figure a member announces is bounded: routing compares and sums them, so a NaN, an
+# infinity, a negative or an absurd count from one member must not skew every decision.
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+"""Requests, slots, queue entries, threads, CPUs."""
+Bytes = Annotated[int, Field(ge=0, le=1 << 60)]
+"""Memory and file sizes (at most 1 EiB)."""
+Rate = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+"""Tokens per second."""
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -31,36 +41,38 @@ class _Lenient(BaseModel):
 class ModelOffer(_Lenient):
     """One model a node can serve, with the live figures routing weighs."""
 
-    name: str
-    backend: str = "llama-cpp"
-    size: int = 0
+    name: str = Field(min_length=1, max_length=256)
+    backend: str = Field(default="llama-cpp", max_length=64)
+    size: Bytes = 0
     """Bytes of the weights file (0 when unknown, e.g. not yet assembled)."""
     loaded: bool = False
     embeddings: bool = False
-    slots: int = 1
-    in_flight: int = 0
-    queued: int = 0
-    decode_tps: float | None = None
-    crashes: int = 0
+    slots: Count = 1
+    in_flight: Count = 0
+    queued: Count = 0
+    decode_tps: Rate | None = None
+    crashes: Count = 0
     """Times this model's process died on that node since it started."""
 
 
 class Capacity(_Lenient):
-    slots: int = 0
-    in_flight: int = 0
-    queued: int = 0
+    slots: Count = 0
+    in_flight: Count = 0
+    queued: Count = 0
 
 
 class Memory(_Lenient):
-    total: int = 0
-    available: int = 0
-    rss: int = 0
+    total: Bytes = 0
+    available: Bytes = 0
+    rss: Bytes = 0
 
 
 class PeerEndpoint(_Lenient):
-    """Where peers send data-plane HTTP requests (authenticated with the swarm key)."""
+    """Where peers send data-plane HTTP requests (authenticated with the swarm key).
 
-    hosts: list[str] = Field(default_factory=list, max_length=8)
+    Receivers use only hosts that pass swarm.endpoints.usable_hosts."""
+
+    hosts: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
     port: int = Field(0, ge=0, le=65535)
 
 
@@ -69,16 +81,27 @@ class NodePayload(_Lenient):
     models: list[ModelOffer] = Field(default_factory=list, max_length=MAX_ANNOUNCED_MODELS)
     capacity: Capacity = Field(default_factory=Capacity)
     memory: Memory = Field(default_factory=Memory)
-    cpus: int = 0
+    cpus: Count = 0
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
 
+    @field_validator("endpoint", mode="wrap")
     @classmethod
-    def parse(cls, raw: dict[str, Any]) -> NodePayload:
-        """The payload a peer announced, or an empty one if it makes no sense."""
+    def _endpoint_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> PeerEndpoint | None:
+        """A malformed endpoint costs the member only its endpoint: peers then use the tunnel."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], rejected: Counter[str] | None = None) -> NodePayload:
+        """The payload a peer announced, or an empty one if it makes no sense (counted in ``rejected``)."""
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
             log.debug("ignoring a malformed payload: %s", exc)
+            if rejected is not None:
+                rejected["payload"] += 1
             return cls()
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from typing import Any, Callable
 
 from ..backends.rpc.workers import WorkerInfo
 from ..overlay import Member, Overlay
+from .endpoints import OwnAddresses, vetted
 from .payload import NodePayload
 from .view import SwarmNode, WorkerOffer, parse_payload
 
@@ -29,6 +31,9 @@ class Swarm:
         self._task: asyncio.Task[None] | None = None
         self._parsed: dict[str, tuple[float, tuple[NodePayload, WorkerOffer | None]]] = {}
         self._self_parsed: tuple[dict[str, Any], tuple[NodePayload, WorkerOffer | None]] | None = None
+        self._own = OwnAddresses()
+        self.rejected: Counter[str] = Counter()
+        """Announced payload parts this node refused (malformed, or hosts it will not connect to)."""
 
     @property
     def peer_id(self) -> str:
@@ -45,6 +50,15 @@ class Swarm:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.overlay.stop()
+
+    def set_own_addresses(self, binds: list[tuple[str, int]]) -> None:
+        """This node's listening sockets besides libp2p's (client API, peer endpoint): no member's
+        announcement may make this node connect to one of them."""
+        self._own = OwnAddresses([*binds, *self.overlay.listening()])
+        self._parsed.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.overlay.stats(), "rejected": dict(self.rejected)}
 
     def refresh(self) -> None:
         """Announce the current payload now, e.g. after a model loaded."""
@@ -70,10 +84,11 @@ class Swarm:
         return self.overlay.last_seen(peer_id)
 
     def _parsed_payload(self, member: Member) -> tuple[NodePayload, WorkerOffer | None]:
-        """Parsed once per announcement: routing reads the swarm on every request."""
+        """Parsed and vetted once per announcement: routing reads the swarm on every request."""
         cached = self._parsed.get(member.peer_id)
         if cached is None or cached[0] != member.last_seen:
-            cached = self._parsed[member.peer_id] = (member.last_seen, parse_payload(member.payload))
+            parsed = vetted(parse_payload(member.payload, self.rejected), member.remote, self._own, self.rejected)
+            cached = self._parsed[member.peer_id] = (member.last_seen, parsed)
         return cached[1]
 
     def workers(self) -> list[WorkerInfo]:

@@ -2,41 +2,57 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
 from ..overlay import Member
 from ..backends.rpc.workers import WorkerInfo
-from .payload import FEDERATED_ROLE, WORKER_PAYLOAD_KEY, WORKER_ROLE, NodePayload, PeerEndpoint, _Lenient
+from .payload import (
+    FEDERATED_ROLE,
+    WORKER_PAYLOAD_KEY,
+    WORKER_ROLE,
+    Bytes,
+    Count,
+    NodePayload,
+    PeerEndpoint,
+    _Lenient,
+)
 
 
 class WorkerOffer(_Lenient):
     """What a llama.cpp RPC worker announces under the payload key "worker"."""
 
     rpc: PeerEndpoint = Field(default_factory=PeerEndpoint)
-    free_memory: int = Field(0, ge=0)
-    total_memory: int = Field(0, ge=0)
-    threads: int = Field(0, ge=0)
-    protocol: str = ""
-    in_use_by: str | None = None
+    free_memory: Bytes = 0
+    total_memory: Bytes = 0
+    threads: Count = 0
+    protocol: str = Field(default="", max_length=32)
+    in_use_by: str | None = Field(default=None, max_length=128)
     cache: bool = False
-    served: dict[str, int] = Field(default_factory=dict)
+    isolated: bool = False
+    """Its llama.cpp RPC server is unreachable from other local processes (a network namespace of its own)."""
+    served: dict[Annotated[str, Field(max_length=32)], Annotated[int, Field(ge=0, le=1 << 63)]] = Field(
+        default_factory=dict, max_length=16)
     """Sessions, bytes and restarts so far: shows from the outside that a worker is used."""
 
     @classmethod
-    def parse(cls, raw: Any) -> WorkerOffer | None:
-        if not isinstance(raw, dict):
+    def parse(cls, raw: Any, rejected: Counter[str] | None = None) -> WorkerOffer | None:
+        if raw is None:
             return None
         try:
             return cls.model_validate(raw)
         except ValueError:
+            if rejected is not None:
+                rejected["worker"] += 1
             return None
 
 
-def parse_payload(raw: dict[str, Any]) -> tuple[NodePayload, WorkerOffer | None]:
-    return NodePayload.parse(raw), WorkerOffer.parse(raw.get(WORKER_PAYLOAD_KEY))
+def parse_payload(raw: dict[str, Any], rejected: Counter[str] | None = None) -> tuple[NodePayload, WorkerOffer | None]:
+    """The node and worker parts of a payload; malformed parts are left out and counted in ``rejected``."""
+    return NodePayload.parse(raw, rejected), WorkerOffer.parse(raw.get(WORKER_PAYLOAD_KEY), rejected)
 
 
 @dataclass(frozen=True)

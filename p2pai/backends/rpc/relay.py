@@ -19,7 +19,14 @@ goes out after a second of silence, and a side that hears nothing for
 IDLE_TIMEOUT closes, so a frozen or vanished peer is noticed.
 
 The lease: while one node has a session open, the relay refuses every other
-node, with the holder's id as the reason.
+node, with the holder's id as the reason. A worker may admit only some nodes
+(`admits`), and end a session that moved no data for `lease_idle` seconds,
+telling the node why in a CLOSE frame.
+
+Both local ends are fenced: the worker reaches llama.cpp's RPC server only
+through sockets that server's process hands it (see server.py), and a node's
+Forwarder serves only connections opened by its own process (llama.cpp's RPC
+client in the model's child process), never another local process.
 
 Connections are asyncio protocols (`_Link`), not streams: about nine messages
 cross the relay per generated token, each through two relays, and a callback
@@ -34,6 +41,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator
@@ -56,7 +64,7 @@ HANDSHAKE_TIMEOUT = 5.0
 PING_INTERVAL = 1.0
 IDLE_TIMEOUT = 4.0
 MAX_FRAME = 256 * 1024
-_DATA, _PING = 0, 1
+_DATA, _PING, _CLOSE = 0, 1, 2
 _OK, _REFUSED = 0, 1
 _LENGTH = struct.Struct("!I")
 
@@ -240,14 +248,16 @@ class Traffic:
     bytes_out: int = 0
 
 
-async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, traffic: Traffic | None = None) -> bool:
-    """Move bytes both ways until either side ends, stalls past IDLE_TIMEOUT or tampers.
+async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, traffic: Traffic | None = None,
+               idle_limit: float | None = None) -> bool:
+    """Move bytes both ways until either side ends, stalls past IDLE_TIMEOUT or tampers, or (with
+    ``idle_limit``) no data moved for that many seconds: then the remote side is told why.
 
     Returns True when the sealed (remote) side hung up first; raises ConnectionError otherwise.
     """
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[bool] = loop.create_future()
-    last_sent = last_heard = loop.time()
+    last_sent = last_heard = last_data = loop.time()
     counted = traffic or Traffic()
 
     def end(result: bool | Exception) -> None:
@@ -264,18 +274,23 @@ async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, tra
         last_sent = loop.time()
 
     def outbound(data: bytes) -> None:
+        nonlocal last_data
+        last_data = loop.time()
         for start in range(0, len(data), MAX_FRAME):
             send_frame(_DATA, data[start:start + MAX_FRAME])
         counted.bytes_out += len(data)
 
     def inbound(data: bytes) -> None:
-        nonlocal last_heard
+        nonlocal last_heard, last_data
         last_heard = loop.time()
         try:
             for kind, payload in receive.open(data):
                 if kind == _DATA:
+                    last_data = last_heard
                     plain.write(payload)
                     counted.bytes_in += len(payload)
+                elif kind == _CLOSE:
+                    end(ConnectionError(f"the worker ended the session: {payload.decode(errors='replace')}"))
         except ConnectionError as exc:
             end(ConnectionError(f"the relay connection failed: {exc}"))
 
@@ -284,6 +299,11 @@ async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, tra
         now = loop.time()
         if now - last_heard >= IDLE_TIMEOUT:
             end(ConnectionError(f"no traffic for {IDLE_TIMEOUT:.0f} s: the peer is frozen or gone"))
+            return
+        if idle_limit is not None and now - last_data >= idle_limit:
+            reason = f"the lease ended after {idle_limit:g} s without traffic"
+            send_frame(_CLOSE, reason.encode())
+            end(ConnectionError(reason))
             return
         if now - last_sent >= PING_INTERVAL:
             send_frame(_PING, b"")
@@ -326,11 +346,18 @@ class Lease:
 
 @dataclass
 class RelayServer:
-    """The worker's side: authenticates nodes and pipes them to the loopback RPC server."""
+    """The worker's side: authenticates nodes and pipes them to the RPC server.
+
+    ``connect_rpc`` opens a connection to the RPC server; ``admits(peer_id)`` says whether a
+    node that proved its membership and peer id may use this worker; a session that moves
+    no data for ``lease_idle`` seconds is ended (None: never).
+    """
 
     credentials: Credentials
-    rpc_port: Callable[[], int]
+    connect_rpc: Callable[[], Awaitable[socket.socket]]
     on_change: Callable[[], None] = lambda: None
+    admits: Callable[[str], bool] = lambda _: True
+    lease_idle: float | None = None
     lease: Lease = field(default_factory=Lease)
     traffic: Traffic = field(default_factory=Traffic)
     refused: int = 0
@@ -360,7 +387,7 @@ class RelayServer:
             link.close()
             return
         try:
-            local = await _open_link("127.0.0.1", self.rpc_port())
+            local = await _adopt_link(await self.connect_rpc())
         except OSError as exc:
             log.warning("the RPC server is unreachable: %s", exc)
             self.lease.release()
@@ -369,7 +396,7 @@ class RelayServer:
         self.traffic.sessions += 1
         self.on_change()
         try:
-            await pipe(local, link, send, receive, self.traffic)
+            await pipe(local, link, send, receive, self.traffic, self.lease_idle)
         except ConnectionError as exc:
             log.info("session of %s ended: %s", client_id, exc)
         finally:
@@ -387,6 +414,9 @@ class RelayServer:
         if not self.credentials.check(await link.readexactly(PROOF_BYTES), b"client", transcript, client_id):
             link.write(bytes([_REFUSED]) + _pack_id("authentication failed"))
             raise ConnectionError(f"{client_id}: bad proof of token or peer id")
+        if not self.admits(client_id):
+            link.write(bytes([_REFUSED]) + _pack_id("this worker admits only the nodes named by its --allow-node"))
+            raise ConnectionError(f"{client_id}: not on this worker's --allow-node list")
         reason = self.lease.acquire(client_id)
         if reason is not None:
             link.write(bytes([_REFUSED]) + _pack_id(reason))
@@ -411,6 +441,12 @@ async def _serve_links(
 
 async def _open_link(host: str, port: int) -> _Link:
     _, link = await asyncio.get_running_loop().create_connection(_Link, host, port)
+    return link
+
+
+async def _adopt_link(sock: socket.socket) -> _Link:
+    """A link over an already connected socket."""
+    _, link = await asyncio.get_running_loop().create_connection(_Link, sock=sock)
     return link
 
 
@@ -461,6 +497,8 @@ class Forwarder:
         self._server: asyncio.base_events.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.refused = 0
+        """Connections refused because another process opened them."""
 
     async def start(self) -> int:
         self._server = await _serve_links("127.0.0.1", 0, self._serve, self._sessions)
@@ -472,6 +510,13 @@ class Forwarder:
             self._server.close()
 
     async def _serve(self, link: _Link) -> None:
+        assert link.transport is not None
+        if not opened_by_this_process(link.transport):
+            self.refused += 1
+            log.warning("refused a connection to the RPC forwarder of worker %s from another process (%s)",
+                        self.endpoint.peer_id, link.peername())
+            link.close()
+            return
         try:
             remote, send, receive = await connect(self.endpoint, self._credentials)
             if await pipe(link, remote, send, receive):
@@ -485,6 +530,36 @@ class Forwarder:
         result = self._on_lost(self.endpoint, reason)
         if result is not None:
             await result
+
+
+def opened_by_this_process(transport: asyncio.BaseTransport) -> bool:
+    """Whether this process opened the TCP connection that reached us over ``transport``: one of
+    its own sockets (/proc/self/fd) must be the connection's client end, i.e. have its addresses
+    the other way round (two sockets never share both). Without /proc (not Linux) the check
+    cannot be made and passes."""
+    client, server = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return True
+    for fd in descriptors:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") and _is_client_end(int(fd), client, server):
+                return True
+        except OSError:  # closed meanwhile, not a socket any more, or not connected
+            continue
+    return False
+
+
+def _is_client_end(fd: int, client: object, server: object) -> bool:
+    duplicate = os.dup(fd)  # inspected through a duplicate: closing it closes nothing of the owner's
+    try:
+        candidate = socket.socket(fileno=duplicate)
+    except OSError:
+        os.close(duplicate)
+        raise
+    with candidate:
+        return candidate.getsockname() == client and candidate.getpeername() == server
 
 
 async def probe(endpoint: Endpoint, credentials: Credentials) -> str:
