@@ -66,12 +66,18 @@ def hosts(announced: list[object], remote: str | None, own: list[tuple[str, int]
 
 
 def test_only_the_address_the_member_connects_from_is_used() -> None:
-    assert hosts(["127.0.0.2", "127.0.0.1", "127.0.0.3"], "127.0.0.2") == ["127.0.0.2"]
-    assert hosts(["127.0.0.2"], "::ffff:127.0.0.2") == ["127.0.0.2"]  # the same IP, as IPv6 sees it
+    # These are strings only (no packet is sent): a remote member gets only its own address,
+    # never another host, loopback or link-local.
+    assert hosts(["192.0.2.8", "127.0.0.1", "169.254.1.1", "::1", "fe80::1", "192.0.2.7"], "192.0.2.7") == [
+        "192.0.2.7"]
+    assert hosts(["192.0.2.7"], "::ffff:192.0.2.7") == ["192.0.2.7"]  # the same IP, as IPv6 sees it
     assert hosts(["127.0.0.2"], None) == []  # no connection address known: the tunnel
     assert hosts(["127.0.0.2"], "127.0.0.2", port=0) == []
-    # These are strings only (no packet is sent): loopback or link-local hosts from a remote member.
-    assert hosts(["127.0.0.1", "169.254.1.1", "::1", "fe80::1", "192.0.2.7"], "192.0.2.7") == ["192.0.2.7"]
+
+
+def test_a_member_on_this_machine_may_use_any_loopback_address() -> None:
+    """A connection between 127.0.0.x addresses comes from 127.0.0.1 whatever the dialler listens on."""
+    assert hosts(["127.0.0.2", "127.0.0.3", "169.254.1.1", "192.0.2.7"], "127.0.0.1") == ["127.0.0.2", "127.0.0.3"]
 
 
 @pytest.mark.parametrize("garbage", ["", "not an ip", "999.1.1.1", "fe80::1%lo", "127.0.0.2:80", "http://127.0.0.2",
@@ -93,10 +99,11 @@ def test_a_workers_relay_address_is_vetted_too() -> None:
     rejected: Counter[str] = Counter()
     parsed = parse_payload({**GOOD, "endpoint": {"hosts": ["127.0.0.2", "127.0.0.1"], "port": 4000},
                             "worker": {"rpc": {"hosts": ["127.0.0.1", "127.0.0.2"], "port": 4001}}})
-    payload, worker = vetted(parsed, "127.0.0.2", OwnAddresses([("127.0.0.2", 4001)]), rejected)
-    assert payload.endpoint is not None and payload.endpoint.hosts == ["127.0.0.2"]
-    assert worker is not None and worker.rpc.hosts == []
-    assert rejected == {"endpoint_hosts": 3}
+    payload, worker = vetted(parsed, "127.0.0.2", OwnAddresses([("127.0.0.2", 4001), ("127.0.0.1", 4001)]),
+                             rejected)
+    assert payload.endpoint is not None and payload.endpoint.hosts == ["127.0.0.2", "127.0.0.1"]
+    assert worker is not None and worker.rpc.hosts == []  # both are this node's own sockets
+    assert rejected == {"endpoint_hosts": 2}
 
 
 # ------------------------------------------------------------------ real processes
@@ -106,10 +113,11 @@ def test_a_workers_relay_address_is_vetted_too() -> None:
 def test_a_member_advertising_a_wrong_endpoint_is_served_through_the_tunnel_without_a_loop(
     start_node, models_dir: Path, advertised: str
 ) -> None:
-    """M serves `tiny` and announces a peer endpoint that must not be used; A (no model) routes to M.
+    """M serves `tiny` and announces a peer endpoint that is not one; A (no model) routes to M.
 
-    A sees M's connection coming from 127.0.0.1 (M dialled it), so M's own 127.0.0.2 is not used
-    either; A's client API on 127.0.0.1 passes that rule and is refused as A's own socket."""
+    A's own client API is refused as A's own socket, garbage as no IP; M's own client API is on
+    this machine's loopback, so it passes the address rule, and the request must still be served
+    (it is not a peer endpoint: the handshake there fails and the tunnel takes over) without a loop."""
     token = new_token()
     a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a")
     m_port = free_port("127.0.0.2")
@@ -119,8 +127,8 @@ def test_a_member_advertising_a_wrong_endpoint_is_served_through_the_tunnel_with
                    "--model", str(models_dir / "tiny.gguf"), "--peer-advertise", target,
                    name="m", host="127.0.0.2", port=m_port)
     wait_for(lambda: m.peer_id() in online_peers(a), 10.0)
-    shown = online_peers(a)[m.peer_id()]
-    assert shown["address"] == ""  # nothing announced is used: requests take the tunnel
+    if advertised != "its own client API":
+        assert online_peers(a)[m.peer_id()]["address"] == ""  # nothing announced is used: the tunnel
 
     started = time.monotonic()
     answer = httpx.post(a.url + "/v1/chat/completions", timeout=15,
@@ -129,4 +137,5 @@ def test_a_member_advertising_a_wrong_endpoint_is_served_through_the_tunnel_with
     assert answer.headers["X-P2PAI-Served-By"] == m.peer_id()
     assert time.monotonic() - started < 5
     assert httpx.get(a.url + "/healthz", timeout=2).status_code == 200
-    assert a.swarm()["self"]["stats"]["rejected"]["endpoint_hosts"] >= 1
+    if advertised != "its own client API":
+        assert a.swarm()["self"]["stats"]["rejected"]["endpoint_hosts"] >= 1

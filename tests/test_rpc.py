@@ -257,9 +257,9 @@ async def test_a_worker_admits_only_the_nodes_it_allows_and_the_model_is_placed_
         async with Node(tmp_path / "models", tmp_path / "data", infos, identity) as node:
             with caplog.at_level("WARNING"):
                 both = await node.manager.engine("both")
-                assert isinstance(both, RpcEngine) and both.placement.workers == (infos[1].peer_id,)
+                assert both.spec.workers and both.placement.workers == (infos[1].peer_id,)
                 alone = await node.manager.engine("only-wa")
-                assert isinstance(alone, LlamaEngine)  # no worker admits it: it runs on the node
+                assert alone.spec.workers == ()  # no worker admits it: it runs on the node alone
             assert "admits only the nodes named by its --allow-node" in caplog.text
             reply = await node.openai.completions.create(model="both", prompt="one two", max_tokens=4)
             assert reply.choices[0].text
@@ -281,7 +281,7 @@ async def test_an_idle_lease_ends_and_the_model_reloads_on_next_use(
             reply = await node.openai.completions.create(model="idle", prompt="one two", max_tokens=4)
             assert reply.choices[0].text
             first = await node.manager.engine("idle")
-            assert isinstance(first, RpcEngine)
+            assert first.spec.workers
             idle_since = time.monotonic()
             while first.failure is None and time.monotonic() - idle_since < 10:
                 await asyncio.sleep(0.1)
@@ -291,7 +291,7 @@ async def test_an_idle_lease_ends_and_the_model_reloads_on_next_use(
             reply = await node.openai.completions.create(model="idle", prompt="one two", max_tokens=4)
             assert reply.choices[0].text
             second = await node.manager.engine("idle")
-            assert second is not first and isinstance(second, RpcEngine)
+            assert second is not first and second.spec.workers
     finally:
         worker.stop()
 

@@ -14,7 +14,9 @@ it to the peer id), and it is the right one on a LAN, behind NAT with a
 forwarded port and in a container with published ports. Loopback and
 link-local hosts follow from the rule: they are kept only for a member whose
 connection comes from loopback or link-local itself, i.e. from this machine
-or this link.
+or this link. A member on this machine may announce any loopback address:
+all of 127.0.0.0/8 is this machine, and a connection between two loopback
+addresses comes from 127.0.0.1 whatever the dialler listens on.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def usable_hosts(endpoint: PeerEndpoint | None, remote: str | None, own: OwnAddr
     if endpoint is None or source is None or not endpoint.port:
         return []
     return [str(ip) for ip in map(parse_ip, endpoint.hosts)
-            if ip == source and (ip, endpoint.port) not in own]
+            if ip is not None and (ip == source or ip.is_loopback and source.is_loopback)
+            and (ip, endpoint.port) not in own]
 
 
 def vetted(parsed: tuple[NodePayload, WorkerOffer | None], remote: str | None, own: OwnAddresses,
