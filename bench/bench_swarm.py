@@ -112,7 +112,8 @@ class Node:
     """A `p2pai start` process this benchmark started: loopback only, stopped by its own PID."""
 
     def __init__(self, name: str, workdir: Path, token: str, models_dir: Path, *, mdns: bool,
-                 bootstrap: str | None = None) -> None:
+                 bootstrap: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        """`extra`: more `p2pai start` arguments (the chaos and soak benchmarks serve models)."""
         self.name = name
         self.port = free_port()
         self.p2p_port = free_port()
@@ -126,6 +127,7 @@ class Node:
             "--p2p-listen", f"/ip4/{HOST}/tcp/{self.p2p_port}",
             *(["--mdns-interface", HOST] if mdns else ["--no-mdns"]),
             *(["--bootstrap", bootstrap] if bootstrap else []),
+            *extra,
         ]
         pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         self.env = {**os.environ, "PYTHONPATH": pythonpath}

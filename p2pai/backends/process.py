@@ -73,8 +73,10 @@ class ModelProcess:
         self._on_failed = on_failed
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Queue[Any]] = {}
-        self._generations = 0
-        """Generations submitted and not finished: slots hold the first ones, the rest wait."""
+        self._generating: set[int] = set()
+        """Generations the child has not finished: slots hold the first ones, the rest wait. One
+        the child finished leaves it, even while its client has still to read the rest of it: a
+        slow reader holds no slot, so it must not hold a place in the queue either."""
         self._decode_tps: float | None = None
         self._ready: asyncio.Future[ModelInfo] = asyncio.get_running_loop().create_future()
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
@@ -125,8 +127,9 @@ class ModelProcess:
     def stats(self) -> ModelStats:
         """Counted here, with what the child reports each decode step: no round trip."""
         slots = self.info.slots
-        in_flight = min(self._generations, slots)
-        return ModelStats(loaded=self.failure is None, in_flight=in_flight, queued=self._generations - in_flight,
+        generating = len(self._generating)
+        in_flight = min(generating, slots)
+        return ModelStats(loaded=self.failure is None, in_flight=in_flight, queued=generating - in_flight,
                           slots=slots, decode_tps=self._decode_tps, pid=self.pid)
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -143,11 +146,11 @@ class ModelProcess:
 
         Closing the iterator cancels the request: it leaves the queue, or its slot at the next step.
         """
-        if self._generations >= self.info.slots + self.spec.settings.max_queue:
-            raise QueueFullError(f"{self._generations - self.info.slots} requests are waiting for model "
+        if len(self._generating) >= self.info.slots + self.spec.settings.max_queue:
+            raise QueueFullError(f"{len(self._generating) - self.info.slots} requests are waiting for model "
                                  f"{self.name!r}; try again shortly")
         request_id, items = self._submit("generate", request)
-        self._generations += 1
+        self._generating.add(request_id)
         finished = False
         try:
             while True:
@@ -160,7 +163,7 @@ class ModelProcess:
                     finished = True
                     return
         finally:
-            self._generations -= 1
+            self._generating.discard(request_id)
             self._pending.pop(request_id, None)
             if not finished and self.failure is None:
                 with contextlib.suppress(ConnectionError):
@@ -215,12 +218,18 @@ class ModelProcess:
             for request_id, item in items:
                 queue = pending.get(request_id)
                 if queue is not None:
-                    queue.put_nowait(item if isinstance(item, GenerationChunk) else decode_error(item))
+                    if not isinstance(item, GenerationChunk):
+                        item = decode_error(item)
+                        self._generating.discard(request_id)
+                    elif item.finish_reason is not None:
+                        self._generating.discard(request_id)
+                    queue.put_nowait(item)
         elif kind == "result":
             queue = pending.get(message[1])
             if queue is not None:
                 queue.put_nowait(message[2])
         elif kind == "error":
+            self._generating.discard(message[1])
             queue = pending.get(message[1])
             if queue is not None:
                 queue.put_nowait(decode_error(message[2]))
