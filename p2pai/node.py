@@ -103,10 +103,12 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await stop.wait()
     finally:
         console.print("stopping…")
+        # Leave the swarm first: peers stop sending requests here at once, while the API sites
+        # below still finish the requests they have.
+        await swarm.stop()
         await runner.cleanup()
         await peer_runner.cleanup()
         await router.stop()
-        await swarm.stop()
         await manager.close()
 
 
