@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -21,7 +20,8 @@ from p2pai.models.catalog import build_catalog
 from p2pai.serving.manager import ModelManager
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_gguf import write_tiny_gguf  # noqa: E402
+from ports import free_port
+from tiny_gguf import write_tiny_gguf
 
 TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
@@ -87,12 +87,6 @@ class _client:
 async def keyed_client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
     async with _client(models_dir, tmp_path, frozenset({"sesame"})) as c:
         yield c
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class NodeProcess:

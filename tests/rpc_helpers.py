@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from overlay_helpers import free_port
+from ports import free_port
 
 from p2pai.backends.rpc.workers import WorkerInfo
 from p2pai.identity import Identity

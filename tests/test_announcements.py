@@ -15,7 +15,7 @@ from p2pai.swarm.endpoints import OwnAddresses, usable_hosts, vetted
 from p2pai.swarm.payload import NodePayload, PeerEndpoint
 from p2pai.swarm.view import WorkerOffer, parse_payload
 from p2pai.token import new_token
-from conftest import free_port
+from ports import free_port
 from test_swarm import online_peers, wait_for
 
 GOOD = {"models": [{"name": "m", "slots": 2, "decode_tps": 40.5, "size": 1000}],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from overlay_helpers import free_port
+from ports import free_port
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.discovery import SERVICE_TYPE

@@ -30,7 +30,8 @@ from p2pai.overlay.announcement import (
 from p2pai.overlay.membership import HEARTBEAT_TIMEOUT, MEMBER_TTL, Membership
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
 from p2pai.token import NetworkKeys
-from overlay_helpers import Node, free_port, member, sees_offline, sees_online
+from overlay_helpers import Node, member, sees_offline, sees_online
+from ports import free_port
 
 DETECTION_LIMIT = 3.0  # a dead or frozen peer must be offline on the others within this
 

@@ -203,7 +203,7 @@ def test_the_peer_endpoint_takes_only_fresh_requests_signed_for_this_swarm(swarm
 
 def test_a_peer_that_cannot_be_reached_directly_is_served_through_the_tunnel(start_node, tiny_path: Path,
                                                                              token: str) -> None:
-    from conftest import free_port
+    from ports import free_port
 
     a = start_node("--token", token, "--no-default-model", "--models-dir", "/nonexistent", name="a")
     closed = free_port()  # nobody listens there: every direct attempt fails
