@@ -110,20 +110,14 @@ class CpuMeter:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
+        """Ours: these processes and all their descendants (a node's model processes), reaped ones included."""
 
     def mark(self) -> tuple[float, float, float]:
         """(now, CPU seconds of the whole machine, CPU seconds of our processes)."""
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        ours = 0
-        for pid in self.pids:
-            try:
-                after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited: nothing more to count
-            ours += int(after_name[11]) + int(after_name[12])  # utime + stime
         machine = user + nice + system + irq + softirq + steal
-        return time.perf_counter(), machine / CLOCK_TICKS, ours / CLOCK_TICKS
+        return time.perf_counter(), machine / CLOCK_TICKS, tree_ticks(self.pids) / CLOCK_TICKS
 
     def others_cores(self, since: tuple[float, float, float]) -> float:
         """Cores others used on average since `since` (a `mark`)."""
@@ -140,6 +134,34 @@ class CpuMeter:
             if others < QUIET_CORES:
                 return
         print(f"  machine busy (others use {others:.2f} cores); measuring anyway", file=sys.stderr, flush=True)
+
+
+def _stat(pid: str) -> tuple[int, int, int] | None:
+    """(parent pid, own ticks, ticks of its reaped children) of a process, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def tree_ticks(roots: list[int]) -> int:
+    """CPU ticks of ``roots`` and their living descendants, plus those of the descendants they reaped.
+
+    A model process whose node was killed is re-parented and drops out: its last moments count
+    as others' use (a small overestimate)."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(p)) is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo, seen = 0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in stats and pid not in seen:
+            seen.add(pid)
+            total += stats[pid][1] + stats[pid][2]
+            todo.extend(children.get(pid, ()))
+    return total
 
 
 class StreamTimer:
@@ -342,7 +364,7 @@ async def bench_server(server: ServerProcess, args: argparse.Namespace) -> dict[
         server.start()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             ready_s = await server.wait_ready(session)
-            meter = CpuMeter([os.getpid(), server.pid])
+            meter = CpuMeter([os.getpid()])  # the server and its model processes are our children
             await http_stream(session, server.url, args.max_tokens, meter)  # warm-up, not counted
             single, rounds = [], []
             for _ in range(args.repeat):
@@ -478,7 +500,8 @@ def render_table(medians: dict[str, dict[str, float | None]], targets: dict[str,
         cells = [label]
         for name in CONTENDERS:
             value, worst = values[name], medians.get(name, {}).get(f"{key}_max")
-            cells.append("n/a" if value is None else fmt.format(value) + (f"; {worst:.0f}" if worst is not None else ""))
+            worst_cell = f"; {worst:.0f}" if worst is not None else ""
+            cells.append("n/a" if value is None else fmt.format(value) + worst_cell)
         for versus in others:
             value = ratio(values["p2pai"], values[versus])
             target = targets.get(key, {}).get(versus)

@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -43,10 +44,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -54,9 +56,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-from bench_single_node import machine  # noqa: E402
+from bench_single_node import CpuMeter, machine  # noqa: E402
 from bench_swarm import Node, get_json, scan_logs, wait_ready  # noqa: E402
-from process_tree import TreeMeter  # noqa: E402
 from tiny_gguf import write_tiny_gguf  # noqa: E402
 
 MODELS = {"tiny": (1, 4), "tiny-b": (2, 2)}
@@ -616,7 +617,7 @@ async def run(config: Config, workdir: Path) -> Report:
             outcomes: list[Outcome] = []
             stop = asyncio.Event()
             relays = Relays()
-            meter = TreeMeter()
+            meter = CpuMeter([os.getpid()])
             await asyncio.to_thread(meter.wait_quiet)
             since = meter.mark()
             driver = asyncio.create_task(Driver(nodes, config, session, log, relays).run(stop))

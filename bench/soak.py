@@ -44,10 +44,9 @@ import aiohttp
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from bench_single_node import machine  # noqa: E402
+from bench_single_node import CpuMeter, machine  # noqa: E402
 from bench_swarm import HOST, Node, get_json, rss_bytes, scan_logs, wait_ready  # noqa: E402
 from chaos import CHAT, COMPLETIONS, Spec, StreamJudge, Verdict, exchange, write_models  # noqa: E402
-from process_tree import TreeMeter  # noqa: E402
 
 MAX_QUEUE = 256
 RCVBUF = 4096
@@ -326,7 +325,7 @@ async def soak_round(session: aiohttp.ClientSession, node: Node, memory: Memory,
         Probe("other model (tiny-b, 16 tokens)", Spec(0, COMPLETIONS, "tiny-b", False, False, 16, PROMPT)),
         Probe("same model (tiny, streamed, 16 tokens)", Spec(0, COMPLETIONS, "tiny", True, True, 16, PROMPT)),
     ]
-    meter = TreeMeter()
+    meter = CpuMeter([os.getpid()])
     since = meter.mark()
     stop = asyncio.Event()
     started = time.monotonic()

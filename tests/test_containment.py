@@ -24,7 +24,8 @@ def crash(pid: int, signum: int) -> None:
     """Freeze the process first, so whatever it serves is surely unfinished, then deliver `signum`."""
     os.kill(pid, signal.SIGSTOP)
     os.kill(pid, signum)
-    os.kill(pid, signal.SIGCONT)  # a stopped process takes SIGSEGV only once it runs again
+    if signum != signal.SIGKILL:  # SIGKILL ends even a stopped process, and it may be reaped at once
+        os.kill(pid, signal.SIGCONT)  # a stopped process takes SIGSEGV only once it runs again
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
