@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from .protocol import ChatCompletionRequest, ChatMessage, TextPart
 from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from ..protocol.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    ChatMessage,
+    FinishReason,
+    TextPart,
+    ToolCallDelta,
+)
+from ..protocol.openai import TokenLogprob as TokenLogprobOut
+from ..protocol.openai import TopLogprob as TopLogprobOut
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
 from .grammar import pick_grammar, response_format_grammar
 from .tools import ToolPlan, parse_tool_calls, plan_tools
@@ -66,98 +82,73 @@ def _message(message: ChatMessage, model: str) -> dict[str, Any]:
     return out
 
 
-async def complete(served: ServedModel, request: ChatCompletionRequest) -> dict[str, Any]:
+async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatCompletion:
     generation, plan = prepare(served, request)
     choices, usages = [], []
     for index in range(request.n):
         result = await collect(served.engine.generate(with_seed(generation, index)))
         usages.append(result.usage)
-        message: dict[str, Any] = {"role": "assistant", "content": result.text}
-        finish = result.finish_reason
+        message = AssistantMessage(content=result.text)
+        finish: FinishReason = result.finish_reason
         calls = parse_tool_calls(result.text, plan.names)
         if calls:
-            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            message = AssistantMessage(content=None, tool_calls=calls)
             finish = "tool_calls"
-        choices.append(
-            {
-                "index": index,
-                "message": message,
-                "logprobs": _logprobs(result.logprobs) if request.logprobs else None,
-                "finish_reason": finish,
-            }
-        )
-    return {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=True),
-    }
+        choices.append(ChatChoice(index=index, message=message,
+                                  logprobs=_logprobs(result.logprobs) if request.logprobs else None,
+                                  finish_reason=finish))
+    return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=served.name, choices=choices,
+                          usage=total_usage(usages, prompt_once=True))
 
 
-async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
     """Chunks as they are generated. Tool calls are recognised on the whole answer, so
     with tools the answer is sent as one chunk once complete."""
     generation, plan = prepare(served, request)
     ident, created = new_id("chatcmpl"), now()
     usages = []
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-        return {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.name,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
+    def chunk(index: int, delta: ChatDelta, finish: FinishReason | None = None,
+              logprobs: ChatLogprobs | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=ident, created=created, model=served.name, choices=[
+            ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)])
 
     for index in range(request.n):
         chunks = await primed(served.engine.generate(with_seed(generation, index)))
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield chunk(index, ChatDelta(role="assistant", content=""))
         if plan.names:
             result = await collect(chunks)
             usages.append(result.usage)
             calls = parse_tool_calls(result.text, plan.names)
             if calls:
-                deltas = [{**call, "index": i} for i, call in enumerate(calls)]
-                yield chunk(index, {"tool_calls": deltas})
-                yield chunk(index, {}, "tool_calls")
+                deltas = [ToolCallDelta(**call.model_dump(), index=i) for i, call in enumerate(calls)]
+                yield chunk(index, ChatDelta(tool_calls=deltas))
+                yield chunk(index, ChatDelta(), "tool_calls")
             else:
-                yield chunk(index, {"content": result.text}, logprobs=_stream_logprobs(request, result.logprobs))
-                yield chunk(index, {}, result.finish_reason)
+                yield chunk(index, ChatDelta(content=result.text),
+                            logprobs=_stream_logprobs(request, result.logprobs))
+                yield chunk(index, ChatDelta(), result.finish_reason)
             continue
         async for piece in chunks:
             if piece.text or piece.logprobs:
-                yield chunk(index, {"content": piece.text}, logprobs=_stream_logprobs(request, list(piece.logprobs)))
+                yield chunk(index, ChatDelta(content=piece.text),
+                            logprobs=_stream_logprobs(request, list(piece.logprobs)))
             if piece.finish_reason is not None:
                 assert piece.usage is not None
                 usages.append(piece.usage)
-                yield chunk(index, {}, piece.finish_reason)
+                yield chunk(index, ChatDelta(), piece.finish_reason)
     if request.stream_options and request.stream_options.include_usage:
-        yield {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.name,
-            "choices": [],
-            "usage": total_usage(usages, prompt_once=True),
-        }
+        yield ChatCompletionChunk(id=ident, created=created, model=served.name, choices=[],
+                                  usage=total_usage(usages, prompt_once=True))
 
 
-def _stream_logprobs(request: ChatCompletionRequest, logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
+def _stream_logprobs(request: ChatCompletionRequest, logprobs: list[TokenLogprob]) -> ChatLogprobs | None:
     return _logprobs(logprobs) if request.logprobs else None
 
 
-def _logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.bytes),
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in lp.top],
-            }
-            for lp in logprobs
-        ]
-    }
+def _logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes), top_logprobs=[
+            TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in lp.top])
+        for lp in logprobs
+    ])

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from ..protocol.openai import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Edit,
+    EditChoice,
+    EditRequest,
+    FinishReason,
+)
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
 from .grammar import pick_grammar
-from .protocol import CompletionRequest, EditRequest
 
 OPENAI_DEFAULT_MAX_TOKENS = 16
 
@@ -53,46 +62,34 @@ def _generation(served: ServedModel, request: CompletionRequest, prompt: str | t
     )
 
 
-async def complete(served: ServedModel, request: CompletionRequest) -> dict[str, Any]:
-    choices, usages = [], []
+async def complete(served: ServedModel, request: CompletionRequest) -> Completion:
+    choices: list[CompletionChoice] = []
+    usages = []
     for prompt, text in await _prompts(served, request):
         generation = _generation(served, request, prompt)
         for n in range(request.n):
             result = await collect(served.engine.generate(with_seed(generation, n)))
             usages.append(result.usage)
-            choices.append(
-                {
-                    "index": len(choices),
-                    "text": (text if request.echo else "") + result.text,
-                    "logprobs": _logprobs(result.logprobs, len(text) if request.echo else 0)
-                    if request.logprobs is not None
-                    else None,
-                    "finish_reason": result.finish_reason,
-                }
-            )
-    return {
-        "id": new_id("cmpl"),
-        "object": "text_completion",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=False),
-    }
+            choices.append(CompletionChoice(
+                index=len(choices),
+                text=(text if request.echo else "") + result.text,
+                logprobs=_logprobs(result.logprobs, len(text) if request.echo else 0)
+                if request.logprobs is not None else None,
+                finish_reason=result.finish_reason,
+            ))
+    return Completion(id=new_id("cmpl"), created=now(), model=served.name, choices=choices,
+                      usage=total_usage(usages, prompt_once=False))
 
 
-async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterator[Completion]:
     ident, created = new_id("cmpl"), now()
     usages = []
     index = 0
 
-    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-        }
+    def chunk(text: str, finish: FinishReason | None = None, logprobs: CompletionLogprobs | None = None
+              ) -> Completion:
+        return Completion(id=ident, created=created, model=served.name, choices=[
+            CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)])
 
     for prompt, text in await _prompts(served, request):
         generation = _generation(served, request, prompt)
@@ -110,31 +107,25 @@ async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterat
                     yield chunk("", piece.finish_reason)
             index += 1
     if request.stream_options and request.stream_options.include_usage:
-        yield {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": [],
-            "usage": total_usage(usages, prompt_once=False),
-        }
+        yield Completion(id=ident, created=created, model=served.name, choices=[],
+                         usage=total_usage(usages, prompt_once=False))
 
 
-def _logprobs(logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+def _logprobs(logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
     """OpenAI's legacy logprobs object: parallel lists plus character offsets."""
     offsets = []
     for lp in logprobs:
         offsets.append(offset)
         offset += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        text_offset=offsets,
+    )
 
 
-async def edit(served: ServedModel, request: EditRequest) -> dict[str, Any]:
+async def edit(served: ServedModel, request: EditRequest) -> Edit:
     """An edit is one chat turn holding the instruction and the input.
 
     One user message, because several chat formats (gemma's among them) drop system messages.
@@ -153,11 +144,5 @@ async def edit(served: ServedModel, request: EditRequest) -> dict[str, Any]:
     for n in range(request.n):
         result = await collect(served.engine.generate(with_seed(generation, n)))
         usages.append(result.usage)
-        choices.append({"index": n, "text": result.text})
-    return {
-        "object": "edit",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=True),
-    }
+        choices.append(EditChoice(index=n, text=result.text))
+    return Edit(created=now(), model=served.name, choices=choices, usage=total_usage(usages, prompt_once=True))

@@ -9,24 +9,26 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import InvalidRequestError
+from ..protocol.openai import (
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    TokenizeRequest,
+    Tokens,
+)
 from .context import ServedModel
-from .protocol import EmbeddingRequest, TokenizeRequest
 
 
-async def embed(served: ServedModel, request: EmbeddingRequest) -> dict[str, Any]:
+async def embed(served: ServedModel, request: EmbeddingRequest) -> EmbeddingList:
     texts = await _texts(served, request.input)
     vectors, tokens = await served.engine.embed(texts)
     data = []
     for index, vector in enumerate(vectors):
         if request.dimensions is not None:
             vector = _shorten(vector, request.dimensions)
-        data.append({"object": "embedding", "index": index, "embedding": _encode(vector, request.encoding_format)})
-    return {
-        "object": "list",
-        "data": data,
-        "model": served.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+        data.append(Embedding(index=index, embedding=_encode(vector, request.encoding_format)))
+    return EmbeddingList(data=data, model=served.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
 async def _texts(served: ServedModel, given: Any) -> list[str]:
@@ -56,5 +58,5 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
     return vector
 
 
-async def tokenize(served: ServedModel, request: TokenizeRequest) -> dict[str, Any]:
-    return {"tokens": await served.engine.tokenize(request.text(), request.add_special)}
+async def tokenize(served: ServedModel, request: TokenizeRequest) -> Tokens:
+    return Tokens(tokens=await served.engine.tokenize(request.text(), request.add_special))

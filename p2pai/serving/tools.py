@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import InvalidRequestError
+from ..protocol.openai import FunctionCall, ToolCall
 from .grammar import schema_grammar
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -66,7 +67,7 @@ def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
-def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
+def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[ToolCall]:
     """OpenAI `tool_calls` found in `text`; empty when the model answered in prose."""
     if not names:
         return []
@@ -81,7 +82,7 @@ def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return calls
 
 
-def _as_call(block: str, names: tuple[str, ...]) -> dict[str, Any] | None:
+def _as_call(block: str, names: tuple[str, ...]) -> ToolCall | None:
     try:
         data = json.loads(block)
     except ValueError:
@@ -89,11 +90,7 @@ def _as_call(block: str, names: tuple[str, ...]) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("name") not in names:
         return None
     arguments = data.get("arguments", data.get("parameters", {}))
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {
-            "name": data["name"],
-            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
-        },
-    }
+    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=FunctionCall(
+        name=data["name"],
+        arguments=arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
+    ))

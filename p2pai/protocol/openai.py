@@ -1,13 +1,16 @@
-"""Request bodies of the OpenAI-compatible endpoints, validated strictly.
+"""The OpenAI-compatible endpoints: request bodies, validated strictly, and the answers.
 
-Unknown top-level fields are refused with a 400, as OpenAI does, so a typo in
-a parameter name is reported instead of silently ignored. Fields OpenAI
-defines that cannot change our output (user, store, metadata...) are accepted.
+Unknown top-level fields of a request are refused with a 400, as OpenAI does,
+so a typo in a parameter name is reported instead of silently ignored. Fields
+OpenAI defines that cannot change our output (user, store, metadata...) are
+accepted. Answers serialize to exactly OpenAI's shapes: a field that OpenAI
+leaves out when it has nothing to say (a delta's role, a chunk's usage) is
+left out, not sent as null.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,7 +69,7 @@ class ImagePart(BaseModel):
     type: Literal["image_url", "input_audio", "file"]
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class FunctionCall(BaseModel):
@@ -96,7 +99,7 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
     @model_validator(mode="after")
-    def _has_content(self) -> "ChatMessage":
+    def _has_content(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
         return self
@@ -147,7 +150,7 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "ResponseFormat":
+    def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format of type json_schema needs a json_schema object")
         return self
@@ -182,7 +185,7 @@ class CompletionRequest(_Sampling):
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
 
     @model_validator(mode="after")
-    def _best_of(self) -> "CompletionRequest":
+    def _best_of(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of other than n is not supported")
         return self
@@ -215,10 +218,186 @@ class TokenizeRequest(_Request):
     add_special: bool = True
 
     @model_validator(mode="after")
-    def _one_text(self) -> "TokenizeRequest":
+    def _one_text(self) -> TokenizeRequest:
         if (self.content is None) == (self.prompt is None):
             raise ValueError("give the text to tokenize as `content`")
         return self
 
     def text(self) -> str:
         return self.content if self.content is not None else self.prompt or ""
+
+
+# Answers
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def omitted(default: Any = None) -> Any:
+    """A field left out of the JSON when it is None (OpenAI omits it rather than sending null)."""
+    return Field(default=default, exclude_if=_absent)
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+"""`cancelled` never reaches a client: it ends a generation whose client went away."""
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+    """Prompt tokens whose KV cache was reused instead of recomputed."""
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCall] | None = omitted()
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+
+
+class ToolCallDelta(ToolCall):
+    index: int
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = omitted()
+    content: str | None = omitted()
+    tool_calls: list[ToolCallDelta] | None = omitted()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a chat stream; the last one (with include_usage) has no choices, only usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: CompletionUsage | None = omitted()
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy logprobs object: parallel lists plus character offsets."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """A whole completion, and also each event of a completion stream (which then may carry usage only)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = omitted()
+
+
+class EditChoice(BaseModel):
+    index: int
+    text: str
+
+
+class Edit(BaseModel):
+    object: Literal["edit"] = "edit"
+    created: int
+    model: str
+    choices: list[EditChoice]
+    usage: CompletionUsage
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    """Floats, or with encoding_format "base64" the little-endian float32 bytes in base64."""
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class Tokens(BaseModel):
+    tokens: list[int]
+
+
+class ModelCard(BaseModel):
+    """OpenAI's model object plus where the swarm serves the model (our fields)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    backend: str
+    loaded: bool
+    embeddings: bool
+    nodes: list[str]
+    """Ids of the nodes that serve this model."""
+    loaded_on: list[str]
+    """Ids of the nodes that have it loaded now."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
