@@ -6,6 +6,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from ..serving.limits import MAX_BODY_BYTES
 from .errors import from_exception
 from .keys import has_key, invalid_key
 from .p2p import p2p_routes
@@ -14,7 +15,6 @@ from .state import STATE, NodeState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..protocol.openai import ModelCard
 from ..routing.router import Router
 from ..serving.context import Serving
+from ..serving.limits import Limits
 from ..serving.manager import ModelManager
 from ..swarm.swarm import Swarm
 
@@ -30,10 +31,11 @@ class NodeState:
     router: Router | None = None
     token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
+    limits: Limits = field(default_factory=Limits)
     serving: Serving = field(init=False)
 
     def __post_init__(self) -> None:
-        self.serving = Serving(self.manager)
+        self.serving = Serving(self.manager, self.limits)
 
     @staticmethod
     def of(request: web.Request) -> NodeState:

@@ -14,15 +14,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_N = 16
-MAX_STOP = 16
-MAX_TOP_LOGPROBS = 20
+from ..serving.limits import (
+    MAX_LOGIT_BIAS,
+    MAX_METADATA,
+    MAX_MODEL_NAME,
+    MAX_N,
+    MAX_SEED,
+    MAX_STOP,
+    MAX_STOP_LENGTH,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+)
+
+Seed = Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED)]
+TokenIdKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,9})$")]
+"""A token id as a JSON object key (logit_bias)."""
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    model: str | None = None
+    model: Annotated[str, Field(max_length=MAX_MODEL_NAME)] | None = None
     user: str | None = None
 
 
@@ -34,13 +46,16 @@ class _Sampling(_Request):
     repeat_penalty: Annotated[float, Field(ge=0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    stop: Annotated[str, Field(max_length=MAX_STOP_LENGTH)] | Annotated[
+        list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP)] | None = None
     grammar: str | None = None
     """GBNF grammar (LocalAI extension)."""
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[
+        dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    """Accepted and validated (token ids of the model, biases in [-100, 100]), not applied yet."""
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -124,7 +139,7 @@ class Tool(BaseModel):
 class NamedFunction(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
+    name: Annotated[str, Field(max_length=64)]
 
 
 class NamedToolChoice(BaseModel):
@@ -162,13 +177,13 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     continue_final_message: bool = False
     """vLLM's extension: the last (assistant) message is a beginning to continue, not a turn to answer."""
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
     service_tier: str | None = None
 
     def token_limit(self) -> int | None:
@@ -198,15 +213,16 @@ class EditRequest(_Request):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class EmbeddingRequest(_Request):
     input: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)
     ] | Annotated[list[int], Field(min_length=1)] | Annotated[
-        list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=2048)
+        list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)
     ]
+    """Texts or token ids; how many per request is a node setting (Limits.max_prompts)."""
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
 

@@ -17,29 +17,29 @@ from ..protocol.openai import (
     ChatLogprobs,
     ChatMessage,
     FinishReason,
+    NamedToolChoice,
     TextPart,
     ToolCallDelta,
 )
 from ..protocol.openai import TokenLogprob as TokenLogprobOut
 from ..protocol.openai import TopLogprob as TopLogprobOut
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
-from .grammar import pick_grammar, response_format_grammar
+from .grammar import JSON_OBJECT_SCHEMA, Constraint, build_grammar
 from .tools import ToolPlan, parse_tool_calls, plan_tools
+from .validation import check_count, check_logit_bias
 
 
-def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[GenerationRequest, ToolPlan]:
+async def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[GenerationRequest, ToolPlan]:
+    """The generation a request asks for; everything checked before any of it reaches llama.cpp."""
+    check_count(len(request.messages), served.limits.max_messages, "messages", "messages")
+    check_logit_bias(request.logit_bias, served.engine.info.n_vocab)
     template = served.template
     tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-    choice = request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice
-    plan = plan_tools(tools, choice, template.supports_tools, served.name)
-    response_format = request.response_format
-    grammar = pick_grammar(
-        ("grammar", request.grammar),
-        ("response_format", response_format and response_format_grammar(
-            response_format.type, response_format.json_schema and response_format.json_schema.schema_
-        )),
-        ("tool_choice", plan.grammar),
-    )
+    choice = request.tool_choice
+    plan = plan_tools(tools, choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+                      template.supports_tools, served.name)
+    grammar = await build_grammar(_constraints(request, plan), _schemas(request), served.limits,
+                                  served.engine.info.n_vocab)
     messages = [_message(m, served.name) for m in request.messages]
     beginning = _beginning_to_continue(messages) if request.continue_final_message else ""
     prompt = template.render(messages, plan.template_tools)
@@ -52,6 +52,31 @@ def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[Genera
         add_special=prompt.add_special,
     )
     return generation, plan
+
+
+def _constraints(request: ChatCompletionRequest, plan: ToolPlan) -> list[Constraint]:
+    form = request.response_format
+    schema = None
+    if form is not None and form.type == "json_object":
+        schema = JSON_OBJECT_SCHEMA
+    elif form is not None and form.type == "json_schema":
+        schema = (form.json_schema and form.json_schema.schema_) or JSON_OBJECT_SCHEMA
+    return [
+        Constraint("grammar", grammar=request.grammar),
+        Constraint("response_format.json_schema.schema" if form and form.type == "json_schema" else "response_format",
+                   schema=schema),
+        Constraint("tool_choice", schema=plan.schema),
+    ]
+
+
+def _schemas(request: ChatCompletionRequest) -> list[tuple[dict[str, Any], str]]:
+    """Every JSON schema of the request, for its size and bounds."""
+    schemas = [(tool.function.parameters, f"tools[{i}].function.parameters")
+               for i, tool in enumerate(request.tools or ())]
+    form = request.response_format
+    if form is not None and form.json_schema is not None and form.json_schema.schema_ is not None:
+        schemas.append((form.json_schema.schema_, "response_format.json_schema.schema"))
+    return schemas
 
 
 def _beginning_to_continue(messages: list[dict[str, Any]]) -> str:
@@ -83,7 +108,7 @@ def _message(message: ChatMessage, model: str) -> dict[str, Any]:
 
 
 async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatCompletion:
-    generation, plan = prepare(served, request)
+    generation, plan = await prepare(served, request)
     choices, usages = [], []
     for index in range(request.n):
         result = await collect(served.engine.generate(with_seed(generation, index)))
@@ -104,7 +129,7 @@ async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatC
 async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
     """Chunks as they are generated. Tool calls are recognised on the whole answer, so
     with tools the answer is sent as one chunk once complete."""
-    generation, plan = prepare(served, request)
+    generation, plan = await prepare(served, request)
     ident, created = new_id("chatcmpl"), now()
     usages = []
 

@@ -16,29 +16,41 @@ from ..protocol.openai import (
     FinishReason,
 )
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
-from .grammar import pick_grammar
+from .grammar import Constraint, build_grammar
+from .validation import check_count, check_logit_bias, check_token_prompt
 
 OPENAI_DEFAULT_MAX_TOKENS = 16
 
 
-async def _prompts(served: ServedModel, request: CompletionRequest) -> list[tuple[str | tuple[int, ...], str]]:
-    """Each prompt as the engine takes it, with the text `echo` repeats."""
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        items: list[str | list[int]] = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        items = [prompt]  # type: ignore[list-item]
-    else:
-        items = list(prompt)  # type: ignore[arg-type]
-    out: list[tuple[str | tuple[int, ...], str]] = []
+async def prepare(served: ServedModel, request: CompletionRequest) -> list[tuple[GenerationRequest, str]]:
+    """Each prompt's generation, with the text `echo` repeats; everything checked before any reaches llama.cpp."""
+    items = _prompt_items(request.prompt)
+    engine = served.engine
+    check_count(len(items), served.limits.max_prompts, "prompts", "prompt")
     for item in items:
-        if isinstance(item, str):
-            out.append((item, item))
-        else:
-            out.append((tuple(item), await served.engine.detokenize(item)))
+        if not isinstance(item, str):
+            check_token_prompt(item, engine.info.n_vocab, engine.info.n_ctx, "prompt")
+    check_logit_bias(request.logit_bias, engine.info.n_vocab)
+    constraint = Constraint("grammar", grammar=request.grammar)
+    grammar = await build_grammar([constraint], [], served.limits, engine.info.n_vocab)
+    sampling = served.sampling(request, grammar)
+    max_tokens = served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS)
+    stop = tuple(served.config.stopwords) + request.stop_list()
+    prompts: list[tuple[str | tuple[int, ...], str]] = [
+        (item, item) if isinstance(item, str) else (tuple(item), await engine.detokenize(item)) for item in items
+    ]
     if request.suffix is not None:
-        out = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in out]
-    return out
+        prompts = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in prompts]
+    return [(GenerationRequest(prompt=prompt, sampling=sampling, max_tokens=max_tokens, stop=stop,
+                               logprobs=request.logprobs), text) for prompt, text in prompts]
+
+
+def _prompt_items(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]  # one prompt of token ids
+    return prompt  # type: ignore[return-value]  # several prompts
 
 
 async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tuple[int, ...]:
@@ -52,21 +64,10 @@ async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tupl
     return (fim.prefix, *before, fim.suffix, *after, fim.middle)
 
 
-def _generation(served: ServedModel, request: CompletionRequest, prompt: str | tuple[int, ...]) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=prompt,
-        sampling=served.sampling(request, pick_grammar(("grammar", request.grammar))),
-        max_tokens=served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS),
-        stop=tuple(served.config.stopwords) + request.stop_list(),
-        logprobs=request.logprobs,
-    )
-
-
 async def complete(served: ServedModel, request: CompletionRequest) -> Completion:
     choices: list[CompletionChoice] = []
     usages = []
-    for prompt, text in await _prompts(served, request):
-        generation = _generation(served, request, prompt)
+    for generation, text in await prepare(served, request):
         for n in range(request.n):
             result = await collect(served.engine.generate(with_seed(generation, n)))
             usages.append(result.usage)
@@ -91,8 +92,7 @@ async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterat
         return Completion(id=ident, created=created, model=served.name, choices=[
             CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)])
 
-    for prompt, text in await _prompts(served, request):
-        generation = _generation(served, request, prompt)
+    for generation, text in await prepare(served, request):
         for n in range(request.n):
             chunks = await primed(served.engine.generate(with_seed(generation, n)))
             if request.echo:

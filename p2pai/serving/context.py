@@ -21,6 +21,7 @@ from ..backends.base import (
 from ..models.config import ModelConfig
 from ..protocol.openai import CompletionUsage, PromptTokensDetails
 from .chat_prompt import ChatTemplate, chat_template
+from .limits import Limits
 from .manager import ModelManager
 
 
@@ -29,6 +30,7 @@ class ServedModel:
     config: ModelConfig
     engine: Engine
     template: ChatTemplate
+    limits: Limits
 
     @property
     def name(self) -> str:
@@ -73,8 +75,9 @@ class ServedModel:
 class Serving:
     """Resolves model names for the endpoint handlers."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, limits: Limits | None = None) -> None:
         self.manager = manager
+        self.limits = limits or Limits()
         self._templates: dict[str, ChatTemplate] = {}
 
     async def model(self, name: str | None) -> ServedModel:
@@ -95,7 +98,7 @@ class Serving:
             info = engine.info
             template = chat_template(config, info.metadata, info.bos_text, info.eos_text)
             self._templates[name] = template
-        return ServedModel(config, engine, template)
+        return ServedModel(config, engine, template, self.limits)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from ..protocol.openai import (
     Tokens,
 )
 from .context import ServedModel
+from .validation import check_count, check_token_prompt
 
 
 async def embed(served: ServedModel, request: EmbeddingRequest) -> EmbeddingList:
@@ -31,14 +31,22 @@ async def embed(served: ServedModel, request: EmbeddingRequest) -> EmbeddingList
     return EmbeddingList(data=data, model=served.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
-async def _texts(served: ServedModel, given: Any) -> list[str]:
+async def _texts(served: ServedModel, given: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    """The inputs as text (token ids are detokenized), checked against the node's and the model's limits."""
     if isinstance(given, str):
         return [given]
+    engine = served.engine
     if isinstance(given[0], int):
-        return [await served.engine.detokenize(given)]
+        ids: list[int] = given  # type: ignore[assignment]  # one input of token ids
+        check_token_prompt(ids, engine.info.n_vocab, engine.info.n_ctx, "input")
+        return [await engine.detokenize(ids)]
+    check_count(len(given), served.limits.max_prompts, "inputs", "input")
     if isinstance(given[0], list):
-        return [await served.engine.detokenize(tokens) for tokens in given]
-    return list(given)
+        lists: list[list[int]] = given  # type: ignore[assignment]
+        for tokens in lists:
+            check_token_prompt(tokens, engine.info.n_vocab, engine.info.n_ctx, "input")
+        return [await engine.detokenize(tokens) for tokens in lists]
+    return list(given)  # type: ignore[arg-type]
 
 
 def _shorten(vector: list[float], dimensions: int) -> list[float]:

@@ -16,7 +16,6 @@ from typing import Any
 
 from ..backends.base import InvalidRequestError
 from ..protocol.openai import FunctionCall, ToolCall
-from .grammar import schema_grammar
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -26,7 +25,8 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 class ToolPlan:
     template_tools: list[dict[str, Any]] | None
     """Tools handed to the chat template (None: the template sees no tools)."""
-    grammar: str | None
+    schema: dict[str, Any] | None
+    """The JSON schema a forced call follows (tool_choice "required" or named)."""
     names: tuple[str, ...]
     """Tool names whose calls are parsed from the output; empty: plain text answer."""
 
@@ -46,9 +46,9 @@ def plan_tools(tools: list[dict[str, Any]] | None, choice: Any, template_support
         name = choice["function"]["name"]
         if name not in by_name:
             raise InvalidRequestError(f"tool_choice names an unknown function {name!r}", param="tool_choice")
-        return ToolPlan(tools, schema_grammar(_call_schema([by_name[name]]), "tools"), (name,))
+        return ToolPlan(tools, _call_schema([by_name[name]]), (name,))
     if choice == "required":
-        return ToolPlan(tools, schema_grammar(_call_schema(tools), "tools"), tuple(by_name))
+        return ToolPlan(tools, _call_schema(tools), tuple(by_name))
     return ToolPlan(tools, None, tuple(by_name))
 
 
