@@ -35,8 +35,11 @@ TOOLS_TEMPLATE = (
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_models(tmp_path_factory.mktemp("models"))
+
+
+def write_test_models(directory: Path) -> Path:
     """Two tiny models: `tiny` (chat, embeddings, tools; 4 slots) and `tiny-b` (another seed, one slot)."""
-    directory = tmp_path_factory.mktemp("models")
     write_tiny_gguf(directory / "tiny.gguf", seed=1)
     write_tiny_gguf(directory / "tiny-b.gguf", seed=2)
     (directory / "tiny.yaml").write_text(
