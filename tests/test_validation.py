@@ -223,7 +223,9 @@ async def test_schemas_bigger_than_the_nodes_limit_are_refused(models_dir: Path,
 
 async def test_sensible_schemas_still_constrain_the_output(client: TestClient) -> None:
     schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 8},
-                                                        "maxItems": 3}}, "required": ["tags"]}
+                                                        "maxItems": 3},
+                                               "minItems": {"enum": [{"maxLength": "not a keyword here"}]}},
+              "required": ["tags"]}
     response = await client.post("/v1/chat/completions", json=chat(response_format=json_schema(schema),
                                                                    max_tokens=60))
     assert response.status == 200, await response.text()

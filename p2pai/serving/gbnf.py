@@ -56,7 +56,6 @@ class _Rule:
     alts: list[list[int]] = field(default_factory=lambda: [[]])
     repeat: tuple[int, int | None] | None = None
     """(min, max or None): the rule is its operand (alts[0][0]) repeated, as llama.cpp rewrites it."""
-    named: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,12 @@ class _Parser:
     def _rule_id(self, name: str) -> int:
         rule = self.names.get(name)
         if rule is None:
-            rule = self.names[name] = self._new_rule(named=True)
+            rule = self.names[name] = self._new_rule()
             self._count_rules(0)
         return rule
 
-    def _new_rule(self, named: bool = False, repeat: tuple[int, int | None] | None = None) -> int:
-        self.rules.append(_Rule(repeat=repeat, named=named))
+    def _new_rule(self, repeat: tuple[int, int | None] | None = None) -> int:
+        self.rules.append(_Rule(repeat=repeat))
         return len(self.rules) - 1
 
     def _count_rules(self, added: int) -> None:

@@ -34,7 +34,7 @@ from .limits import (
     MAX_SCHEMA_VISITS,
     Limits,
 )
-from .validation import check_token_ids
+from .validation import check_token_ids, too_large
 
 T = TypeVar("T")
 
@@ -84,8 +84,8 @@ def _build(constraint: Constraint | None, schemas: list[tuple[dict[str, Any], st
            n_vocab: int) -> str | None:
     size = sum(len(json.dumps(schema)) for schema, _ in schemas)
     if size > limits.max_schema_bytes:
-        raise _too_large(f"the request's JSON schemas take {size} bytes, more than this node's limit of "
-                         f"{limits.max_schema_bytes}", "schema_too_large", schemas[0][1])
+        raise too_large(f"the request's JSON schemas take {size} bytes, more than this node's limit of "
+                        f"{limits.max_schema_bytes}", schemas[0][1], "schema_too_large")
     for schema, param in schemas:
         check_schema(schema, param)
     if constraint is None:
@@ -100,19 +100,19 @@ def checked_grammar(text: str, limits: Limits, n_vocab: int, param: str) -> str:
     """``text`` if llama.cpp can take it safely, else a 400 naming ``param``."""
     size = len(text.encode())
     if size > limits.max_grammar_bytes:
-        raise _too_large(f"the grammar is {size} bytes, more than this node's limit of "
-                         f"{limits.max_grammar_bytes}", "grammar_too_large", param)
+        raise too_large(f"the grammar is {size} bytes, more than this node's limit of "
+                        f"{limits.max_grammar_bytes}", param, "grammar_too_large")
     try:
         stats = analyze(text, MAX_GRAMMAR_DEPTH, MAX_GRAMMAR_RULES)
     except GrammarTooLarge as exc:
-        raise _too_large(str(exc), "grammar_too_large", param) from None
+        raise too_large(str(exc), param, "grammar_too_large") from None
     except GrammarError as exc:
         raise InvalidRequestError(f"invalid grammar: {exc}", code="invalid_grammar", param=param) from None
     if stats.branches > limits.max_grammar_branches:
-        raise _too_large(
+        raise too_large(
             f"the grammar is too ambiguous: one position opens {_count(stats.branches)} parse stacks, more than "
             f"this node's limit of {limits.max_grammar_branches} (alternatives multiply through nested rules)",
-            "grammar_too_large", param)
+            param, "grammar_too_large")
     check_token_ids(stats.token_ids, n_vocab, param)
     return text
 
@@ -127,7 +127,7 @@ def schema_grammar(schema: dict[str, Any], limits: Limits, n_vocab: int, param: 
         converter.visit(copy, "")
         grammar = converter.format_grammar()
     except _OverBudget as exc:
-        raise _too_large(str(exc), "schema_too_large", param) from None
+        raise too_large(str(exc), param, "schema_too_large") from None
     except Exception as exc:  # noqa: BLE001 - the converter raises plain Exceptions (and asserts) for unsupported schemas
         raise InvalidRequestError(f"unsupported JSON schema: {type(exc).__name__}: {exc}",
                                   code="invalid_schema", param=param) from None
@@ -137,17 +137,34 @@ def schema_grammar(schema: dict[str, Any], limits: Limits, n_vocab: int, param: 
 
 
 def check_schema(schema: Any, param: str) -> None:
-    """The bounds the converter needs: nesting depth, and repetitions it would write out in full."""
-    stack: list[tuple[Any, int]] = [(schema, 1)]
+    """The bounds the converter needs: nesting depth, and repetitions it would write out in full.
+
+    Keywords are checked in sub-schemas only: a property named "minItems", or an enum value holding
+    one, is not a repetition."""
+    stack: list[tuple[Any, int, bool]] = [(schema, 1, True)]  # (node, depth, is a schema)
     while stack:
-        node, depth = stack.pop()
+        node, depth, is_schema = stack.pop()
         if depth > MAX_SCHEMA_DEPTH:
-            raise _too_large(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels", "schema_too_large", param)
+            raise too_large(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels", param,
+                            "schema_too_large")
         if isinstance(node, dict):
-            _check_repetitions(node, param)
-            stack.extend((value, depth + 1) for value in node.values())
+            if is_schema:
+                _check_repetitions(node, param)
+            for key, value in node.items():
+                if not is_schema or key in _DATA_KEYWORDS:
+                    stack.append((value, depth + 1, False))
+                elif key in _SCHEMA_MAPS and isinstance(value, dict):
+                    stack.extend((sub, depth + 2, True) for sub in value.values())
+                else:
+                    stack.append((value, depth + 1, True))
         elif isinstance(node, list):
-            stack.extend((value, depth + 1) for value in node)
+            stack.extend((value, depth + 1, is_schema) for value in node)
+
+
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
+"""Keywords whose value maps names to sub-schemas."""
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "required"})
+"""Keywords whose value is data, not a schema."""
 
 
 def _check_repetitions(node: dict[str, Any], param: str) -> None:
@@ -165,8 +182,8 @@ def _check_repetitions(node: dict[str, Any], param: str) -> None:
             counts = [int(text) for text in (low_text, high_text) if text and len(text) < 8]
             if any(text and len(text) >= 8 for text in (low_text, high_text)) or any(
                     count > MAX_SCHEMA_REPETITION for count in counts):
-                raise _too_large(f"the pattern {match.group()} repeats more than {MAX_SCHEMA_REPETITION} times",
-                                 "schema_too_large", param)
+                raise too_large(f"the pattern {match.group()} repeats more than {MAX_SCHEMA_REPETITION} times",
+                                param, "schema_too_large")
             if low_text and high_text and int(high_text) < int(low_text):
                 raise InvalidRequestError(f"the pattern's repetition {match.group()} has its maximum below "
                                           "its minimum", code="invalid_schema", param=param)
@@ -177,12 +194,8 @@ def _check_repetition(value: Any, keyword: str, param: str) -> None:
         raise InvalidRequestError(f"{keyword} must be a non-negative integer in the JSON schema",
                                   code="invalid_schema", param=param)
     if value > MAX_SCHEMA_REPETITION:
-        raise _too_large(f"{keyword} is {value} in the JSON schema; at most {MAX_SCHEMA_REPETITION} is supported "
-                         "(the grammar would repeat it in full)", "schema_too_large", param)
-
-
-def _too_large(message: str, code: str, param: str | None) -> InvalidRequestError:
-    return InvalidRequestError(message, code=code, param=param)
+        raise too_large(f"{keyword} is {value} in the JSON schema; at most {MAX_SCHEMA_REPETITION} is supported "
+                        "(the grammar would repeat it in full)", param, "schema_too_large")
 
 
 def _count(branches: int) -> str:

@@ -13,8 +13,8 @@ from ..backends.base import InvalidRequestError
 from ..backends.llama.tokens import check_token_ids
 
 
-def too_large(message: str, param: str | None) -> InvalidRequestError:
-    return InvalidRequestError(message, code="request_too_large", param=param)
+def too_large(message: str, param: str | None, code: str = "request_too_large") -> InvalidRequestError:
+    return InvalidRequestError(message, code=code, param=param)
 
 
 def check_count(count: int, limit: int, what: str, param: str) -> None:
