@@ -127,7 +127,8 @@ def _document_bytes(kind: Document) -> bytes:
 
 
 Mode = Literal["validation", "serialization"]
-Refs = dict[tuple[type[BaseModel], Mode], Any]
+Refs = dict[Any, Any]
+"""(model, mode) -> the model's {"$ref": ...}."""
 
 
 def _schemas(operations: list[Operation]) -> tuple[Refs, dict[str, Any]]:
@@ -214,7 +215,7 @@ _SECURITY = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "An API key of the node (--api-key)."},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
-_OPTIONAL_KEY = [{}, {"bearer": []}, {"apiKey": []}]
+_OPTIONAL_KEY: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}]
 """A key is needed only when the node was started with --api-key."""
 
 _PEER_HEADERS = [
