@@ -25,6 +25,7 @@ from p2pai.serving.limits import (
     MAX_TOOLS,
     Limits,
 )
+from p2pai.serving.tools import parse_tool_calls
 from test_api import assert_openai_error
 
 USER = [{"role": "user", "content": "hello world"}]
@@ -268,6 +269,11 @@ async def test_counts_past_the_nodes_limits(models_dir: Path, tmp_path: Path) ->
         await refused(client, "/v1/embeddings", {"model": "tiny", "input": ["a"] * 4}, "input", "request_too_large")
         await refused(client, "/v1/chat/completions", chat(messages=USER * 4), "messages", "request_too_large")
         assert (await client.post("/v1/completions", json=completion(prompt=["a"] * 3))).status == 200
+
+
+def test_model_output_nested_deeper_than_json_takes_is_text_not_a_tool_call() -> None:
+    assert parse_tool_calls("[" * 5000, ("f",)) == []
+    assert parse_tool_calls('<tool_call>{"name": "f", "arguments": ' + "[" * 5000 + "</tool_call>", ("f",)) == []
 
 
 # A real node process

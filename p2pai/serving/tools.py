@@ -85,7 +85,7 @@ def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[ToolCall]:
 def _as_call(block: str, names: tuple[str, ...]) -> ToolCall | None:
     try:
         data = json.loads(block)
-    except ValueError:
+    except (ValueError, RecursionError):  # the model's output: nested deeper than json takes is just text
         return None
     if not isinstance(data, dict) or data.get("name") not in names:
         return None
