@@ -262,6 +262,12 @@ async def test_fixed_counts_and_ranges(client: TestClient, body: dict[str, Any])
     await refused(client, "/v1/chat/completions", json.dumps(body).replace("Infinity", "1e400"))
 
 
+async def test_an_integral_number_is_an_integer_as_in_json_schema(client: TestClient) -> None:
+    assert (await client.post("/v1/completions", json=completion(prompt=[5.0, 6], n=2.0, max_tokens=3.0))).status == 200
+    for body in (completion(n=2.5), completion(max_tokens="3"), completion(prompt=[5.5])):
+        await refused(client, "/v1/completions", body)
+
+
 async def test_counts_past_the_nodes_limits(models_dir: Path, tmp_path: Path) -> None:
     async with _client(models_dir, tmp_path, limits=Limits(max_prompts=3, max_messages=3)) as client:
         await refused(client, "/v1/completions", completion(prompt=["a"] * 4), "prompt", "request_too_large")

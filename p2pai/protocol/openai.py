@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..serving.limits import (
     MAX_LOGIT_BIAS,
@@ -26,7 +26,16 @@ from ..serving.limits import (
     MAX_TOP_LOGPROBS,
 )
 
-Seed = Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED)]
+
+def _integral(value: Any) -> Any:
+    """JSON does not tell 2 from 2.0: an integral number is an integer, as JSON Schema's "integer" has it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""Put after an int's Field constraints in Annotated (before them, they would not reach the JSON schema)."""
+Int = Annotated[int, INTEGRAL]
+Seed = Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED), INTEGRAL]
 TokenIdKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,9})$")]
 """A token id as a JSON object key (logit_bias)."""
 
@@ -41,20 +50,21 @@ class _Request(BaseModel):
 class _Sampling(_Request):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0), INTEGRAL] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(ge=0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     seed: Seed | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] = 1
     stop: Annotated[str, Field(max_length=MAX_STOP_LENGTH)] | Annotated[
         list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP)] | None = None
     grammar: str | None = None
     """GBNF grammar (LocalAI extension)."""
     logit_bias: Annotated[
-        dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+        dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]],
+        Field(max_length=MAX_LOGIT_BIAS, json_schema_extra={"additionalProperties": False})] | None = None
     """Accepted and validated (token ids of the model, biases in [-100, 100]), not applied yet."""
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -103,9 +113,16 @@ class ToolCall(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """Extra keys are ignored: clients echo back whole assistant messages (refusal, audio...)."""
+    """Extra keys are ignored: clients echo back whole assistant messages (refusal, audio...).
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    Content is required, except from an assistant message that carries tool calls (the JSON
+    schema says so too, for clients and fuzzers that generate from it)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["role", "tool_calls"],
+         "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}}},
+    ]})
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -173,9 +190,9 @@ class ResponseFormat(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -191,13 +208,13 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[
-        list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)
+    prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[Int], Field(min_length=1)] | Annotated[
+        list[Annotated[list[Int], Field(min_length=1)]], Field(min_length=1)
     ]
     suffix: str | None = None
     echo: bool = False
-    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] | None = None
 
     @model_validator(mode="after")
     def _best_of(self) -> CompletionRequest:
@@ -209,22 +226,22 @@ class CompletionRequest(_Sampling):
 class EditRequest(_Request):
     instruction: Annotated[str, Field(min_length=1)]
     input: str = ""
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] = 1
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     seed: Seed | None = None
 
 
 class EmbeddingRequest(_Request):
     input: Annotated[str, Field(min_length=1)] | Annotated[
         list[Annotated[str, Field(min_length=1)]], Field(min_length=1)
-    ] | Annotated[list[int], Field(min_length=1)] | Annotated[
-        list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)
+    ] | Annotated[list[Int], Field(min_length=1)] | Annotated[
+        list[Annotated[list[Int], Field(min_length=1)]], Field(min_length=1)
     ]
     """Texts or token ids; how many per request is a node setting (Limits.max_prompts)."""
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: Annotated[int, Field(ge=1), INTEGRAL] | None = None
 
 
 class TokenizeRequest(_Request):
