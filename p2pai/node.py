@@ -71,6 +71,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         swarm=swarm,
         router=router,
         token=membership.token,
+        limits=settings.limits,
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     peer_runner = web.AppRunner(create_peer_app(state, Verifier(membership.keys.http_key)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from platformdirs import user_data_dir
 
 from .backends.llama.loading import FlashAttention
 from .routing.placement import Policy
+from .serving.limits import Limits
 
 ENV_PREFIX = "P2PAI_"
 
@@ -53,6 +55,8 @@ class NodeSettings:
     routing: Policy = Policy.LEAST_LOADED
     flash_attention: FlashAttention = "auto"
     """llama.cpp flash attention for models whose config sets none: auto, on or off."""
+    limits: Limits = field(default_factory=Limits)
+    """Request bounds a user may raise (README, "Limits")."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -130,6 +134,27 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "the backend supports it), on or off (P2PAI_FLASH_ATTENTION)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
+    add_limit_arguments(parser)
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """A flag and a P2PAI_* variable for each field of Limits."""
+    group = parser.add_argument_group("request limits (README.md, Limits)")
+    for limit in dataclasses.fields(Limits):
+        env = limit.name.upper()
+        group.add_argument("--" + limit.name.replace("_", "-"), type=positive_int,
+                           default=env_default(env, str(limit.default)),
+                           help=f"{limit.metadata['help']} (default {limit.default}; P2PAI_{env})")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(**{limit.name: getattr(args, limit.name) for limit in dataclasses.fields(Limits)})
 
 
 def add_swarm_arguments(parser: argparse.ArgumentParser,
@@ -190,5 +215,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         log_level=args.log_level,
         routing=Policy(args.routing),
         flash_attention=args.flash_attention,  # argparse checked the choices
+        limits=limits_from_args(args),
         **swarm_fields(args),
     )

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from p2pai.api.app import create_app
 from p2pai.api.state import NodeState
 from p2pai.models.catalog import build_catalog
+from p2pai.serving.limits import Limits
 from p2pai.serving.manager import ModelManager
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -34,8 +35,11 @@ TOOLS_TEMPLATE = (
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_models(tmp_path_factory.mktemp("models"))
+
+
+def write_test_models(directory: Path) -> Path:
     """Two tiny models: `tiny` (chat, embeddings, tools; 4 slots) and `tiny-b` (another seed, one slot)."""
-    directory = tmp_path_factory.mktemp("models")
     write_tiny_gguf(directory / "tiny.gguf", seed=1)
     write_tiny_gguf(directory / "tiny-b.gguf", seed=2)
     (directory / "tiny.yaml").write_text(
@@ -67,11 +71,12 @@ async def client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
 
 class _client:
     def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset(),
-                 token: str | None = None, admin_keys: frozenset[str] = frozenset()) -> None:
+                 token: str | None = None, admin_keys: frozenset[str] = frozenset(),
+                 limits: Limits | None = None) -> None:
         catalog = build_catalog(models_dir, data_dir, [])
         self.manager = ModelManager(catalog, threads=2)
         state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True,
-                          token=token, admin_keys=admin_keys)
+                          token=token, admin_keys=admin_keys, limits=limits or Limits())
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
     async def __aenter__(self) -> TestClient:

@@ -6,6 +6,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from ..serving.limits import MAX_BODY_BYTES
+from . import openapi
 from .errors import from_exception
 from .keys import has_key, invalid_key
 from .p2p import p2p_routes
@@ -14,7 +16,6 @@ from .state import STATE, NodeState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -42,4 +43,5 @@ def create_app(state: NodeState) -> web.Application:
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(p2p_routes)
+    app.router.add_get("/openapi.json", openapi.handler("client"))
     return app

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -17,8 +15,10 @@ from ..backends.base import (
     QueueFullError,
     WorkerLostError,
 )
+from ..protocol.errors import ErrorDetail, ErrorResponse
 from ..routing.router import NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
+from .replies import json_reply, sse_event
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ class APIError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
+        return json_reply(self.body(), status=self.status, headers=self.headers)
 
 
 def from_validation(exc: ValidationError) -> APIError:
@@ -100,4 +100,4 @@ def from_exception(exc: BaseException) -> APIError:
 
 def error_event(exc: BaseException) -> bytes:
     """An error after a stream began: sent as its own SSE event so the client cannot mistake it for an ending."""
-    return b"data: " + json.dumps(from_exception(exc).body()).encode() + b"\n\n"
+    return sse_event(from_exception(exc).body())

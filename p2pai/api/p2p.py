@@ -8,9 +8,18 @@ from typing import Any
 
 from aiohttp import web
 
+from ..protocol.p2p import (
+    FederatedNode,
+    OverlayStats,
+    P2PNodesResponse,
+    PeerMetrics,
+    SelfNode,
+    WorkerNode,
+)
 from ..swarm.view import SwarmNode
 from .errors import APIError
 from .keys import has_key, invalid_key
+from .replies import json_reply
 from .state import NodeState
 
 p2p_routes = web.RouteTableDef()
@@ -25,18 +34,18 @@ async def swarm_nodes(request: web.Request) -> web.Response:
         raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
     nodes = state.swarm.nodes()
     metrics = state.router.metrics if state.router is not None else {}
-    return web.json_response(
-        {
-            "federated_nodes": [
-                {**node_data(node), "metrics": metrics[node.id].as_json() if node.id in metrics else None}
-                for node in nodes
-                if node.federated
-            ],
-            "llama_cpp_nodes": [worker_data(node) for node in nodes if node.llama_worker],
-            "mlx_nodes": [],
-            "self": {**node_data(nodes[0]), "addrs": list(nodes[0].addrs), "stats": state.swarm.stats()},
-        }
-    )
+    me = nodes[0]
+    return json_reply(P2PNodesResponse(
+        federated_nodes=[
+            FederatedNode(**_serving(node), metrics=PeerMetrics(**metrics[node.id].as_json())
+                          if node.id in metrics else None)
+            for node in nodes
+            if node.federated
+        ],
+        llama_cpp_nodes=[_worker(node) for node in nodes if node.llama_worker],
+        mlx_nodes=[],
+        self=SelfNode(**_serving(me), addrs=list(me.addrs), stats=OverlayStats.model_validate(state.swarm.stats())),
+    ))
 
 
 @p2p_routes.get("/api/p2p/token")
@@ -63,8 +72,8 @@ def _forbidden(message: str) -> APIError:
     return APIError(403, message, type_="permission_error", code="forbidden")
 
 
-def node_data(node: SwarmNode) -> dict[str, Any]:
-    """LocalAI's NodeData (id, name, serviceID, tunnelAddress, lastSeen) plus our own fields."""
+def _serving(node: SwarmNode) -> dict[str, Any]:
+    """The fields of a node that serves models (FederatedNode and SelfNode)."""
     payload = node.payload
     urls = node.endpoint_urls()
     return {
@@ -73,23 +82,23 @@ def node_data(node: SwarmNode) -> dict[str, Any]:
         "address": urls[0] if urls else "",
         "models": [offer.name for offer in payload.models],
         "loaded": [offer.name for offer in payload.models if offer.loaded],
-        "model_stats": [offer.model_dump() for offer in payload.models],
-        "capacity": payload.capacity.model_dump(),
-        "memory": payload.memory.model_dump(),
+        "model_stats": payload.models,
+        "capacity": payload.capacity,
+        "memory": payload.memory,
         "cpus": payload.cpus,
         "gpus": payload.gpus,
     }
 
 
-def worker_data(node: SwarmNode) -> dict[str, Any]:
+def _worker(node: SwarmNode) -> WorkerNode:
     worker = node.worker
     assert worker is not None
     host = worker.rpc.hosts[0] if worker.rpc.hosts else ""
-    return {
+    return WorkerNode(
         **_common(node, "p2pai-llama-cpp-worker"),
-        "tunnelAddress": f"{host}:{worker.rpc.port}" if host else "",
+        tunnelAddress=f"{host}:{worker.rpc.port}" if host else "",
         **worker.model_dump(exclude={"rpc"}),
-    }
+    )
 
 
 def _common(node: SwarmNode, service: str) -> dict[str, Any]:
@@ -102,7 +111,7 @@ def _common(node: SwarmNode, service: str) -> dict[str, Any]:
         ),
         "online": node.online,
         "connected": node.connected,
-        "self": node.is_self,
+        "is_self": node.is_self,
         "version": node.version,
         "roles": list(node.roles),
     }

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..routing.peer_auth import Rejected, Verifier
 from ..routing.router import FORWARDED
+from . import openapi
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
 from .routes import routes
@@ -37,4 +38,5 @@ def create_peer_app(state: NodeState, verifier: Verifier) -> web.Application:
     app[STATE] = state
     app[VERIFIER] = verifier
     app.add_routes(routes)
+    app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app

@@ -1,17 +1,27 @@
-"""Route handlers: parse the body, call the serving layer, shape the HTTP response."""
+"""Route handlers: parse the body, call the serving layer, serialize the answer."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from ..serving import chat, completions, embeddings
+from ..protocol.node import Health, LoadedModel, Readiness, SystemInfo
+from ..protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EditRequest,
+    EmbeddingRequest,
+    ModelList,
+    TokenizeRequest,
+)
 from ..routing.router import FORWARDED
+from ..serving import chat, completions, embeddings
 from ..serving.context import ServedModel
 from ..serving.manager import UnknownModelError
-from ..serving.protocol import ChatCompletionRequest, CompletionRequest, EditRequest, EmbeddingRequest, TokenizeRequest
+from .replies import json_reply
 from .sse import send_stream
 from .state import NodeState
 
@@ -32,13 +42,13 @@ async def _stream_or_json(
     request: web.Request,
     served: ServedModel,
     wants_stream: bool,
-    whole: Callable[[], Awaitable[dict[str, Any]]],
-    parts: Callable[[], AsyncIterator[dict[str, Any]]],
+    whole: Callable[[], Awaitable[BaseModel]],
+    parts: Callable[[], AsyncIterator[BaseModel]],
 ) -> web.StreamResponse:
     state = NodeState.of(request)
     headers = _served_headers(served, state)
     if not wants_stream:
-        return web.json_response(await whole(), headers=headers)
+        return json_reply(await whole(), headers=headers)
     events = parts()
     first = await anext(events)  # errors before the first event still get their own status
     return await send_stream(request, first, events, headers)
@@ -106,14 +116,14 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
 
 
 def _json_answer(
-    request: web.Request, model: str | None, serve: Callable[[ServedModel, R], Awaitable[dict[str, Any]]], body: R
+    request: web.Request, model: str | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]], body: R
 ) -> Callable[[], Awaitable[web.StreamResponse]]:
     """This node's answer to a request with a JSON (never streamed) response."""
 
     async def local() -> web.StreamResponse:
         state = NodeState.of(request)
         served = await state.serving.model(model)
-        return web.json_response(await serve(served, body), headers=_served_headers(served, state))
+        return json_reply(await serve(served, body), headers=_served_headers(served, state))
 
     return local
 
@@ -123,7 +133,7 @@ def _json_answer(
 async def list_models(request: web.Request) -> web.Response:
     """Every model of the swarm, once (this node's own when asked by a peer)."""
     state = NodeState.of(request)
-    return web.json_response({"object": "list", "data": state.model_cards(swarm_wide=FORWARDED not in request)})
+    return json_reply(ModelList(data=state.model_cards(swarm_wide=FORWARDED not in request)))
 
 
 @routes.get("/v1/models/{model}")
@@ -132,14 +142,14 @@ async def get_model(request: web.Request) -> web.Response:
     state = NodeState.of(request)
     name = request.match_info["model"]
     for card in state.model_cards(swarm_wide=FORWARDED not in request):
-        if card["id"] == name:
-            return web.json_response(card)
+        if card.id == name:
+            return json_reply(card)
     raise UnknownModelError(name)
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_reply(Health())
 
 
 @routes.get("/readyz")
@@ -147,26 +157,22 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready once the node can answer: preloading done (if asked) and a model here or a swarm to ask."""
     state = NodeState.of(request)
     ready = state.ready and (bool(state.manager.names()) or state.router is not None)
-    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+    return json_reply(Readiness(status="ready" if ready else "starting"), status=200 if ready else 503)
 
 
 @routes.get("/system")
 async def system(request: web.Request) -> web.Response:
     """LocalAI's /system: available backends and loaded models, plus per-model load figures."""
     state = NodeState.of(request)
-    manager = state.manager
-    return web.json_response(
-        {
-            "backends": state.backends,
-            "loaded_models": [{"id": name, **_stats(state, name)} for name in manager.loaded()],
-            "version": state.version,
-            "node_id": state.node_id,
-        }
-    )
+    return json_reply(SystemInfo(
+        backends=state.backends,
+        loaded_models=[_loaded(state, name) for name in state.manager.loaded()],
+        version=state.version,
+        node_id=state.node_id,
+    ))
 
 
-def _stats(state: NodeState, name: str) -> dict[str, Any]:
+def _loaded(state: NodeState, name: str) -> LoadedModel:
     stats = state.manager.stats(name)
-    return {"in_flight": stats.in_flight, "queued": stats.queued, "slots": stats.slots, "decode_tps": stats.decode_tps,
-            "crashes": stats.crashes, "last_crash": stats.last_crash, "pid": stats.pid}
-
+    return LoadedModel(id=name, in_flight=stats.in_flight, queued=stats.queued, slots=stats.slots,
+                       decode_tps=stats.decode_tps, crashes=stats.crashes, last_crash=stats.last_crash, pid=stats.pid)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from ..event_stream import DONE, EventStream
 from .errors import error_event
+from .replies import sse_event
 
 
-async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
+async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterator[BaseModel],
                       headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Write each event as soon as it exists; end with [DONE], or an error event if generation failed."""
     response = EventStream(
@@ -23,10 +24,10 @@ async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIt
         }
     )
     await response.prepare(request)
-    await response.write(_event(first))
+    await response.write(sse_event(first))
     try:
         async for item in rest:
-            await response.write(_event(item))
+            await response.write(sse_event(item))
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
@@ -34,7 +35,3 @@ async def send_stream(request: web.Request, first: dict[str, Any], rest: AsyncIt
     await response.write(DONE)
     await response.write_eof()
     return response
-
-
-def _event(item: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

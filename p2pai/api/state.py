@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
+from ..protocol.openai import ModelCard
 from ..routing.router import Router
 from ..serving.context import Serving
+from ..serving.limits import Limits
 from ..serving.manager import ModelManager
 from ..swarm.swarm import Swarm
 
@@ -30,16 +31,17 @@ class NodeState:
     router: Router | None = None
     token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
+    limits: Limits = field(default_factory=Limits)
     serving: Serving = field(init=False)
 
     def __post_init__(self) -> None:
-        self.serving = Serving(self.manager)
+        self.serving = Serving(self.manager, self.limits)
 
     @staticmethod
-    def of(request: web.Request) -> "NodeState":
+    def of(request: web.Request) -> NodeState:
         return request.app[STATE]
 
-    def model_cards(self, swarm_wide: bool = True) -> list[dict[str, Any]]:
+    def model_cards(self, swarm_wide: bool = True) -> list[ModelCard]:
         """OpenAI model objects plus where each model is served (our extra fields)."""
         if swarm_wide and self.router is not None:
             return [
@@ -55,18 +57,9 @@ class NodeState:
         return cards
 
     def _card(self, name: str, backend: str, loaded: bool, embeddings: bool, nodes: list[str],
-              loaded_on: list[str]) -> dict[str, Any]:
-        return {
-            "id": name,
-            "object": "model",
-            "created": self.started,
-            "owned_by": "p2pai",
-            "backend": backend,
-            "loaded": loaded,
-            "embeddings": embeddings,
-            "nodes": nodes,
-            "loaded_on": loaded_on,
-        }
+              loaded_on: list[str]) -> ModelCard:
+        return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=loaded,
+                         embeddings=embeddings, nodes=nodes, loaded_on=loaded_on)
 
 
 STATE = web.AppKey("p2pai_state", NodeState)

@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from .protocol import ChatCompletionRequest, ChatMessage, TextPart
 from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from ..protocol.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    ChatMessage,
+    FinishReason,
+    NamedToolChoice,
+    TextPart,
+    ToolCallDelta,
+)
+from ..protocol.openai import TokenLogprob as TokenLogprobOut
+from ..protocol.openai import TopLogprob as TopLogprobOut
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
-from .grammar import pick_grammar, response_format_grammar
+from .grammar import JSON_OBJECT_SCHEMA, Constraint, build_grammar
 from .tools import ToolPlan, parse_tool_calls, plan_tools
+from .validation import check_count, check_logit_bias
 
 
-def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[GenerationRequest, ToolPlan]:
+async def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[GenerationRequest, ToolPlan]:
+    """The generation a request asks for; everything checked before any of it reaches llama.cpp."""
+    check_count(len(request.messages), served.limits.max_messages, "messages", "messages")
+    check_logit_bias(request.logit_bias, served.engine.info.n_vocab)
     template = served.template
     tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-    choice = request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice
-    plan = plan_tools(tools, choice, template.supports_tools, served.name)
-    response_format = request.response_format
-    grammar = pick_grammar(
-        ("grammar", request.grammar),
-        ("response_format", response_format and response_format_grammar(
-            response_format.type, response_format.json_schema and response_format.json_schema.schema_
-        )),
-        ("tool_choice", plan.grammar),
-    )
+    choice = request.tool_choice
+    plan = plan_tools(tools, choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+                      template.supports_tools, served.name)
+    grammar = await build_grammar(_constraints(request, plan), _schemas(request), served.limits,
+                                  served.engine.info.n_vocab)
     messages = [_message(m, served.name) for m in request.messages]
     beginning = _beginning_to_continue(messages) if request.continue_final_message else ""
     prompt = template.render(messages, plan.template_tools)
@@ -36,6 +52,31 @@ def prepare(served: ServedModel, request: ChatCompletionRequest) -> tuple[Genera
         add_special=prompt.add_special,
     )
     return generation, plan
+
+
+def _constraints(request: ChatCompletionRequest, plan: ToolPlan) -> list[Constraint]:
+    form = request.response_format
+    schema = None
+    if form is not None and form.type == "json_object":
+        schema = JSON_OBJECT_SCHEMA
+    elif form is not None and form.type == "json_schema":
+        schema = (form.json_schema and form.json_schema.schema_) or JSON_OBJECT_SCHEMA
+    return [
+        Constraint("grammar", grammar=request.grammar),
+        Constraint("response_format.json_schema.schema" if form and form.type == "json_schema" else "response_format",
+                   schema=schema),
+        Constraint("tool_choice", schema=plan.schema),
+    ]
+
+
+def _schemas(request: ChatCompletionRequest) -> list[tuple[dict[str, Any], str]]:
+    """Every JSON schema of the request, for its size and bounds."""
+    schemas = [(tool.function.parameters, f"tools[{i}].function.parameters")
+               for i, tool in enumerate(request.tools or ())]
+    form = request.response_format
+    if form is not None and form.json_schema is not None and form.json_schema.schema_ is not None:
+        schemas.append((form.json_schema.schema_, "response_format.json_schema.schema"))
+    return schemas
 
 
 def _beginning_to_continue(messages: list[dict[str, Any]]) -> str:
@@ -66,98 +107,73 @@ def _message(message: ChatMessage, model: str) -> dict[str, Any]:
     return out
 
 
-async def complete(served: ServedModel, request: ChatCompletionRequest) -> dict[str, Any]:
-    generation, plan = prepare(served, request)
+async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatCompletion:
+    generation, plan = await prepare(served, request)
     choices, usages = [], []
     for index in range(request.n):
         result = await collect(served.engine.generate(with_seed(generation, index)))
         usages.append(result.usage)
-        message: dict[str, Any] = {"role": "assistant", "content": result.text}
-        finish = result.finish_reason
+        message = AssistantMessage(content=result.text)
+        finish: FinishReason = result.finish_reason
         calls = parse_tool_calls(result.text, plan.names)
         if calls:
-            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            message = AssistantMessage(content=None, tool_calls=calls)
             finish = "tool_calls"
-        choices.append(
-            {
-                "index": index,
-                "message": message,
-                "logprobs": _logprobs(result.logprobs) if request.logprobs else None,
-                "finish_reason": finish,
-            }
-        )
-    return {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=True),
-    }
+        choices.append(ChatChoice(index=index, message=message,
+                                  logprobs=_logprobs(result.logprobs) if request.logprobs else None,
+                                  finish_reason=finish))
+    return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=served.name, choices=choices,
+                          usage=total_usage(usages, prompt_once=True))
 
 
-async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
     """Chunks as they are generated. Tool calls are recognised on the whole answer, so
     with tools the answer is sent as one chunk once complete."""
-    generation, plan = prepare(served, request)
+    generation, plan = await prepare(served, request)
     ident, created = new_id("chatcmpl"), now()
     usages = []
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-        return {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.name,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
+    def chunk(index: int, delta: ChatDelta, finish: FinishReason | None = None,
+              logprobs: ChatLogprobs | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=ident, created=created, model=served.name, choices=[
+            ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)])
 
     for index in range(request.n):
         chunks = await primed(served.engine.generate(with_seed(generation, index)))
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield chunk(index, ChatDelta(role="assistant", content=""))
         if plan.names:
             result = await collect(chunks)
             usages.append(result.usage)
             calls = parse_tool_calls(result.text, plan.names)
             if calls:
-                deltas = [{**call, "index": i} for i, call in enumerate(calls)]
-                yield chunk(index, {"tool_calls": deltas})
-                yield chunk(index, {}, "tool_calls")
+                deltas = [ToolCallDelta(**call.model_dump(), index=i) for i, call in enumerate(calls)]
+                yield chunk(index, ChatDelta(tool_calls=deltas))
+                yield chunk(index, ChatDelta(), "tool_calls")
             else:
-                yield chunk(index, {"content": result.text}, logprobs=_stream_logprobs(request, result.logprobs))
-                yield chunk(index, {}, result.finish_reason)
+                yield chunk(index, ChatDelta(content=result.text),
+                            logprobs=_stream_logprobs(request, result.logprobs))
+                yield chunk(index, ChatDelta(), result.finish_reason)
             continue
         async for piece in chunks:
             if piece.text or piece.logprobs:
-                yield chunk(index, {"content": piece.text}, logprobs=_stream_logprobs(request, list(piece.logprobs)))
+                yield chunk(index, ChatDelta(content=piece.text),
+                            logprobs=_stream_logprobs(request, list(piece.logprobs)))
             if piece.finish_reason is not None:
                 assert piece.usage is not None
                 usages.append(piece.usage)
-                yield chunk(index, {}, piece.finish_reason)
+                yield chunk(index, ChatDelta(), piece.finish_reason)
     if request.stream_options and request.stream_options.include_usage:
-        yield {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.name,
-            "choices": [],
-            "usage": total_usage(usages, prompt_once=True),
-        }
+        yield ChatCompletionChunk(id=ident, created=created, model=served.name, choices=[],
+                                  usage=total_usage(usages, prompt_once=True))
 
 
-def _stream_logprobs(request: ChatCompletionRequest, logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
+def _stream_logprobs(request: ChatCompletionRequest, logprobs: list[TokenLogprob]) -> ChatLogprobs | None:
     return _logprobs(logprobs) if request.logprobs else None
 
 
-def _logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.bytes),
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in lp.top],
-            }
-            for lp in logprobs
-        ]
-    }
+def _logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes), top_logprobs=[
+            TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in lp.top])
+        for lp in logprobs
+    ])

@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from ..protocol.openai import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Edit,
+    EditChoice,
+    EditRequest,
+    FinishReason,
+)
 from .context import ServedModel, collect, new_id, now, primed, total_usage, with_seed
-from .grammar import pick_grammar
-from .protocol import CompletionRequest, EditRequest
+from .grammar import Constraint, build_grammar
+from .validation import check_count, check_logit_bias, check_token_prompt
 
 OPENAI_DEFAULT_MAX_TOKENS = 16
 
 
-async def _prompts(served: ServedModel, request: CompletionRequest) -> list[tuple[str | tuple[int, ...], str]]:
-    """Each prompt as the engine takes it, with the text `echo` repeats."""
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        items: list[str | list[int]] = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        items = [prompt]  # type: ignore[list-item]
-    else:
-        items = list(prompt)  # type: ignore[arg-type]
-    out: list[tuple[str | tuple[int, ...], str]] = []
+async def prepare(served: ServedModel, request: CompletionRequest) -> list[tuple[GenerationRequest, str]]:
+    """Each prompt's generation, with the text `echo` repeats; everything checked before any reaches llama.cpp."""
+    items = _prompt_items(request.prompt)
+    engine = served.engine
+    check_count(len(items), served.limits.max_prompts, "prompts", "prompt")
     for item in items:
-        if isinstance(item, str):
-            out.append((item, item))
-        else:
-            out.append((tuple(item), await served.engine.detokenize(item)))
+        if not isinstance(item, str):
+            check_token_prompt(item, engine.info.n_vocab, engine.info.n_ctx, "prompt")
+    check_logit_bias(request.logit_bias, engine.info.n_vocab)
+    constraint = Constraint("grammar", grammar=request.grammar)
+    grammar = await build_grammar([constraint], [], served.limits, engine.info.n_vocab)
+    sampling = served.sampling(request, grammar)
+    max_tokens = served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS)
+    stop = tuple(served.config.stopwords) + request.stop_list()
+    prompts: list[tuple[str | tuple[int, ...], str]] = [
+        (item, item) if isinstance(item, str) else (tuple(item), await engine.detokenize(item)) for item in items
+    ]
     if request.suffix is not None:
-        out = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in out]
-    return out
+        prompts = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in prompts]
+    return [(GenerationRequest(prompt=prompt, sampling=sampling, max_tokens=max_tokens, stop=stop,
+                               logprobs=request.logprobs), text) for prompt, text in prompts]
+
+
+def _prompt_items(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]  # one prompt of token ids
+    return prompt  # type: ignore[return-value]  # several prompts
 
 
 async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tuple[int, ...]:
@@ -43,59 +64,35 @@ async def _fill_in_middle(served: ServedModel, prefix: str, suffix: str) -> tupl
     return (fim.prefix, *before, fim.suffix, *after, fim.middle)
 
 
-def _generation(served: ServedModel, request: CompletionRequest, prompt: str | tuple[int, ...]) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=prompt,
-        sampling=served.sampling(request, pick_grammar(("grammar", request.grammar))),
-        max_tokens=served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS),
-        stop=tuple(served.config.stopwords) + request.stop_list(),
-        logprobs=request.logprobs,
-    )
-
-
-async def complete(served: ServedModel, request: CompletionRequest) -> dict[str, Any]:
-    choices, usages = [], []
-    for prompt, text in await _prompts(served, request):
-        generation = _generation(served, request, prompt)
+async def complete(served: ServedModel, request: CompletionRequest) -> Completion:
+    choices: list[CompletionChoice] = []
+    usages = []
+    for generation, text in await prepare(served, request):
         for n in range(request.n):
             result = await collect(served.engine.generate(with_seed(generation, n)))
             usages.append(result.usage)
-            choices.append(
-                {
-                    "index": len(choices),
-                    "text": (text if request.echo else "") + result.text,
-                    "logprobs": _logprobs(result.logprobs, len(text) if request.echo else 0)
-                    if request.logprobs is not None
-                    else None,
-                    "finish_reason": result.finish_reason,
-                }
-            )
-    return {
-        "id": new_id("cmpl"),
-        "object": "text_completion",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=False),
-    }
+            choices.append(CompletionChoice(
+                index=len(choices),
+                text=(text if request.echo else "") + result.text,
+                logprobs=_logprobs(result.logprobs, len(text) if request.echo else 0)
+                if request.logprobs is not None else None,
+                finish_reason=result.finish_reason,
+            ))
+    return Completion(id=new_id("cmpl"), created=now(), model=served.name, choices=choices,
+                      usage=total_usage(usages, prompt_once=False))
 
 
-async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterator[Completion]:
     ident, created = new_id("cmpl"), now()
     usages = []
     index = 0
 
-    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-        }
+    def chunk(text: str, finish: FinishReason | None = None, logprobs: CompletionLogprobs | None = None
+              ) -> Completion:
+        return Completion(id=ident, created=created, model=served.name, choices=[
+            CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)])
 
-    for prompt, text in await _prompts(served, request):
-        generation = _generation(served, request, prompt)
+    for generation, text in await prepare(served, request):
         for n in range(request.n):
             chunks = await primed(served.engine.generate(with_seed(generation, n)))
             if request.echo:
@@ -110,31 +107,25 @@ async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterat
                     yield chunk("", piece.finish_reason)
             index += 1
     if request.stream_options and request.stream_options.include_usage:
-        yield {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": [],
-            "usage": total_usage(usages, prompt_once=False),
-        }
+        yield Completion(id=ident, created=created, model=served.name, choices=[],
+                         usage=total_usage(usages, prompt_once=False))
 
 
-def _logprobs(logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+def _logprobs(logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
     """OpenAI's legacy logprobs object: parallel lists plus character offsets."""
     offsets = []
     for lp in logprobs:
         offsets.append(offset)
         offset += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
-        "text_offset": offsets,
-    }
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        text_offset=offsets,
+    )
 
 
-async def edit(served: ServedModel, request: EditRequest) -> dict[str, Any]:
+async def edit(served: ServedModel, request: EditRequest) -> Edit:
     """An edit is one chat turn holding the instruction and the input.
 
     One user message, because several chat formats (gemma's among them) drop system messages.
@@ -153,11 +144,5 @@ async def edit(served: ServedModel, request: EditRequest) -> dict[str, Any]:
     for n in range(request.n):
         result = await collect(served.engine.generate(with_seed(generation, n)))
         usages.append(result.usage)
-        choices.append({"index": n, "text": result.text})
-    return {
-        "object": "edit",
-        "created": now(),
-        "model": served.name,
-        "choices": choices,
-        "usage": total_usage(usages, prompt_once=True),
-    }
+        choices.append(EditChoice(index=n, text=result.text))
+    return Edit(created=now(), model=served.name, choices=choices, usage=total_usage(usages, prompt_once=True))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ..backends.base import (
     Engine,
+    FinishReason,
     GenerationChunk,
     GenerationRequest,
     InvalidRequestError,
@@ -17,7 +19,9 @@ from ..backends.base import (
     Usage,
 )
 from ..models.config import ModelConfig
+from ..protocol.openai import CompletionUsage, PromptTokensDetails
 from .chat_prompt import ChatTemplate, chat_template
+from .limits import Limits
 from .manager import ModelManager
 
 
@@ -26,6 +30,7 @@ class ServedModel:
     config: ModelConfig
     engine: Engine
     template: ChatTemplate
+    limits: Limits
 
     @property
     def name(self) -> str:
@@ -70,8 +75,9 @@ class ServedModel:
 class Serving:
     """Resolves model names for the endpoint handlers."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, limits: Limits | None = None) -> None:
         self.manager = manager
+        self.limits = limits or Limits()
         self._templates: dict[str, ChatTemplate] = {}
 
     async def model(self, name: str | None) -> ServedModel:
@@ -92,7 +98,7 @@ class Serving:
             info = engine.info
             template = chat_template(config, info.metadata, info.bos_text, info.eos_text)
             self._templates[name] = template
-        return ServedModel(config, engine, template)
+        return ServedModel(config, engine, template, self.limits)
 
 
 @dataclass
@@ -101,7 +107,7 @@ class Completion:
 
     text: str
     logprobs: list[TokenLogprob]
-    finish_reason: str
+    finish_reason: FinishReason
     usage: Usage
 
 
@@ -143,17 +149,13 @@ def with_seed(request: GenerationRequest, index: int) -> GenerationRequest:
     return replace(request, sampling=replace(request.sampling, seed=request.sampling.seed + index))
 
 
-def total_usage(usages: list[Usage], prompt_once: bool) -> dict[str, Any]:
+def total_usage(usages: list[Usage], prompt_once: bool) -> CompletionUsage:
     """OpenAI usage: with n choices of one prompt, the prompt is counted once."""
     prompt = usages[0].prompt_tokens if prompt_once else sum(u.prompt_tokens for u in usages)
     cached = usages[0].cached_tokens if prompt_once else sum(u.cached_tokens for u in usages)
     completion = sum(u.completion_tokens for u in usages)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                           prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 def new_id(prefix: str) -> str:

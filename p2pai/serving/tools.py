@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import InvalidRequestError
-from .grammar import schema_grammar
+from ..protocol.openai import FunctionCall, ToolCall
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -25,7 +25,8 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 class ToolPlan:
     template_tools: list[dict[str, Any]] | None
     """Tools handed to the chat template (None: the template sees no tools)."""
-    grammar: str | None
+    schema: dict[str, Any] | None
+    """The JSON schema a forced call follows (tool_choice "required" or named)."""
     names: tuple[str, ...]
     """Tool names whose calls are parsed from the output; empty: plain text answer."""
 
@@ -45,9 +46,9 @@ def plan_tools(tools: list[dict[str, Any]] | None, choice: Any, template_support
         name = choice["function"]["name"]
         if name not in by_name:
             raise InvalidRequestError(f"tool_choice names an unknown function {name!r}", param="tool_choice")
-        return ToolPlan(tools, schema_grammar(_call_schema([by_name[name]]), "tools"), (name,))
+        return ToolPlan(tools, _call_schema([by_name[name]]), (name,))
     if choice == "required":
-        return ToolPlan(tools, schema_grammar(_call_schema(tools), "tools"), tuple(by_name))
+        return ToolPlan(tools, _call_schema(tools), tuple(by_name))
     return ToolPlan(tools, None, tuple(by_name))
 
 
@@ -66,7 +67,7 @@ def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
-def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
+def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[ToolCall]:
     """OpenAI `tool_calls` found in `text`; empty when the model answered in prose."""
     if not names:
         return []
@@ -81,19 +82,15 @@ def parse_tool_calls(text: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return calls
 
 
-def _as_call(block: str, names: tuple[str, ...]) -> dict[str, Any] | None:
+def _as_call(block: str, names: tuple[str, ...]) -> ToolCall | None:
     try:
         data = json.loads(block)
-    except ValueError:
+    except (ValueError, RecursionError):  # the model's output: nested deeper than json takes is just text
         return None
     if not isinstance(data, dict) or data.get("name") not in names:
         return None
     arguments = data.get("arguments", data.get("parameters", {}))
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {
-            "name": data["name"],
-            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
-        },
-    }
+    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=FunctionCall(
+        name=data["name"],
+        arguments=arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
+    ))
