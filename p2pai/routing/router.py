@@ -44,9 +44,12 @@ from .relay import relay
 
 log = logging.getLogger(__name__)
 
-FORWARDED = "p2pai_forwarded_by"  # request key: set by the peer endpoint to the sender's id
+FORWARDED = web.RequestKey("p2pai_forwarded_by", str)  # set by the peer endpoint to the sender's id
 PIN_HEADER = "X-P2PAI-Node"
 MAX_ATTEMPTS = 3
+REFUSED = 401
+"""A peer's refusal of this node's signature (clocks too far apart, say): a problem between this
+node and that peer, never the client's, so another node is tried."""
 RETRY_AFTER = 2
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
@@ -209,7 +212,7 @@ class Router:
             )
             upstream = await self._abortable(peer, send)
             try:
-                if upstream.status >= 500:
+                if upstream.status >= 500 or upstream.status == REFUSED:
                     raise PeerUnavailable(f"answered {upstream.status}: {await _detail(upstream)}")
                 waited = loop.time() - started
                 metrics.answered(waited)
