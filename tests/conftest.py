@@ -89,30 +89,32 @@ async def keyed_client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestCl
         yield c
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class NodeProcess:
     """A real `p2pai start` process on loopback ports only; stopped by its own PID.
 
-    Its swarm stays on 127.0.0.1: libp2p and the peer endpoint listen there, and
-    mDNS is either off or (``mdns=True``) bound to the loopback interface.
+    Its swarm stays on ``host`` (127.0.0.1 unless told another loopback address): the
+    client API, libp2p and the peer endpoint listen there, and mDNS is either off or
+    (``mdns=True``) bound to the loopback interface.
     """
 
     def __init__(self, *args: str, data_dir: Path, env: dict[str, str] | None = None,
-                 mdns: bool = False) -> None:
-        self.port = free_port()
-        self.p2p_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+                 mdns: bool = False, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.p2p_port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.data_dir = data_dir
         self.log = data_dir / "node.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        swarm = ["--p2p-listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}", "--peer-listen", "127.0.0.1:0"]
+        swarm = ["--p2p-listen", f"/ip4/{host}/tcp/{self.p2p_port}", "--peer-listen", f"{host}:0"]
         swarm += ["--mdns-interface", "127.0.0.1"] if mdns else ["--no-mdns"]
-        self.command = [sys.executable, "-m", "p2pai", "start", "--listen", f"127.0.0.1:{self.port}",
+        self.command = [sys.executable, "-m", "p2pai", "start", "--listen", f"{host}:{self.port}",
                         "--data-dir", str(data_dir), *swarm, *args]
         self.env = {**os.environ, **(env or {})}
         self.proc = self._spawn()
@@ -132,7 +134,7 @@ class NodeProcess:
         return self.swarm()["self"]["id"]
 
     def bootstrap_addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id()}"
+        return f"/ip4/{self.host}/tcp/{self.p2p_port}/p2p/{self.peer_id()}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -164,8 +166,8 @@ def start_node(tmp_path: Path) -> Iterator:
     started: list[NodeProcess] = []
 
     def start(*args: str, name: str = "node", env: dict[str, str] | None = None, ready: bool = True,
-              mdns: bool = False) -> NodeProcess:
-        node = NodeProcess(*args, data_dir=tmp_path / name, env=env, mdns=mdns)
+              mdns: bool = False, host: str = "127.0.0.1") -> NodeProcess:
+        node = NodeProcess(*args, data_dir=tmp_path / name, env=env, mdns=mdns, host=host)
         started.append(node)
         if ready:
             node.wait_ready()
