@@ -95,30 +95,40 @@ class _TLS:
 
     @property
     def buffered(self) -> bool:
-        """Bytes received and not yet decrypted (at most a partial record once read() returned None)."""
-        return bool(self.incoming.pending or self.session.pending())
+        """Bytes received and not yet decrypted. A read asks for more than a record holds (16 KiB),
+        so the session itself never keeps decrypted data back."""
+        return bool(self.incoming.pending)
 
 
 class _TLSSocket:
-    """A relay thread's blocking reads through a connection's TLS session."""
+    """A relay thread's blocking reads through a connection's TLS session.
+
+    Every event of a stream usually arrives as one TLS record in one segment: recv, decrypt,
+    return, with nothing left over. Records hold at most 16 KiB, less than a read asks for, so
+    the session never keeps decrypted data back: only the incoming buffer can hold more.
+    """
 
     def __init__(self, sock: socket.socket, tls: _TLS) -> None:
         self._sock = sock
         self._tls = tls
 
     def recv(self, size: int) -> bytes:
-        tls = self._tls
+        incoming, session, outgoing = self._tls.incoming, self._tls.session, self._tls.outgoing
         while True:
-            if tls.buffered:
-                data = tls.read()
-                if data is not None:
-                    if tls.outgoing.pending:  # the session's own messages (a key update's answer)
-                        self._sock.sendall(tls.outgoing.read())
-                    return data
-            raw = self._sock.recv(size)
-            if not raw:
+            if not incoming.pending:
+                raw = self._sock.recv(size)
+                if not raw:
+                    return b""
+                incoming.write(raw)
+            try:
+                data = session.read(size)
+            except ssl.SSLWantReadError:
+                continue  # a partial record, now inside the session: more must arrive
+            except ssl.SSLZeroReturnError:
                 return b""
-            tls.incoming.write(raw)
+            if outgoing.pending:  # the session's own messages (a key update's answer)
+                self._sock.sendall(outgoing.read())
+            return data
 
 
 class BodyReader:
@@ -196,6 +206,7 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self._tls = _TLS(tls) if tls is not None else None
         self._handshaken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._handshaken.add_done_callback(_retrieved)  # a handshake given up on may still fail later
         self._paused = False
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[PeerResponse] | None = None
@@ -344,7 +355,7 @@ class _Connection(asyncio.Protocol):
             self._handshaken.set_result(None)
 
     def _decrypt(self) -> None:
-        """Pass on everything decrypted from what arrived (until paused or closed)."""
+        """Pass on everything decrypted from what arrived (until paused or closed); called with bytes buffered."""
         tls = self._tls
         assert tls is not None
         while not self._paused and not self.closed:
@@ -361,6 +372,8 @@ class _Connection(asyncio.Protocol):
                 self._fail_with(AnswerBroken("the peer closed the connection"))
                 return
             self._received(data)
+            if not tls.buffered:
+                break  # the usual case: one record arrived, one was read
         if tls.outgoing.pending and self._transport is not None:
             self._transport.write(tls.outgoing.read())
 
@@ -480,6 +493,11 @@ class _Connection(asyncio.Protocol):
 
 
 _Key = tuple[str, int, str]  # host, port, and the peer a connection is pinned to
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class PeerClient:
