@@ -220,3 +220,15 @@ async def test_a_flood_of_bad_requests_logs_a_few_lines(endpoint: Endpoint, capl
             for _ in range(40):
                 assert refused(await client.get("/v1/models"))
     assert 1 <= len(caplog.records) <= 10
+
+
+async def test_the_client_api_refuses_peer_signed_requests_and_never_routes_them(client) -> None:
+    """What reaches a client API with a peer's signature came through a member announcing this API as
+    its peer endpoint: refused with 421 (the forwarder then tries another way), never served or routed."""
+    headers = sign(b"k" * 32, "PeerA", "NodeB", "POST", "/v1/completions", b"{}")
+    for name, value in [*headers.items(), ("X-P2PAI-Signature", "garbage")]:
+        response = await client.post("/v1/completions", data=b'{"model": "tiny", "prompt": "hi"}',
+                                     headers={name: value})
+        assert response.status == 421
+        assert (await response.json())["error"]["code"] == "misdirected_peer_request"
+    assert (await client.get("/healthz")).status == 200
