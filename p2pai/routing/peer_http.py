@@ -9,7 +9,7 @@ framed by Content-Length, chunked encoding or the end of the connection. The
 peer is a p2pai node (aiohttp's server), so parsing is strict only where a
 mistake could mix up two answers; an answer larger than the client's limit ends broken.
 
-TLS runs on an ssl.SSLObject over memory BIOs (_TLS), not on asyncio's SSL
+TLS runs on an ssl.SSLObject over memory BIOs (peer_tls.TLSSession), not on asyncio's SSL
 transport: the decryption state then belongs to the connection, and the relay
 thread that takes a stream over keeps decrypting with the same object. A
 connection is pinned to the peer it was opened for: the server's certificate
@@ -30,7 +30,7 @@ from multidict import CIMultiDict
 
 from .answer import MAX_ANSWER_BYTES, Answer, AnswerBroken
 from .chunked import ChunkError, Dechunker
-from .peer_tls import PeerTLS
+from .peer_tls import PeerTLS, TLSSession
 
 MAX_HEAD = 64 * 1024
 IDLE_S = 30.0  # an idle connection older than this is closed, not reused (aiohttp servers keep theirs an hour)
@@ -63,43 +63,6 @@ class PeerResponse(Answer):
         return self._connection.detach()
 
 
-class _TLS:
-    """A connection's TLS session, fed and drained by whoever holds the socket: the event loop,
-    or the relay thread that took the stream over (never both at once)."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.session = context.wrap_bio(self.incoming, self.outgoing, server_side=False)
-
-    def handshake(self) -> bool:
-        """One step of the handshake with what arrived; True once it is complete."""
-        try:
-            self.session.do_handshake()
-        except ssl.SSLWantReadError:
-            return False
-        return True
-
-    def encrypt(self, data: bytes) -> bytes:
-        self.session.write(data)
-        return self.outgoing.read()
-
-    def read(self) -> bytes | None:
-        """Decrypted data from what arrived, b"" at the peer's close_notify, None until more arrives."""
-        try:
-            return self.session.read(RECV_BYTES)
-        except ssl.SSLWantReadError:
-            return None
-        except ssl.SSLZeroReturnError:
-            return b""
-
-    @property
-    def buffered(self) -> bool:
-        """Bytes received and not yet decrypted. A read asks for more than a record holds (16 KiB),
-        so the session itself never keeps decrypted data back."""
-        return bool(self.incoming.pending)
-
-
 class _TLSSocket:
     """A relay thread's blocking reads through a connection's TLS session.
 
@@ -108,7 +71,7 @@ class _TLSSocket:
     the session never keeps decrypted data back: only the incoming buffer can hold more.
     """
 
-    def __init__(self, sock: socket.socket, tls: _TLS) -> None:
+    def __init__(self, sock: socket.socket, tls: TLSSession) -> None:
         self._sock = sock
         self._tls = tls
 
@@ -204,7 +167,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: PeerClient, key: _Key, tls: ssl.SSLContext | None) -> None:
         self._pool = pool
         self.key = key
-        self._tls = _TLS(tls) if tls is not None else None
+        self._tls = TLSSession(tls) if tls is not None else None
         self._handshaken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._handshaken.add_done_callback(_retrieved)  # a handshake given up on may still fail later
         self._paused = False
@@ -227,7 +190,7 @@ class _Connection(asyncio.Protocol):
         if self._tls is None or tls is None:
             return
         await self._handshaken
-        bound = tls.bound_peer(self._tls.session.getpeercert(binary_form=True))
+        bound = tls.bound_peer(self._tls.peer_certificate())
         if bound != peer:
             raise WrongPeer(f"the server's certificate belongs to {bound or 'no peer'}, not to {peer}")
 

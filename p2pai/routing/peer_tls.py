@@ -34,6 +34,7 @@ from ..identity import Identity, public_key_from_peer_id, verify_signature
 PLAINTEXT_ENV = "P2PAI_PLAINTEXT_PEERS"
 CERT_FILE = "peer-tls.pem"  # the node's TLS key (created once) and its certificate (issued at every start)
 HANDSHAKE_TIMEOUT = 10.0  # a member's handshake takes milliseconds; a stalled one holds a connection slot
+READ_BYTES = 64 * 1024  # more than a TLS record holds (16 KiB): one read never leaves decrypted data behind
 
 # An OID of our own (2.25 = UUID arc, RFC 4122 / X.667): the identity's signature over the certificate's key.
 BINDING_OID = x509.ObjectIdentifier("2.25.279611715918957350339357448504847678061")
@@ -107,6 +108,55 @@ class PeerTLS:
             if len(self._bindings) > _MAX_BINDINGS:
                 self._bindings.popitem(last=False)
         return peer
+
+
+class TLSSession:
+    """One connection's TLS, an ssl.SSLObject over memory BIOs: whoever holds the socket feeds it the
+    bytes received and sends what it produces. Both ends of the data plane use it: the caller, whose
+    relay thread can take a stream over and keep decrypting (routing/peer_http.py), and the peer
+    endpoint (api/peer_site.py), where it costs a third of asyncio's TLS transport per write."""
+
+    def __init__(self, context: ssl.SSLContext, server_side: bool = False) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.session = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+
+    def handshake(self) -> bool:
+        """One step of the handshake with what arrived; True once it is complete. ssl.SSLError if it failed."""
+        try:
+            self.session.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        self.session.write(data)
+        return self.outgoing.read()
+
+    def read(self) -> bytes | None:
+        """Decrypted data from what arrived, b"" at the other end's close_notify, None until more arrives."""
+        try:
+            return self.session.read(READ_BYTES)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes received and not yet decrypted (the session itself never keeps decrypted data back)."""
+        return bool(self.incoming.pending)
+
+    def close_notify(self) -> bytes:
+        """The alert that ends the session cleanly, to send before closing the connection."""
+        try:
+            self.session.unwrap()
+        except ssl.SSLError:
+            pass  # it waits for the other end's close_notify, which nobody waits for
+        return self.outgoing.read()
+
+    def peer_certificate(self) -> bytes | None:
+        return self.session.getpeercert(binary_form=True)
 
 
 def swarm_ca_certificate(ca_key: Ed25519PrivateKey) -> x509.Certificate:
