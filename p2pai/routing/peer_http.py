@@ -66,9 +66,9 @@ class PeerResponse(Answer):
 class _TLSSocket:
     """A relay thread's blocking reads through a connection's TLS session.
 
-    Every event of a stream usually arrives as one TLS record in one segment: recv, decrypt,
-    return, with nothing left over. Records hold at most 16 KiB, less than a read asks for, so
-    the session never keeps decrypted data back: only the incoming buffer can hold more.
+    Like a plain recv(), one call returns all that arrived: every whole record in the bytes
+    received, decrypted and joined (usually one record, one event). Records hold at most
+    16 KiB, less than a read asks for, so the session never keeps decrypted data back.
     """
 
     def __init__(self, sock: socket.socket, tls: TLSSession) -> None:
@@ -77,21 +77,25 @@ class _TLSSocket:
 
     def recv(self, size: int) -> bytes:
         incoming, session, outgoing = self._tls.incoming, self._tls.session, self._tls.outgoing
+        data = b""
         while True:
             if not incoming.pending:
+                if data:
+                    break
                 raw = self._sock.recv(size)
                 if not raw:
                     return b""
                 incoming.write(raw)
             try:
-                data = session.read(size)
-            except ssl.SSLWantReadError:
-                continue  # a partial record, now inside the session: more must arrive
-            except ssl.SSLZeroReturnError:
-                return b""
-            if outgoing.pending:  # the session's own messages (a key update's answer)
-                self._sock.sendall(outgoing.read())
-            return data
+                data += session.read(size)
+            except ssl.SSLWantReadError:  # a partial record, now inside the session
+                if data:
+                    break
+            except ssl.SSLZeroReturnError:  # close_notify: this data, then the end
+                break
+        if outgoing.pending:  # the session's own messages (a key update's answer)
+            self._sock.sendall(outgoing.read())
+        return data
 
 
 class BodyReader:
@@ -318,10 +322,13 @@ class _Connection(asyncio.Protocol):
             self._handshaken.set_result(None)
 
     def _decrypt(self) -> None:
-        """Pass on everything decrypted from what arrived (until paused or closed); called with bytes buffered."""
+        """Pass on, as one piece (as a plain connection would), all that the records received hold;
+        called with bytes buffered. Stops while paused, and after the peer's close_notify."""
         tls = self._tls
         assert tls is not None
-        while not self._paused and not self.closed:
+        pieces = []
+        ended = False
+        while tls.buffered and not self._paused:
             try:
                 data = tls.read()
             except ssl.SSLError as exc:
@@ -329,14 +336,17 @@ class _Connection(asyncio.Protocol):
                 return
             if data is None:
                 break
-            if not data:  # close_notify: nothing more comes (and the only clean end of a body framed by the close)
-                if self._body == self._until_close and self._response is not None:
-                    self._response.finish()
-                self._fail_with(AnswerBroken("the peer closed the connection"))
-                return
-            self._received(data)
-            if not tls.buffered:
-                break  # the usual case: one record arrived, one was read
+            if not data:
+                ended = True
+                break
+            pieces.append(data)
+        if pieces:
+            self._received(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if ended and not self.closed:  # nothing more comes (and the only clean end of a body framed by the close)
+            if self._body == self._until_close and self._response is not None:
+                self._response.finish()
+            self._fail_with(AnswerBroken("the peer closed the connection"))
+            return
         if tls.outgoing.pending and self._transport is not None:
             self._transport.write(tls.outgoing.read())
 
