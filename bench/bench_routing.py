@@ -287,7 +287,7 @@ async def bench_chunks(session: aiohttp.ClientSession, swarms: dict[str, tuple[N
     for entry, _ in swarms.values():
         await complete(session, entry.url, TINY_MODEL, CHUNK_MAX_TOKENS, True)  # warm-up
     await asyncio.to_thread(meter.wait_quiet)
-    nodes = {f"{mode}/{role}": node for mode, pair in swarms.items() for role, node in zip(("entry", "server"), pair)}
+    nodes = {f"{mode}/{role}": node for mode, pair in swarms.items() for role, node in zip(("entry", "server"), pair, strict=True)}
     before = {name: node.cpu_s() for name, node in nodes.items()}
     await asyncio.sleep(IDLE_WINDOW_S)
     idle = {name: (node.cpu_s() - before[name]) / IDLE_WINDOW_S for name, node in nodes.items()}

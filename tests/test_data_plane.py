@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from conftest import NodeProcess
-from packet_capture import LoopbackCapture, available
 from p2pai.identity import Identity
 from p2pai.routing.peer_auth import TIMESTAMP, sign
 from p2pai.routing.peer_tls import PLAINTEXT_ENV, PeerTLS
 from p2pai.token import derive_keys, new_token, parse_token
+from packet_capture import LoopbackCapture, available
 from test_swarm import online_peers, wait_for
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -34,7 +34,7 @@ def trio(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, token: str)
     root = tmp_path_factory.mktemp("trio")
     nodes: list[NodeProcess] = []
     try:
-        for name, host in zip("abc", HOSTS):
+        for name, host in zip("abc", HOSTS, strict=True):
             bootstrap = ["--bootstrap", nodes[0].bootstrap_addr()] if nodes else []
             nodes.append(NodeProcess("--token", token, *bootstrap, "--model", str(models_dir / "tiny.gguf"),
                                      "--threads", "1", "--name", name, data_dir=root / name, host=host))
@@ -43,7 +43,7 @@ def trio(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, token: str)
         for node in nodes:
             node.wait_ready()
         for node in nodes:
-            wait_for(lambda: len(online_peers(node)) == 2, 10.0)
+            wait_for(lambda node=node: len(online_peers(node)) == 2, 10.0)
         yield nodes
     finally:
         for node in nodes:

@@ -518,7 +518,7 @@ async def test_an_answer_beyond_the_size_limit_ends_broken(servers, side: Side, 
         peer_url = await servers(side=side, handler=large)
         for path in ("/whole", "/chunked"):
             answer = await client.request(peer_url, "POST", path, {}, b"{}", side.peer_id)
-            with pytest.raises(AnswerBroken, match="exceeded|size limit"):
+            with pytest.raises(AnswerBroken, match=r"exceeded|size limit"):
                 await asyncio.wait_for(answer.read(), 5)
             answer.release()
         entry = await start_entry(servers, client, side.peer_id, peer_url, threaded)
