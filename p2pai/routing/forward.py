@@ -3,10 +3,10 @@ connections pinned to the peer, or through the overlay's tunnel when no direct a
 
 from __future__ import annotations
 
-from ..overlay.tunnel import TunnelBroken
+from ..overlay.tunnel import NotDelivered, TunnelBroken
 from .answer import Answer, AnswerBroken
 from .peer_auth import sign
-from .peer_http import PeerClient
+from .peer_http import PeerClient, Unreachable
 from .peer_tls import PeerTLS
 from .tunnel_http import Tunnel, TunnelResponse, encode_request
 
@@ -15,7 +15,16 @@ MISDIRECTED = 421  # what a node's client API answers a peer-signed request (api
 
 
 class PeerUnavailable(Exception):
-    """The peer could not take the request; nothing reached the client yet, so try another node."""
+    """The peer could not take the request; nothing reached the client yet, so another node may.
+
+    `lost`: the peer may have been working on the request when it failed (it died or went
+    offline after the request was sent). Such a request may be what killed it, so the router
+    tries it on one more node at most (no query of death across the swarm).
+    """
+
+    def __init__(self, message: str, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 class Forwarder:
@@ -32,12 +41,17 @@ class Forwarder:
                    content_type: str | None) -> Answer:
         """The peer's response (headers read, body not yet): its addresses in order, then the tunnel."""
         failures = []
+        lost = False
         for url in urls:
             try:
                 answer = await self.client.request(url, method, path,
                                                     self._headers(peer, method, path, body, content_type), body, peer)
-            except (OSError, TimeoutError, AnswerBroken, ValueError) as exc:  # ValueError: not a URL we speak
+            except (Unreachable, ValueError) as exc:  # ValueError: not a URL we speak
                 failures.append(f"{url}: {exc!r}")
+                continue
+            except (OSError, TimeoutError, AnswerBroken) as exc:  # the request went out
+                failures.append(f"{url}: {exc!r}")
+                lost = True
                 continue
             if answer.status != MISDIRECTED:
                 return answer
@@ -47,9 +61,14 @@ class Forwarder:
             request = encode_request(method, path, self._headers(peer, method, path, body, content_type), body)
             try:
                 return await TunnelResponse.open(self._tunnel(peer, request))
-            except (TunnelBroken, StopAsyncIteration, ValueError) as exc:
+            except NotDelivered as exc:  # no tunnel, or the peer's own endpoint did not take the replay
                 failures.append(f"tunnel: {exc!r}")
-        raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})")
+            except TunnelBroken as exc:  # it broke after the request went out
+                failures.append(f"tunnel: {exc!r}")
+                lost = True
+            except (StopAsyncIteration, ValueError) as exc:  # the peer answered, with garbage
+                failures.append(f"tunnel: {exc!r}")
+        raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})", lost)
 
     def _headers(self, peer: str, method: str, path: str, body: bytes, content_type: str | None) -> dict[str, str]:
         """Headers signed for ``peer``; a fresh nonce for every attempt, since the peer may have seen the last one."""

@@ -213,7 +213,7 @@ class Router:
             upstream = await self._abortable(peer, send)
             try:
                 if upstream.status >= 500 or upstream.status == REFUSED:
-                    raise PeerUnavailable(f"answered {upstream.status}: {await _detail(upstream)}")
+                    raise PeerUnavailable(f"answered {upstream.status}: {await _detail(upstream)}", lost=False)
                 waited = loop.time() - started
                 metrics.answered(waited)
                 return await self._relay(request, upstream, peer, waited, body, model)
@@ -253,7 +253,7 @@ class Router:
             return await send
         except asyncio.CancelledError:
             if aborted and task.uncancel() <= cancelling:
-                raise PeerUnavailable("it went offline while the request waited") from None
+                raise PeerUnavailable("it went offline while the request waited", lost=True) from None
             raise  # the client went away
         finally:
             self._aborts[peer].discard(abort)
@@ -268,7 +268,7 @@ class Router:
             try:  # read whole before answering: a peer dying now is still a clean failover
                 body = await upstream.read()
             except AnswerBroken as exc:
-                raise PeerUnavailable(f"the answer broke off: {exc}") from exc
+                raise PeerUnavailable(f"the answer broke off: {exc}", lost=True) from exc
             return web.Response(status=upstream.status, body=body, headers=headers)
         response = EventStream(status=upstream.status, headers=headers)
         writer = await response.prepare(request)
