@@ -1,6 +1,6 @@
 """Routing benchmark: what an entry node costs, and how throughput scales behind it.
 
-One invocation starts a small swarm of real `p2pai start` processes on loopback
+One invocation starts small swarms of real `p2pai start` processes on loopback
 (an entry node with no model, `--no-default-model`, plus serving nodes) and measures:
 
 1. added latency: the same request sent straight to the serving node and through
@@ -12,6 +12,10 @@ One invocation starts a small swarm of real `p2pai start` processes on loopback
    under 2 concurrent streaming clients per serving node, the serving nodes running
    the benchmark's slow backend (bench/slow_backend.py: a fixed sleep per token, no
    compute, so 2 cores can show N nodes' worth of throughput).
+
+1 and 2 run on two swarms side by side, their blocks alternating: node-to-node traffic over TLS
+(the default) and in plaintext (P2PAI_PLAINTEXT_PEERS=1, the measurement-only switch), so that
+what TLS costs is measured against a baseline of the same run. 3 runs over TLS.
 
 Run `python bench/bench_routing.py --help` for the options; see bench/README.md.
 """
@@ -64,6 +68,8 @@ SWARM_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 120.0
 IDLE_WINDOW_S = 5.0
 DEFAULT_OUTPUT = BENCH / "results" / "routing.json"
+MODES = ("plaintext", "tls")
+PLAINTEXT = {"P2PAI_PLAINTEXT_PEERS": "1"}  # p2pai.routing.peer_tls.PLAINTEXT_ENV
 
 
 # Processes.
@@ -83,7 +89,7 @@ class Node(ServerProcess):
     """
 
     def __init__(self, name: str, workdir: Path, token: str, *, launcher: list[str], p2pai: list[str],
-                 bootstrap: str | None = None) -> None:
+                 bootstrap: str | None = None, env: dict[str, str] | None = None) -> None:
         port, self.p2p_port = free_port(), free_port()
         data_dir = workdir / name
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,9 +103,11 @@ class Node(ServerProcess):
         ]
         super().__init__(name, argv, port, "/readyz", workdir / f"{name}.log")
         self.peer_id = ""
+        self.env = env or {}
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+        env = {**os.environ, **self.env,
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=REPO, env=env)
@@ -228,19 +236,25 @@ async def latency_block(session: aiohttp.ClientSession, entry: Node, server: Nod
     return block
 
 
-async def bench_latency(session: aiohttp.ClientSession, entry: Node, server: Node, meter: CpuMeter,
+async def bench_latency(session: aiohttp.ClientSession, swarms: dict[str, tuple[Node, Node]], meter: CpuMeter,
                         args: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+    """Per mode (TLS, plaintext) and kind, `--repeat` blocks; the modes' blocks alternate."""
+    result: dict[str, Any] = {mode: {} for mode in swarms}
     for stream in (False, True):
-        await latency_block(session, entry, server, meter, 20, stream)  # warm-up: connections, caches
-        blocks = []
-        for _ in range(args.repeat):
-            await asyncio.to_thread(meter.wait_quiet)
-            blocks.append(await latency_block(session, entry, server, meter, args.requests, stream))
-        result["ttft" if stream else "non_streamed"] = blocks
-        print(f"  {'streamed (TTFT)' if stream else 'non-streamed'}: added p50 "
-              f"{[round(b['added_p50_ms'], 2) for b in blocks]} ms, p99 {[round(b['added_p99_ms'], 2) for b in blocks]} ms",
-              flush=True)
+        kind = "ttft" if stream else "non_streamed"
+        for entry, server in swarms.values():
+            await latency_block(session, entry, server, meter, 20, stream)  # warm-up: connections, caches
+        for mode in swarms:
+            result[mode][kind] = []
+        for i in range(args.repeat):
+            for mode in (list(swarms) if i % 2 == 0 else list(reversed(swarms))):
+                await asyncio.to_thread(meter.wait_quiet)
+                result[mode][kind].append(await latency_block(session, *swarms[mode], meter, args.requests, stream))
+        for mode in swarms:
+            blocks = result[mode][kind]
+            print(f"  {mode} {'streamed (TTFT)' if stream else 'non-streamed'}: added p50 "
+                  f"{[round(b['added_p50_ms'], 2) for b in blocks]} ms, "
+                  f"p99 {[round(b['added_p99_ms'], 2) for b in blocks]} ms", flush=True)
     return result
 
 
@@ -268,21 +282,31 @@ async def chunk_block(session: aiohttp.ClientSession, via: Node, entry: Node, se
     return block
 
 
-async def bench_chunks(session: aiohttp.ClientSession, entry: Node, server: Node, meter: CpuMeter,
+async def bench_chunks(session: aiohttp.ClientSession, swarms: dict[str, tuple[Node, Node]], meter: CpuMeter,
                        args: argparse.Namespace) -> dict[str, Any]:
-    await complete(session, entry.url, TINY_MODEL, CHUNK_MAX_TOKENS, True)  # warm-up
+    for entry, _ in swarms.values():
+        await complete(session, entry.url, TINY_MODEL, CHUNK_MAX_TOKENS, True)  # warm-up
     await asyncio.to_thread(meter.wait_quiet)
-    before = {"entry": entry.cpu_s(), "server": server.cpu_s()}
+    nodes = {f"{mode}/{role}": node for mode, pair in swarms.items() for role, node in zip(("entry", "server"), pair, strict=True)}
+    before = {name: node.cpu_s() for name, node in nodes.items()}
     await asyncio.sleep(IDLE_WINDOW_S)
-    idle = {name: (node.cpu_s() - before[name]) / IDLE_WINDOW_S for name, node in (("entry", entry), ("server", server))}
-    routed, direct = [], []
-    for _ in range(args.repeat):
-        await asyncio.to_thread(meter.wait_quiet)
-        routed.append(await chunk_block(session, entry, entry, server, meter, args.chunk_streams, idle))
-        direct.append(await chunk_block(session, server, entry, server, meter, args.chunk_streams, idle))
-    print(f"  entry CPU per forwarded chunk {[round(b['entry_cpu_per_chunk_ms'], 4) for b in routed]} ms; "
-          f"serving node {[round(b['server_cpu_per_chunk_ms'], 4) for b in routed]} ms", flush=True)
-    return {"idle_cores": idle, "routed": routed, "direct": direct}
+    idle = {name: (node.cpu_s() - before[name]) / IDLE_WINDOW_S for name, node in nodes.items()}
+    result: dict[str, Any] = {mode: {"idle_cores": {role: idle[f"{mode}/{role}"] for role in ("entry", "server")},
+                                     "routed": [], "direct": []} for mode in swarms}
+    for i in range(args.repeat):
+        for mode in (list(swarms) if i % 2 == 0 else list(reversed(swarms))):
+            entry, server = swarms[mode]
+            idle_of = result[mode]["idle_cores"]
+            await asyncio.to_thread(meter.wait_quiet)
+            result[mode]["routed"].append(await chunk_block(session, entry, entry, server, meter, args.chunk_streams,
+                                                            idle_of))
+            result[mode]["direct"].append(await chunk_block(session, server, entry, server, meter, args.chunk_streams,
+                                                            idle_of))
+    for mode in swarms:
+        routed = result[mode]["routed"]
+        print(f"  {mode}: entry CPU per forwarded chunk {[round(b['entry_cpu_per_chunk_ms'], 4) for b in routed]} ms; "
+              f"serving node {[round(b['server_cpu_per_chunk_ms'], 4) for b in routed]} ms", flush=True)
+    return result
 
 
 # 3. Scaling.
@@ -385,26 +409,33 @@ def verdict(value: float, target: float, at_most: bool) -> str:
 
 def summarise(results: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     summary: dict[str, Any] = {}
-    lines = ["| measurement | direct | through entry | added | routed/direct | target |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| measurement | plaintext: direct / routed / added | TLS: direct / routed / added | "
+             "TLS − plaintext | target (TLS) |",
+             "| --- | --- | --- | --- | --- |"]
     for kind, label in (("non_streamed", f"non-streamed ({LATENCY_MAX_TOKENS} tokens) ms"), ("ttft", "TTFT ms")):
-        blocks = results["latency"][kind]
         for q in ("p50", "p99"):
-            direct, routed = median_of(blocks, f"direct_{q}_ms"), median_of(blocks, f"routed_{q}_ms")
-            added = median_of(blocks, f"added_{q}_ms")
-            summary[f"{kind}_{q}"] = {"direct_ms": direct, "routed_ms": routed, "added_ms": added}
-            lines.append(f"| {label} {q} | {direct:.2f} | {routed:.2f} | {added:+.2f} | {routed / direct:.2f} | "
-                         f"{verdict(added, TARGETS[f'added_{q}_ms'], True)} |")
-    chunks = results["chunks"]
-    entry_chunk = median_of(chunks["routed"], "entry_cpu_per_chunk_ms")
-    server_chunk = median_of(chunks["routed"], "server_cpu_per_chunk_ms")
-    server_direct = median_of(chunks["direct"], "server_cpu_per_chunk_ms")
-    summary["chunk_cpu"] = {"entry_ms": entry_chunk, "server_ms": server_chunk, "server_direct_ms": server_direct,
-                            "events_per_stream": median_of(chunks["routed"], "events") / args.chunk_streams}
-    lines.append(f"| CPU per streamed chunk ms (tiny model, {CHUNK_MAX_TOKENS} tokens) | serving node "
-                 f"{server_direct:.4f} | entry {entry_chunk:.4f}, serving node {server_chunk:.4f} | "
-                 f"{entry_chunk:+.4f} (entry) | entry/serving {entry_chunk / server_chunk:.2f} | "
-                 f"{verdict(entry_chunk, TARGETS['entry_cpu_per_chunk_ms'], True)} |")
+            cells = []
+            for mode in MODES:
+                blocks = results["latency"][mode][kind]
+                figures = {name: median_of(blocks, f"{name}_{q}_ms") for name in ("direct", "routed", "added")}
+                summary[f"{mode}/{kind}_{q}"] = {f"{name}_ms": value for name, value in figures.items()}
+                cells.append(f"{figures['direct']:.2f} / {figures['routed']:.2f} / {figures['added']:+.2f}")
+            tls, plain = (summary[f"{mode}/{kind}_{q}"]["added_ms"] for mode in ("tls", "plaintext"))
+            lines.append(f"| {label} {q} | {' | '.join(cells)} | {tls - plain:+.2f} | "
+                         f"{verdict(tls, TARGETS[f'added_{q}_ms'], True)} |")
+    cells = []
+    for mode in MODES:
+        chunks = results["chunks"][mode]
+        figures = {"entry_ms": median_of(chunks["routed"], "entry_cpu_per_chunk_ms"),
+                   "server_ms": median_of(chunks["routed"], "server_cpu_per_chunk_ms"),
+                   "server_direct_ms": median_of(chunks["direct"], "server_cpu_per_chunk_ms"),
+                   "events_per_stream": median_of(chunks["routed"], "events") / args.chunk_streams}
+        summary[f"{mode}/chunk_cpu"] = figures
+        cells.append(f"entry {figures['entry_ms']:.4f} (serving node {figures['server_ms']:.4f}, "
+                     f"direct {figures['server_direct_ms']:.4f})")
+    tls, plain = (summary[f"{mode}/chunk_cpu"]["entry_ms"] for mode in ("tls", "plaintext"))
+    lines.append(f"| CPU per streamed chunk ms (tiny model, {CHUNK_MAX_TOKENS} tokens) | {' | '.join(cells)} | "
+                 f"{tls - plain:+.4f} (entry) | {verdict(tls, TARGETS['entry_cpu_per_chunk_ms'], True)} |")
     scaling = results["scaling"]
     base = median_of(scaling[str(args.nodes[0])], "aggregate_tps")
     ideal_per_node = args.slots * 1000 / args.token_ms
@@ -423,8 +454,9 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> tuple[dict[s
         target = verdict(efficiency, TARGETS["scaling_efficiency_4"], False) if count == 4 else ""
         scale_lines.append(f"| {count} | {rounds[0]['clients']} | {aggregate:.1f} | {ideal_per_node * count:.0f} | "
                            f"{efficiency:.3f} | {worst:.3f} | {cpu:.4f} | {median_of(rounds, 'ttft_ms_max'):.0f} | {target} |")
-    every = ([b for k in ("non_streamed", "ttft") for b in results["latency"][k]] + chunks["routed"]
-             + chunks["direct"] + [r for rounds in scaling.values() for r in rounds])
+    every = ([b for mode in MODES for k in ("non_streamed", "ttft") for b in results["latency"][mode][k]]
+             + [b for mode in MODES for k in ("routed", "direct") for b in results["chunks"][mode][k]]
+             + [r for rounds in scaling.values() for r in rounds])
     summary["others_cores_max"] = max(b["others_cores"] for b in every)
     return summary, "\n".join(lines) + "\n\n" + "\n".join(scale_lines)
 
@@ -441,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-tokens", type=int, default=50, help="max_tokens of each scaling request")
     parser.add_argument("--token-ms", type=float, default=20.0, help="the slow backend's delay per token")
     parser.add_argument("--slots", type=int, default=1, help="the slow backend's generations at once per node")
-    parser.add_argument("--profile-entry", type=Path, help="cProfile the entry node's event loop into this file")
+    parser.add_argument("--profile-entry", type=Path, help="cProfile the TLS entry node's event loop into this file")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     return parser.parse_args(argv)
 
@@ -454,32 +486,41 @@ async def run(args: argparse.Namespace, workdir: Path, started: list[Node]) -> d
     (workdir / "no-models").mkdir()
     tiny = write_tiny_gguf(workdir / f"{TINY_MODEL}.gguf", seed=1)
     shutil.copy(tiny, workdir / f"{SLOW_MODEL}.gguf")  # the slow backend never reads it; the node needs a file
-    token = new_token()
+    tokens = {mode: new_token() for mode in MODES}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        profile = ["--profile", str(args.profile_entry.resolve())] if args.profile_entry else []
-        entry = Node("entry", workdir, token, launcher=profile, p2pai=["--no-default-model"])
-        entry.start()
-        started.append(entry)
-        await entry.ready(session)
-        server = Node("tiny1", workdir, token, bootstrap=entry.bootstrap_addr, launcher=[],
-                      p2pai=["--model", str(tiny), "--threads", "1", "--context-size", str(TINY_CONTEXT), "--preload"])
-        server.start()
-        started.append(server)
-        await server.ready(session)
-        await wait_for_nodes(session, entry, TINY_MODEL, 1)
-        meter = CpuMeter([os.getpid(), entry.pid, server.pid])
+        swarms: dict[str, tuple[Node, Node]] = {}
+        for mode in MODES:
+            env = PLAINTEXT if mode == "plaintext" else {}
+            profile = ["--profile", str(args.profile_entry.resolve())] if args.profile_entry and mode == "tls" else []
+            entry = Node(f"{mode}-entry", workdir, tokens[mode], launcher=profile, p2pai=["--no-default-model"],
+                         env=env)
+            entry.start()
+            started.append(entry)
+            await entry.ready(session)
+            server = Node(f"{mode}-tiny1", workdir, tokens[mode], bootstrap=entry.bootstrap_addr, launcher=[],
+                          p2pai=["--model", str(tiny), "--threads", "1", "--context-size", str(TINY_CONTEXT),
+                                 "--preload"], env=env)
+            server.start()
+            started.append(server)
+            await server.ready(session)
+            await wait_for_nodes(session, entry, TINY_MODEL, 1)
+            swarms[mode] = (entry, server)
+        meter = CpuMeter([os.getpid(), *(node.pid for pair in swarms.values() for node in pair)])
         results: dict[str, Any] = {}
         print("1. added latency (tiny model, sequential, direct and through the entry node interleaved) ...", flush=True)
-        results["latency"] = await bench_latency(session, entry, server, meter, args)
+        results["latency"] = await bench_latency(session, swarms, meter, args)
         print("2. CPU per forwarded chunk ...", flush=True)
-        results["chunks"] = await bench_chunks(session, entry, server, meter, args)
-        server.stop()  # its idle overlay CPU is not needed for the rest
-        meter.pids.remove(server.pid)
-        print(f"3. scaling (slow backend, {args.token_ms:g} ms per token, {args.slots} slot(s) per node) ...", flush=True)
-        results["scaling"] = await bench_scaling(session, entry, meter, workdir, token, args, started,
-                                                 results["chunks"]["idle_cores"]["entry"])
+        results["chunks"] = await bench_chunks(session, swarms, meter, args)
+        entry = swarms["tls"][0]
+        for node in (swarms["tls"][1], *swarms["plaintext"]):  # their idle CPU is not needed for the rest
+            node.stop()
+            meter.pids.remove(node.pid)
+        print(f"3. scaling over TLS (slow backend, {args.token_ms:g} ms per token, {args.slots} slot(s) per node) ...",
+              flush=True)
+        results["scaling"] = await bench_scaling(session, entry, meter, workdir, tokens["tls"], args, started,
+                                                 results["chunks"]["tls"]["idle_cores"]["entry"])
     return results
 
 

@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 import requests  # noqa: E402
 
 from conftest import NodeProcess, write_test_models  # noqa: E402
-from fuzzing import MODELS, NODE_FLAGS, Figures, PeerSigner, campaign, load, report  # noqa: E402
+from fuzzing import MODELS, NODE_FLAGS, Figures, campaign, load, member_session, report  # noqa: E402
 from p2pai.token import new_token  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def _run(endpoint: str, node: NodeProcess, token: str, args: argparse.Namespace)
     session = requests.Session()
     url = node.url
     if endpoint == "peer":
-        session.auth = PeerSigner(token)
+        session = member_session(token, node.peer_id(), node.data_dir / "fuzz-member")
         url = node.swarm()["self"]["address"]
     return campaign(load(url, session), url, session, MODELS, args.examples, args.seconds, args.seed)
 

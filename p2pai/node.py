@@ -11,7 +11,8 @@ from aiohttp import web
 
 from . import __version__
 from .api.app import create_app
-from .api.peer_app import create_peer_app
+from .api.peer_app import create_peer_app, peer_guard, peer_runner
+from .api.peer_site import PeerSite
 from .api.state import NodeState
 from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
@@ -19,14 +20,14 @@ from .identity import Identity
 from .models.catalog import build_catalog
 from .overlay.addresses import ips
 from .routing.forward import Forwarder
-from .routing.peer_auth import Verifier
+from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings, prepare_data_dir
 from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
-from .swarm.payload import FEDERATED_ROLE, PeerEndpoint, local_payload
+from .swarm.payload import FEDERATED_ROLE, DataEndpoint, local_payload
 from .swarm.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
     catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models), settings.default_model)
     reporter = LoadReporter()
-    endpoint = PeerEndpoint()  # filled in once the peer site listens
+    identity = Identity.load_or_create(settings.data_dir)
+    tls = _peer_tls(settings, membership.keys.peer_ca_key, identity)
+    endpoint = DataEndpoint(tls=tls is not None)  # hosts and port filled in once the peer site listens
 
     def on_load(event: LoadEvent) -> None:
         reporter(event)
@@ -50,7 +53,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         settings.parallel,
         on_load=on_load,
         workers=lambda: swarm.workers(),
-        rpc_credentials=Credentials(Identity.load_or_create(settings.data_dir), membership.keys.rpc_key),
+        rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
     )
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
@@ -59,7 +62,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await swarm.start()
     except Exception as exc:
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
-    forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tunnel=overlay.tunnel)
+    forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
     state = NodeState(
@@ -74,25 +77,28 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         limits=settings.limits,
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
-    peer_runner = web.AppRunner(create_peer_app(state, Verifier(membership.keys.http_key)),
-                                handler_cancellation=True, access_log=None)
+    guard = peer_guard(membership.keys.http_key, swarm.peer_id, tls)
+    peers = peer_runner(create_peer_app(state, guard))
     await runner.setup()
-    await peer_runner.setup()
+    await peers.setup()
     try:
-        peer_site = await _listen(peer_runner, settings.peer_host, settings.peer_port)
-        bound_port = _bound_port(peer_site)
-        local_peer_url = f"http://{_loopback_for(settings.peer_host)}:{bound_port}"
-        overlay.set_tunnel_handler(serve_locally(forwarder.session, lambda: local_peer_url))
+        peer_site = PeerSite(peers, settings.peer_host, settings.peer_port,
+                             tls.server_context() if tls is not None else None, guard.refusals)
+        await _listen(peer_site, settings.peer_host, settings.peer_port)
+        local_peer_url = f"{'https' if tls else 'http'}://{_loopback_for(settings.peer_host)}:{peer_site.port}"
+        overlay.set_tunnel_handler(serve_locally(forwarder.client, lambda: local_peer_url, swarm.peer_id))
         if settings.peer_advertise is not None:
             endpoint.hosts, endpoint.port = [settings.peer_advertise[0]], settings.peer_advertise[1]
             if parse_ip(settings.peer_advertise[0]) is None:
                 log.warning("--peer-advertise %s is not an IP address: peers connect only to the IP this node's "
                             "connections come from, so they will use the tunnel", settings.peer_advertise[0])
         else:
-            endpoint.hosts, endpoint.port = endpoint_hosts(settings.peer_host, swarm.self_node().addrs), bound_port
+            endpoint.hosts = endpoint_hosts(settings.peer_host, swarm.self_node().addrs)
+            endpoint.port = peer_site.port
         swarm.refresh()
-        client_site = await _listen(runner, settings.listen_host, settings.listen_port)
-        swarm.set_own_addresses([(settings.listen_host, _bound_port(client_site)), (settings.peer_host, bound_port)])
+        await _listen(web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True),
+                      settings.listen_host, settings.listen_port)
+        swarm.set_own_addresses([(settings.listen_host, settings.listen_port), (settings.peer_host, peer_site.port)])
         url = f"http://{settings.listen_host}:{settings.listen_port}"
         print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
         print_swarm(settings, membership, swarm.self_node().addrs)
@@ -108,24 +114,28 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         # below still finish the requests they have.
         await swarm.stop()
         await runner.cleanup()
-        await peer_runner.cleanup()
+        await peers.cleanup()
         await router.stop()
         await manager.close()
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+async def _listen(site: web.BaseSite, host: str, port: int) -> None:
     try:
         await site.start()
     except OSError as exc:
         raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    return site
 
 
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server private; port 0 needs the real one
-    assert server is not None and server.sockets
-    return server.sockets[0].getsockname()[1]
+def _peer_tls(settings: NodeSettings, ca_seed: bytes, identity: Identity) -> PeerTLS | None:
+    """This node's TLS for the data plane; None when started in the measurement-only plaintext mode."""
+    if plaintext_requested():
+        log.warning("%s=1: prompts and answers cross the network between nodes IN CLEAR (for measurements only)",
+                    PLAINTEXT_ENV)
+        return None
+    try:
+        return PeerTLS.load_or_create(settings.data_dir, ca_seed, identity)
+    except ValueError as exc:
+        raise SystemExit(f"cannot set up TLS for the peer endpoint: {exc}") from exc
 
 
 def _loopback_for(bound_host: str) -> str:

@@ -44,6 +44,7 @@ _PSK_LABEL = b"p2pai/v1/libp2p-psk"
 _SEAL_LABEL = b"p2pai/v1/announce-seal"
 _HTTP_LABEL = b"p2pai/v1/http-hmac"
 _RPC_LABEL = b"p2pai/v1/rpc-auth"
+_PEER_CA_LABEL = b"p2pai/v1/peer-tls-ca"
 _DISCRIMINATOR_LABEL = b"p2pai/v1/lan-discriminator"
 
 
@@ -93,6 +94,7 @@ class NetworkKeys:
     seal_key: bytes = field(repr=False)  # AEAD key sealing peer announcements
     http_key: bytes = field(repr=False)  # HMAC key for peer-to-peer HTTP requests
     rpc_key: bytes = field(repr=False)  # authenticates the llama.cpp RPC relay/tunnel
+    peer_ca_key: bytes = field(repr=False)  # Ed25519 seed of the swarm CA issuing peer TLS certificates
     discriminator: str  # public: lets LAN discovery skip other swarms' peers
 
     @property
@@ -179,6 +181,7 @@ def derive_keys(token: SwarmToken) -> NetworkKeys:
         seal_key=expand(_SEAL_LABEL),
         http_key=expand(_HTTP_LABEL),
         rpc_key=expand(_RPC_LABEL),
+        peer_ca_key=expand(_PEER_CA_LABEL),
         discriminator=expand(_DISCRIMINATOR_LABEL, DISCRIMINATOR_BYTES).hex(),
     )
 

@@ -8,17 +8,20 @@ it is a 5xx, has an undocumented status or content type, does not match the
 document's schema (every error: OpenAI's shape), or answers invalid input with
 a 2xx. Failures are collected, not raised: a campaign reports all it found.
 
-Requests to the peer endpoint are signed by `PeerSigner`, the one place that
-knows how a member authenticates (routing/peer_auth.py).
+Requests to the peer endpoint go through `member_session`, the one place that
+knows how a member authenticates: TLS with a certificate from the swarm's CA
+(routing/peer_tls.py), each request signed for the node (routing/peer_auth.py).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -37,7 +40,9 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from p2pai.routing.peer_auth import NONCE, PEER, SIGNATURE, TIMESTAMP, sign
+from p2pai.identity import Identity
+from p2pai.routing.peer_auth import SIGNED_HEADERS, sign
+from p2pai.routing.peer_tls import PeerTLS
 from p2pai.routing.router import PIN_HEADER
 from p2pai.token import derive_keys, parse_token
 
@@ -50,26 +55,46 @@ MODELS = ["tiny", "tiny-b"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 NEGATIVE_CHECKS = [*CHECKS, negative_data_rejection]
 REQUEST_TIMEOUT_S = 60.0
-SIGNATURE_HEADERS = (PEER, TIMESTAMP, NONCE, SIGNATURE)
-"""Not fuzzed: PeerSigner sets them on every request (an unsigned one only ever gets a 401)."""
 MAX_TOKENS = 64
 """Valid requests asking for more are mostly shortened to this: the fuzzer is after inputs, not long answers."""
 
 
 class PeerSigner(requests.auth.AuthBase):
-    """Signs each request as a member of the swarm of ``token`` would (after schemathesis built it)."""
+    """Signs each request for ``destination`` as member ``sender`` would (after schemathesis built it)."""
 
-    def __init__(self, token: str, peer: str = "fuzzer") -> None:
-        self._key = derive_keys(parse_token(token)).http_key
-        self._peer = peer
+    def __init__(self, key: bytes, sender: str, destination: str) -> None:
+        self._key = key
+        self._sender = sender
+        self._destination = destination
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
         assert request.method is not None
-        request.headers.update(sign(self._key, self._peer, request.method, request.path_url, body))
+        request.headers.update(sign(self._key, self._sender, self._destination, request.method, request.path_url,
+                                    body))
         return request
+
+
+class _TLSAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs, ssl_context=self._context)
+
+
+def member_session(token: str, destination: str, data_dir: Path) -> requests.Session:
+    """A session to node ``destination``'s peer endpoint as a new member of the swarm of ``token``
+    (its TLS key and certificate kept in ``data_dir``)."""
+    keys = derive_keys(parse_token(token))
+    member = PeerTLS.load_or_create(data_dir, keys.peer_ca_key, Identity.generate())
+    session = requests.Session()
+    session.mount("https://", _TLSAdapter(member.client_context()))
+    session.auth = PeerSigner(keys.http_key, member.peer_id, destination)
+    return session
 
 
 @dataclass
@@ -122,7 +147,8 @@ def _fuzz(operation: Any, mode: GenerationMode, base_url: str, session: requests
     deadline = time.monotonic() + budget
     checks = NEGATIVE_CHECKS if mode is GenerationMode.NEGATIVE else CHECKS
 
-    signed = {param.name: "set when sent" for param in operation.iter_parameters() if param.name in SIGNATURE_HEADERS}
+    # Not fuzzed: PeerSigner sets the signature headers on every request (an unsigned one only gets a 401).
+    signed = {param.name: "set when sent" for param in operation.iter_parameters() if param.name in SIGNED_HEADERS}
     strategy = operation.as_strategy(generation_mode=mode, headers=signed or None)
 
     @hypothesis.seed(random.getrandbits(64) if seed is None else seed)  # given: no "reproduce with @seed" notes

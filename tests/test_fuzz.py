@@ -13,7 +13,7 @@ import httpx
 import pytest
 import requests
 
-from fuzzing import MODELS, NODE_FLAGS, PeerSigner, campaign, load, report
+from fuzzing import MODELS, NODE_FLAGS, campaign, load, member_session, report
 from p2pai.token import new_token
 
 pytestmark = pytest.mark.e2e
@@ -40,12 +40,11 @@ def test_fuzz_the_client_api(start_node, models_dir: Path) -> None:
     assert node.proc.poll() is None
 
 
-def test_fuzz_the_peer_endpoint_with_signed_requests(start_node, models_dir: Path) -> None:
+def test_fuzz_the_peer_endpoint_with_signed_requests(start_node, models_dir: Path, tmp_path: Path) -> None:
     token = new_token()
     node = _fuzzed_node(start_node, models_dir, token)
     peer_url = node.swarm()["self"]["address"]
-    session = requests.Session()
-    session.auth = PeerSigner(token)
+    session = member_session(token, node.peer_id(), tmp_path / "member")
     figures = campaign(load(peer_url, session), peer_url, session, MODELS, examples=15, seconds=50)
     assert figures.requests > 150
     assert 401 not in figures.statuses  # every request was signed as a member signs it

@@ -11,18 +11,19 @@ from openapi_spec_validator import validate
 
 from p2pai.api import openapi
 from p2pai.api.app import create_app
-from p2pai.api.peer_app import create_peer_app
+from p2pai.api.peer_app import create_peer_app, peer_guard
 from p2pai.api.state import NodeState
 from p2pai.models.catalog import build_catalog
 from p2pai.routing import peer_auth
 from p2pai.serving.manager import ModelManager
 
 KEY = b"k" * 32
+NODE = "12D3KooWTestNode"  # a peer id in form (base58)
 
 
 @pytest.fixture
 def state(models_dir: Path, tmp_path: Path) -> NodeState:
-    return NodeState(ModelManager(build_catalog(models_dir, tmp_path, [])), node_id="test-node", version="test",
+    return NodeState(ModelManager(build_catalog(models_dir, tmp_path, [])), node_id=NODE, version="test",
                      ready=True)
 
 
@@ -44,11 +45,11 @@ def _documented(kind: openapi.Document) -> set[tuple[str, str]]:
 
 def test_every_route_of_each_app_is_documented_and_nothing_else(state: NodeState) -> None:
     assert _routes(create_app(state)) == _documented("client")
-    assert _routes(create_peer_app(state, peer_auth.Verifier(KEY))) == _documented("peer")
+    assert _routes(create_peer_app(state, peer_guard(KEY, NODE, None))) == _documented("peer")
 
 
 def test_the_peer_document_requires_the_signature_headers_on_every_operation() -> None:
-    names = {peer_auth.PEER, peer_auth.TIMESTAMP, peer_auth.NONCE, peer_auth.SIGNATURE}
+    names = set(peer_auth.SIGNED_HEADERS)
     for item in openapi.document("peer")["paths"].values():
         for operation in item.values():
             if isinstance(operation, dict):
@@ -73,12 +74,13 @@ def test_streamed_operations_document_their_events_and_every_error_is_openai_sha
 
 async def test_both_apps_serve_their_document(state: NodeState) -> None:
     client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
-    peer = TestClient(TestServer(create_peer_app(state, peer_auth.Verifier(KEY)), host="127.0.0.1"))
+    peer = TestClient(TestServer(create_peer_app(state, peer_guard(KEY, NODE, None)), host="127.0.0.1"))
     async with client, peer:
         response = await client.get("/openapi.json")
         assert response.status == 200 and await response.json() == openapi.document("client")
         assert (await peer.get("/openapi.json")).status == 401  # members only, as everything there
-        signed = await peer.get("/openapi.json", headers=peer_auth.sign(KEY, "peer", "GET", "/openapi.json", b""))
+        headers = peer_auth.sign(KEY, "12D3KooWPeer", NODE, "GET", "/openapi.json", b"")
+        signed = await peer.get("/openapi.json", headers=headers)
         assert signed.status == 200
         assert json.loads(await signed.read()) == openapi.document("peer")
     await state.manager.close()

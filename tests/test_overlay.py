@@ -428,7 +428,7 @@ def test_a_restarted_peer_is_redialed_at_its_known_address(nodes) -> None:
 
 
 async def test_overlay_facade_announces_payload_changes_and_stops_quickly(tmp_path: Path) -> None:
-    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), "facade-test")
+    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), "facade-test")
 
     def config(name: str, bootstrap: list[str]) -> OverlayConfig:
         return OverlayConfig(

@@ -2,12 +2,16 @@
 
 A "peer" aiohttp app answers; an "entry" app forwards to it with PeerClient and
 relays with relay(), as the router does; clients read from the entry. Every
-entry test runs both ways of relaying: by a thread per stream, and on the event loop.
+entry test runs both ways of relaying: by a thread per stream, and on the event loop;
+and every test runs with the peer behind TLS (its PeerSite, the client pinned to
+its peer id) and plain (the measurement-only mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
 import threading
 import time
@@ -18,25 +22,69 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from p2pai.api.peer_site import PeerSite, RefusalLog
+from p2pai.event_stream import DONE
+from p2pai.identity import Identity
 from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.chunked import Dechunker
 from p2pai.routing.peer_http import PeerClient, PeerResponse
-from p2pai.event_stream import DONE
+from p2pai.routing.peer_tls import PeerTLS
 from p2pai.routing.relay import IDLE_THREADS, ClientGone, StreamThread, relay
 
 HOST = "127.0.0.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def serve(handler: Handler, cancel_handlers: bool = True) -> tuple[str, web.AppRunner]:
+@dataclass(frozen=True)
+class Side:
+    """How the entry reaches the peer in this run."""
+
+    peer: PeerTLS | None  # None: plain http://
+    entry: PeerTLS | None
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer.peer_id if self.peer is not None else "PlainPeer"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.peer is not None else "http"
+
+    def direct(self) -> aiohttp.ClientSession:
+        """A client session that can ask the peer directly (with the entry's certificate)."""
+        context = self.entry.client_context() if self.entry is not None else False
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[PeerTLS, PeerTLS]:
+    """The peer's and the entry's TLS, two members of one swarm."""
+    seed, directory = os.urandom(32), tmp_path_factory.mktemp("tls")
+    return (PeerTLS.load_or_create(directory / "peer", seed, Identity.generate()),
+            PeerTLS.load_or_create(directory / "entry", seed, Identity.generate()))
+
+
+@pytest.fixture(params=["tls", "plain"])
+def side(request: pytest.FixtureRequest, members: tuple[PeerTLS, PeerTLS]) -> Side:
+    return Side(*members) if request.param == "tls" else Side(None, None)
+
+
+async def serve(handler: Handler, cancel_handlers: bool = True, side: Side | None = None
+                ) -> tuple[str, web.AppRunner]:
+    """An app answering every POST with ``handler``: the entry (plain TCPSite), or with ``side``
+    the peer (behind a PeerSite, as the peer endpoint is)."""
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
     runner = web.AppRunner(app, handler_cancellation=cancel_handlers, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://{HOST}:{port}", runner
+    if side is None:
+        site = web.TCPSite(runner, HOST, 0)
+        await site.start()
+        return f"http://{HOST}:{site._server.sockets[0].getsockname()[1]}", runner  # type: ignore[union-attr]
+    tls = side.peer.server_context() if side.peer is not None else None
+    peer_site = PeerSite(runner, HOST, 0, tls, RefusalLog(logging.getLogger(__name__)))
+    await peer_site.start()
+    return f"{side.scheme}://{HOST}:{peer_site.port}", runner
 
 
 @dataclass
@@ -54,8 +102,8 @@ class Entry:
 async def servers() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(handler: Handler, cancel_handlers: bool = True) -> str:
-        url, runner = await serve(handler, cancel_handlers)
+    async def start(handler: Handler, cancel_handlers: bool = True, side: Side | None = None) -> str:
+        url, runner = await serve(handler, cancel_handlers, side)
         runners.append(runner)
         return url
 
@@ -70,19 +118,19 @@ def threaded(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-async def peer_client() -> AsyncIterator[PeerClient]:
-    client = PeerClient(connect_timeout=3.0)
+async def peer_client(side: Side) -> AsyncIterator[PeerClient]:
+    client = PeerClient(connect_timeout=3.0, tls=side.entry)
     yield client
     client.close()
 
 
-async def start_entry(servers, client: PeerClient, peer_url: str, threaded: bool, cancel_handlers: bool = True,
-                      rewrite: Callable[[bytes], bytes] | None = None) -> Entry:
+async def start_entry(servers, client: PeerClient, peer_id: str, peer_url: str, threaded: bool,
+                      cancel_handlers: bool = True, rewrite: Callable[[bytes], bytes] | None = None) -> Entry:
     entry = Entry()
 
     async def forward(request: web.Request) -> web.StreamResponse:
         entry.requests.append(request)
-        upstream = await client.request(peer_url, "POST", request.path_qs, {}, await request.read())
+        upstream = await client.request(peer_url, "POST", request.path_qs, {}, await request.read(), peer_id)
         entry.upstreams.append(upstream)
         try:
             response = web.StreamResponse(status=upstream.status,
@@ -118,7 +166,7 @@ def sse_answer(events: list[bytes], pause: float = 0.0) -> Handler:
 
 
 async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_the_connection(
-        servers, peer_client: PeerClient, threaded: bool) -> None:
+        servers, peer_client: PeerClient, side: Side, threaded: bool) -> None:
     events = [b"data: {\"n\": %d, \"text\": \"\xc3\xa9t\xc3\xa9\"}\n\n" % i for i in range(300)]
     events[100] = b"data: " + b"x" * 300_000 + b"\n\n"  # larger than any single read
     events.append(DONE)
@@ -129,11 +177,11 @@ async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_t
         peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
         return await answer(request)
 
-    peer_url = await servers(peer)
-    entry = await start_entry(servers, peer_client, peer_url, threaded)
+    peer_url = await servers(side=side, handler=peer)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
+    async with side.direct() as direct_session, direct_session.post(peer_url + "/v1/completions", data=b"{}") as direct:
+        expected = await direct.read()
     async with aiohttp.ClientSession() as session:
-        async with session.post(peer_url + "/v1/completions", data=b"{}") as direct:
-            expected = await direct.read()
         for _ in range(2):
             async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
                 assert routed.headers["Content-Type"] == "text/event-stream"
@@ -144,10 +192,11 @@ async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_t
     assert peers[1] == peers[2]  # the second relayed request reused the first one's connection
 
 
-async def test_a_client_that_stops_reading_at_done_keeps_its_connection(servers, peer_client: PeerClient,
+async def test_a_client_that_stops_reading_at_done_keeps_its_connection(servers, peer_client: PeerClient, side: Side,
                                                                        threaded: bool) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(5)] + [DONE]
-    entry = await start_entry(servers, peer_client, await servers(sse_answer(events)), threaded)
+    peer_url = await servers(side=side, handler=sse_answer(events))
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
     connections = []
 
     async def connecting(session: object, context: object, params: object) -> None:
@@ -164,7 +213,8 @@ async def test_a_client_that_stops_reading_at_done_keeps_its_connection(servers,
     assert entry.outcomes == [True] * 10
 
 
-async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: PeerClient, threaded: bool) -> None:
+async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: PeerClient, side: Side,
+                                                       threaded: bool) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(50)] + [DONE]
 
     def rewrite(piece: bytes) -> bytes:
@@ -172,7 +222,8 @@ async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: Pe
             raise ValueError("a malformed event")
         return piece
 
-    entry = await start_entry(servers, peer_client, await servers(sse_answer(events, pause=0.005)), threaded,
+    peer_url = await servers(side=side, handler=sse_answer(events, pause=0.005))
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded,
                               rewrite=rewrite)
     async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
         body = await asyncio.wait_for(routed.content.read(), 5.0)
@@ -180,10 +231,11 @@ async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: Pe
     assert entry.outcomes == [False] and entry.upstreams[0]._connection.closed
 
 
-async def test_an_http_1_0_client_gets_the_stream_unframed_until_the_close(servers, peer_client: PeerClient,
+async def test_an_http_1_0_client_gets_the_stream_unframed_until_the_close(servers, peer_client: PeerClient, side: Side,
                                                                            threaded: bool) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(50)] + [DONE]
-    entry = await start_entry(servers, peer_client, await servers(sse_answer(events)), threaded)
+    peer_url = await servers(side=side, handler=sse_answer(events))
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
     port = int(entry.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -197,9 +249,11 @@ async def test_an_http_1_0_client_gets_the_stream_unframed_until_the_close(serve
     assert entry.outcomes == [True]
 
 
-async def test_concurrent_streams_get_threads_and_at_most_a_few_stay(servers, peer_client: PeerClient) -> None:
+async def test_concurrent_streams_get_threads_and_at_most_a_few_stay(servers, peer_client: PeerClient,
+                                                                     side: Side) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)] + [DONE]
-    entry = await start_entry(servers, peer_client, await servers(sse_answer(events, pause=0.01)), threaded=True)
+    peer_url = await servers(side=side, handler=sse_answer(events, pause=0.01))
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded=True)
     most = 0
 
     async def one(session: aiohttp.ClientSession) -> bytes:
@@ -220,7 +274,8 @@ async def test_concurrent_streams_get_threads_and_at_most_a_few_stay(servers, pe
     assert sum(t.name == "p2pai-relay" for t in threading.enumerate()) <= IDLE_THREADS
 
 
-async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient, threaded: bool) -> None:
+async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: PeerClient, side: Side,
+                                                         threaded: bool) -> None:
     piece = b"data: " + b"y" * (64 * 1024) + b"\n\n"
     total = 64 * 1024 * 1024 // len(piece)
     written = [0]
@@ -235,7 +290,8 @@ async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: 
         await response.write_eof()
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(peer), threaded)
+    peer_url = await servers(side=side, handler=peer)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
     port = int(entry.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -261,7 +317,7 @@ async def test_a_slow_reader_pauses_reading_from_the_peer(servers, peer_client: 
 
 @pytest.mark.parametrize("cancel_handlers", [True, False])
 async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
-        servers, peer_client: PeerClient, cancel_handlers: bool, threaded: bool) -> None:
+        servers, peer_client: PeerClient, side: Side, cancel_handlers: bool, threaded: bool) -> None:
     peer_ended = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -275,7 +331,8 @@ async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
             peer_ended.set()
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(endless), threaded, cancel_handlers)
+    peer_url = await servers(side=side, handler=endless)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded, cancel_handlers)
     async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
         assert await routed.content.readuntil(b"\n\n") == b"data: {}\n\n"
     left = time.monotonic()
@@ -286,7 +343,8 @@ async def test_a_client_that_leaves_mid_stream_closes_the_peer_connection(
         assert entry.outcomes == ["client gone"]
 
 
-async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_client: PeerClient, threaded: bool
+async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_client: PeerClient, side: Side,
+                                                              threaded: bool
                                                               ) -> None:
     async def silent_after_two(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -296,7 +354,8 @@ async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_cli
         await asyncio.sleep(10)  # like a frozen peer
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(silent_after_two), threaded)
+    peer_url = await servers(side=side, handler=silent_after_two)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
     async with aiohttp.ClientSession() as session, session.post(entry.url + "/v1/completions", data=b"{}") as routed:
         assert await routed.content.readuntil(b"\n\n") == b"data: 1\n\n"
         await routed.content.readuntil(b"\n\n")
@@ -309,7 +368,8 @@ async def test_closing_the_answer_ends_a_silent_stream_at_once(servers, peer_cli
     assert b"".join(entry.kept) == b"data: 1\n\ndata: 2\n\n"
 
 
-async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_closed(servers, peer_client: PeerClient
+async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_closed(servers, peer_client: PeerClient,
+                                                                                  side: Side
                                                                                  ) -> None:
     piece = b"data: " + b"z" * (64 * 1024) + b"\n\n"
 
@@ -320,7 +380,8 @@ async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_close
             await response.write(piece)
         return response
 
-    entry = await start_entry(servers, peer_client, await servers(flood), threaded=True)
+    peer_url = await servers(side=side, handler=flood)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded=True)
     port = int(entry.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
@@ -341,13 +402,13 @@ async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_close
 
 @pytest.mark.parametrize("split_every", [1, 7, 1000])
 async def test_a_stream_taken_over_mid_chunk_is_relayed_whole_and_its_connection_reused(
-        servers, peer_client: PeerClient, threaded: bool, split_every: int) -> None:
+        servers, peer_client: PeerClient, side: Side, threaded: bool, split_every: int) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)] + [DONE]
     chunked = b"".join(b"%x\r\n%b\r\n" % (len(event), event) for event in events) + b"0\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    url, server, heads = await raw_peer([head + chunked, head + chunked], split_every)
+    url, server, heads = await raw_peer([head + chunked, head + chunked], split_every, side)
     try:
-        entry = await start_entry(servers, peer_client, url, threaded)
+        entry = await start_entry(servers, peer_client, side.peer_id, url, threaded)
         async with aiohttp.ClientSession() as session:
             for _ in range(2):
                 async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
@@ -358,7 +419,7 @@ async def test_a_stream_taken_over_mid_chunk_is_relayed_whole_and_its_connection
     assert len(heads) == 2  # both requests on the one connection raw_peer serves
 
 
-async def raw_peer(answers: list[bytes], split_every: int, hang_up: bool = False
+async def raw_peer(answers: list[bytes], split_every: int, side: Side, hang_up: bool = False
                    ) -> tuple[str, asyncio.Server, list[bytes]]:
     """A peer that sends each canned answer a few bytes at a time, on one keep-alive connection,
     then waits for the client to close it (or, with ``hang_up``, closes it)."""
@@ -381,22 +442,23 @@ async def raw_peer(answers: list[bytes], split_every: int, hang_up: bool = False
             await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(handle, HOST, 0)
-    return f"http://{HOST}:{server.sockets[0].getsockname()[1]}", server, heads
+    server = await asyncio.start_server(handle, HOST, 0,
+                                        ssl=side.peer.server_context() if side.peer is not None else None)
+    return f"{side.scheme}://{HOST}:{server.sockets[0].getsockname()[1]}", server, heads
 
 
 @pytest.mark.parametrize("split_every", [1, 3, 1000])
-async def test_answers_split_anywhere_parse_the_same(peer_client: PeerClient, split_every: int) -> None:
+async def test_answers_split_anywhere_parse_the_same(peer_client: PeerClient, side: Side, split_every: int) -> None:
     chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"6;ext=1\r\nhello \r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n")
     by_length = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 2\r\n\r\nbusy"
-    url, server, heads = await raw_peer([chunked, by_length], split_every)
+    url, server, heads = await raw_peer([chunked, by_length], split_every, side)
     try:
-        first = await peer_client.request(url, "POST", "/v1/x", {"X-P2PAI-Peer": "me"}, b"{}")
+        first = await peer_client.request(url, "POST", "/v1/x", {"X-P2PAI-Peer": "me"}, b"{}", side.peer_id)
         assert first.status == 200 and first.content_type == "text/event-stream"
         assert await first.read() == b"hello abcdefghijklmnopqrstuvwxyz"
         first.release()
-        second = await peer_client.request(url, "POST", "/v1/y", {}, b"[]")
+        second = await peer_client.request(url, "POST", "/v1/y", {}, b"[]", side.peer_id)
         assert (second.status, second.headers["Retry-After"], await second.read()) == (503, "2", b"busy")
         second.release()
     finally:
@@ -405,11 +467,11 @@ async def test_answers_split_anywhere_parse_the_same(peer_client: PeerClient, sp
     assert heads[1].startswith(b"POST /v1/y HTTP/1.1\r\n")  # on the same connection
 
 
-async def test_an_answer_cut_mid_chunk_is_broken(peer_client: PeerClient) -> None:
+async def test_an_answer_cut_mid_chunk_is_broken(peer_client: PeerClient, side: Side) -> None:
     cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly part"
-    url, server, _ = await raw_peer([cut], 1000, hang_up=True)
+    url, server, _ = await raw_peer([cut], 1000, side, hang_up=True)
     try:
-        answer = await peer_client.request(url, "POST", "/", {}, b"")
+        answer = await peer_client.request(url, "POST", "/", {}, b"", side.peer_id)
         with pytest.raises(AnswerBroken):
             await asyncio.wait_for(answer.read(), 5)
     finally:
@@ -434,3 +496,36 @@ def test_a_read_in_the_middle_of_a_chunk_is_not_whole() -> None:
     assert dechunker.feed(b"a\r\nhello")[0] == b"hello"
     assert dechunker.whole(b"3\r\nab\r\n") is None  # the 10-byte chunk's last 5 bytes, and its end
     assert dechunker.feed(b"3\r\nab\r\n") == (b"3\r\nab", None)
+
+
+async def test_an_answer_beyond_the_size_limit_ends_broken(servers, side: Side, threaded: bool) -> None:
+    limit = 64 * 1024
+    piece = b"data: " + b"w" * 1000 + b"\n\n"
+
+    async def large(request: web.Request) -> web.StreamResponse:
+        if request.path == "/whole":  # not streamed: read whole by the entry, with its length announced
+            return web.Response(body=b"x" * (limit + 1), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream" if request.path == "/sse"
+                                               else "application/json"})
+        await response.prepare(request)
+        for _ in range(200):  # 200 kB, and an endless peer would go on
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    client = PeerClient(connect_timeout=3.0, tls=side.entry, max_answer_bytes=limit)
+    try:
+        peer_url = await servers(side=side, handler=large)
+        for path in ("/whole", "/chunked"):
+            answer = await client.request(peer_url, "POST", path, {}, b"{}", side.peer_id)
+            with pytest.raises(AnswerBroken, match=r"exceeded|size limit"):
+                await asyncio.wait_for(answer.read(), 5)
+            answer.release()
+        entry = await start_entry(servers, client, side.peer_id, peer_url, threaded)
+        async with aiohttp.ClientSession() as session, session.post(entry.url + "/sse", data=b"{}") as routed:
+            body = await asyncio.wait_for(routed.content.read(), 5)
+    finally:
+        client.close()
+    assert entry.outcomes == [False] and entry.upstreams[0]._connection.closed
+    assert len(b"".join(entry.kept)) <= limit  # (nothing, when the first read already held too much)
+    assert len(body) < limit + 4096 and DONE not in body

@@ -97,6 +97,7 @@ def test_vector_keys(vector: dict) -> None:
     assert keys.seal_key.hex() == expected["seal_key"]
     assert keys.http_key.hex() == expected["http_key"]
     assert keys.rpc_key.hex() == expected["rpc_key"]
+    assert keys.peer_ca_key.hex() == expected["peer_ca_key"]
     assert keys.discriminator == expected["discriminator"]
 
 
@@ -109,6 +110,7 @@ def test_vector_keys_are_rfc5869_hkdf_with_the_documented_labels(vector: dict) -
         "seal_key": (b"p2pai/v1/announce-seal", 32),
         "http_key": (b"p2pai/v1/http-hmac", 32),
         "rpc_key": (b"p2pai/v1/rpc-auth", 32),
+        "peer_ca_key": (b"p2pai/v1/peer-tls-ca", 32),
         "discriminator": (b"p2pai/v1/lan-discriminator", 8),
     }
     for name, (label, length) in labels.items():
@@ -294,5 +296,5 @@ def test_load_or_create_token_rejects_bad_file(tmp_path: Path, content: bytes) -
 
 
 def test_network_keys_psk_hex() -> None:
-    keys = NetworkKeys(bytes(range(32)), b"s" * 32, b"h" * 32, b"r" * 32, "00" * 8)
+    keys = NetworkKeys(bytes(range(32)), b"s" * 32, b"h" * 32, b"r" * 32, b"c" * 32, "00" * 8)
     assert keys.psk_hex == "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"

@@ -18,6 +18,7 @@ KEYS = {  # name in vectors.json: (HKDF info label, length in bytes)
     "seal_key": (b"p2pai/v1/announce-seal", 32),
     "http_key": (b"p2pai/v1/http-hmac", 32),
     "rpc_key": (b"p2pai/v1/rpc-auth", 32),
+    "peer_ca_key": (b"p2pai/v1/peer-tls-ca", 32),
     "discriminator": (b"p2pai/v1/lan-discriminator", 8),
 }
 SECRET_32 = bytes(range(32))

@@ -6,9 +6,10 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from ..routing.peer_auth import is_peer_request
 from ..serving.limits import MAX_BODY_BYTES
 from . import openapi
-from .errors import from_exception
+from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .p2p import p2p_routes
 from .routes import routes
@@ -31,6 +32,17 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 @web.middleware
+async def no_peer_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request signed by a peer belongs on the peer endpoint. Here it came through a member that
+    announced this node's client API as its peer endpoint (or a misconfiguration): it is refused,
+    never routed on, so that no request travels in a loop. The router fails over on 421."""
+    if is_peer_request(request.headers):
+        raise APIError(421, "A peer request reached the client API; peers must use the peer endpoint.",
+                       code="misdirected_peer_request")
+    return await handler(request)
+
+
+@web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = NodeState.of(request)
     if state.api_keys and request.path not in OPEN_PATHS and not has_key(request, state.api_keys | state.admin_keys):
@@ -39,7 +51,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def create_app(state: NodeState) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, api_keys], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[openai_errors, no_peer_requests, api_keys], client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(p2p_routes)

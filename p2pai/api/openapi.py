@@ -218,17 +218,17 @@ _SECURITY = {
 _OPTIONAL_KEY: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}]
 """A key is needed only when the node was started with --api-key."""
 
-_PEER_HEADERS = [
-    {"name": peer_auth.PEER, "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "The sending node's peer id."},
-    {"name": peer_auth.TIMESTAMP, "in": "header", "required": True, "schema": {"type": "string"},
-     "description": f"Unix time of sending, within {peer_auth.MAX_SKEW:.0f} s of the receiver's clock."},
-    {"name": peer_auth.NONCE, "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "Random, never reused."},
-    {"name": peer_auth.SIGNATURE, "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "HMAC-SHA256 with the swarm's HTTP key over method, path, body digest, timestamp, "
-                    "nonce and peer id (routing/peer_auth.py)."},
-]
+_PEER_HEADER_DESCRIPTIONS = {
+    peer_auth.PEER: "The sending node's peer id.",
+    peer_auth.DESTINATION: "The peer id of the node the request is signed for (this one).",
+    peer_auth.TIMESTAMP: f"Unix time of sending, within {peer_auth.MAX_SKEW:.0f} s of the receiver's clock.",
+    peer_auth.NONCE: "Random, never reused.",
+    peer_auth.BODY_DIGEST: "SHA-256 of the body, hex.",
+    peer_auth.SIGNATURE: "HMAC-SHA256 with the swarm's HTTP key over method, path, body digest, timestamp, "
+                         "nonce, sender and destination (routing/peer_auth.py).",
+}
+_PEER_HEADERS = [{"name": name, "in": "header", "required": True, "schema": {"type": "string"},
+                  "description": _PEER_HEADER_DESCRIPTIONS[name]} for name in peer_auth.SIGNED_HEADERS]
 
 _DESCRIPTIONS = {
     "client": "OpenAI-compatible API of a p2pai node, with LocalAI's extensions. Errors are OpenAI's JSON "

@@ -1,42 +1,86 @@
 """The peer endpoint: the same API, answered by this node only, for requests
-signed with the swarm's key (see routing.peer_auth). Client API keys are not
-used here: the entry node authenticated the client and signs for it."""
+signed for this node with the swarm's key (see routing.peer_auth) and, over TLS,
+sent with the client certificate of the peer that signed them (routing.peer_tls).
+Client API keys are not used here: the entry node authenticated the client and signs for it.
+
+A request is judged by its headers before its body is read: a refused request
+is answered 401 at once and its connection closed, whatever body it announced.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..routing.peer_auth import Rejected, Verifier
+from ..routing.peer_auth import Rejected, Signed, Verifier
+from ..routing.peer_tls import PeerTLS
 from ..routing.router import FORWARDED
 from . import openapi
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
+from .peer_site import RefusalLog
 from .routes import routes
 from .state import STATE, NodeState
 
 log = logging.getLogger(__name__)
 
-VERIFIER = web.AppKey("p2pai_peer_verifier", Verifier)
+
+@dataclass
+class PeerGuard:
+    """What admits a request: its signature, and (over TLS) whose certificate it came with."""
+
+    verifier: Verifier
+    tls: PeerTLS | None
+    refusals: RefusalLog
+
+    def check(self, request: web.Request) -> Signed:
+        """Who sent ``request``, judged from its headers and connection alone; or Rejected."""
+        signed = self.verifier.check(request.headers, request.method, request.path_qs)
+        if self.tls is not None:
+            transport = request.transport
+            session = transport.get_extra_info("ssl_object") if transport is not None else None
+            certificate = session.getpeercert(binary_form=True) if session is not None else None
+            # This node's own certificate: a tunnelled request replayed here (tunnel_http checked its sender).
+            if certificate != self.tls.own_der and self.tls.bound_peer(certificate) != signed.sender:
+                raise Rejected("the client certificate is not the signing peer's")
+        return signed
+
+
+GUARD = web.AppKey("p2pai_peer_guard", PeerGuard)
+
+
+def peer_guard(key: bytes, node_id: str, tls: PeerTLS | None) -> PeerGuard:
+    return PeerGuard(Verifier(key, node_id), tls, RefusalLog(log))
 
 
 @web.middleware
 async def signed_by_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    body = await request.read()
+    guard = request.app[GUARD]
     try:
-        sender = request.app[VERIFIER].verify(request.headers, request.method, request.path_qs, body)
+        signed = guard.check(request)
+        signed.check_body(await request.read())
     except Rejected as exc:
-        log.warning("refused a peer request from %s: %s", request.remote, exc)
-        raise APIError(401, f"Peer request refused: {exc}", "authentication_error", "invalid_peer_signature") from None
-    request[FORWARDED] = sender
+        guard.refusals("refused a peer request from %s: %s", request.remote, exc)
+        response = APIError(401, f"Peer request refused: {exc}", "authentication_error",
+                            "invalid_peer_signature").response()
+        response.force_close()  # the body it announced is never read (the runner does not linger)
+        return response
+    request[FORWARDED] = signed.sender
     return await handler(request)
 
 
-def create_peer_app(state: NodeState, verifier: Verifier) -> web.Application:
+def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app = web.Application(middlewares=[openai_errors, signed_by_peer], client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
-    app[VERIFIER] = verifier
+    app[GUARD] = guard
     app.add_routes(routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app
+
+
+def peer_runner(app: web.Application) -> web.AppRunner:
+    """The runner for the peer app: handlers cancelled with their connection, and no lingering
+    to read (and throw away) the rest of a refused request's body."""
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=0)

@@ -22,7 +22,7 @@ from p2pai.overlay.addresses import advertised, parse_tcp
 from p2pai.overlay.announcement import MAX_MESSAGE_BYTES
 from p2pai.overlay.dialer import Dialer
 from p2pai.overlay.ratelimit import TokenBucket
-from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, TunnelBroken, TunnelClient, TunnelServer
+from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, NotDelivered, TunnelClient, TunnelServer
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
@@ -141,7 +141,7 @@ class OverlayHost:
     async def exchange(self, peer_id: str, request: bytes, deliver: Callable[[int, bytes], None]) -> None:
         """One tunnelled request to a connected peer (see tunnel.TunnelClient)."""
         if self._host is None or self._nursery is None:
-            raise TunnelBroken("the host is not running")
+            raise NotDelivered("the host is not running")
         await self._tunnel_client.exchange(self._host, self._nursery, peer_id, request, deliver)
 
     def set_dial_targets(self, targets: dict[str, list[str]], once: frozenset[str]) -> None:

@@ -218,9 +218,10 @@ class Overlay:
     async def tunnel(self, peer_id: str, request: bytes) -> AsyncIterator[bytes]:
         """Send ``request`` to a connected peer over libp2p and yield its answer's bytes.
 
-        Raises TunnelBroken unless the answer ends with the explicit end marker.
+        Raises TunnelBroken unless the answer ends with the explicit end marker; NotDelivered
+        when the peer cannot have worked on the request (see overlay/tunnel.py).
         """
-        from p2pai.overlay.tunnel import DATA, END, TunnelBroken
+        from p2pai.overlay.tunnel import DATA, END, ERROR, NotDelivered, TunnelBroken
 
         assert self._bridge is not None and self._host is not None
         bridge = self._bridge
@@ -231,17 +232,22 @@ class Overlay:
         )
         # Frames are handed over in order before the exchange's result, so this comes last.
         exchange.add_done_callback(arrived.put_nowait)
+        answering = False  # DATA arrived: the peer's handler passed the request on
         try:
             while True:
                 item = await arrived.get()
                 if isinstance(item, asyncio.Future):
                     error = None if item.cancelled() else item.exception()
-                    raise TunnelBroken(f"the tunnel to {peer_id} broke: {error!r}")
+                    broken = NotDelivered if isinstance(error, NotDelivered) else TunnelBroken
+                    raise broken(f"the tunnel to {peer_id} broke: {error!r}")
                 kind, data = item
                 if kind == DATA:
+                    answering = True
                     yield data
                 elif kind == END:
                     return
+                elif kind == ERROR and not answering:
+                    raise NotDelivered(f"{peer_id} could not take the request: {data.decode(errors='replace')}")
                 else:
                     raise TunnelBroken(f"{peer_id} could not answer: {data.decode(errors='replace')}")
         finally:

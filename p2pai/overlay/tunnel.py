@@ -10,6 +10,12 @@ An exchange is a REQUEST frame, then DATA frames and an explicit END (or
 ERROR) frame, because a killed peer looks like a clean end of stream to the
 reader. CANCEL tells the answering side that the asker gave up. Everything
 here runs in the trio thread.
+
+Whether the peer may have worked on a request that failed matters to the
+router (a request that may have killed one node goes to one more at most):
+a request that could not be sent, or that the peer answered with ERROR before
+any DATA, never got further than the peer's handler (NotDelivered); a link that
+breaks after the request went out may have taken the peer down with it (BROKEN).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TUNNEL_PROTOCOL = "/p2pai/tunnel/2.0.0"
 REQUEST, DATA, END, ERROR, CANCEL = range(5)
+BROKEN = -1  # never on the wire: what the exchanges waiting on a link get when the link breaks
 MAX_REQUEST_BYTES = 17 * 1024 * 1024  # the HTTP API's body limit plus headers
 MAX_DATA_BYTES = 1024 * 1024
 MAX_EXCHANGES_PER_PEER = 64
@@ -40,6 +47,11 @@ _HEADER_BYTES = 9  # length (4), request id (4), kind (1)
 
 class TunnelBroken(Exception):
     """The exchange ended without END: the peer died, refused or answered garbage."""
+
+
+class NotDelivered(TunnelBroken):
+    """The request never reached the peer's handler, or its handler could not pass it on (its
+    ERROR came before any DATA): nothing worked on it there."""
 
 
 class _Link:
@@ -98,7 +110,10 @@ class TunnelClient:
 
         outgoing.waiting[request_id] = arrive
         try:
-            await outgoing.link.send(request_id, REQUEST, request)
+            try:
+                await outgoing.link.send(request_id, REQUEST, request)
+            except Exception as exc:  # a frame written in part is no request to the peer
+                raise NotDelivered(f"could not send the request: {exc!r}") from exc
             await done.wait()
         except BaseException:
             if not done.is_set() and outgoing.broken is None:
@@ -125,11 +140,11 @@ class TunnelClient:
                 outgoing = self._links[peer_id] = _Outgoing(_Link(stream))
                 nursery.start_soon(self._read_answers, peer_id, outgoing)
                 return outgoing
-            raise TunnelBroken("could not open a tunnel stream in time")
-        except TunnelBroken:
+            raise NotDelivered("could not open a tunnel stream in time")
+        except NotDelivered:
             raise
         except Exception as exc:
-            raise TunnelBroken(f"could not open a tunnel stream: {exc!r}") from exc
+            raise NotDelivered(f"could not open a tunnel stream: {exc!r}") from exc
         finally:
             del self._opening[peer_id]
             opened.set()
@@ -148,7 +163,7 @@ class TunnelClient:
             if self._links.get(peer_id) is outgoing:
                 del self._links[peer_id]
             for arrive in list(outgoing.waiting.values()):
-                arrive(ERROR, str(outgoing.broken).encode())
+                arrive(BROKEN, str(outgoing.broken).encode())
             await outgoing.link.reset()
 
 

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
     from .peer_http import BodyReader
 
 
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+"""A peer's answer (streamed or not) larger than this ends broken: a member cannot fill this node's
+memory. Above the largest real answers: 2048 embeddings of 4096 dimensions as JSON are about 170 MB."""
+
+
 class AnswerBroken(Exception):
-    """The answer's body broke off (connection lost, peer closed, tunnel broken)."""
+    """The answer's body broke off (connection lost, peer closed, tunnel broken, too large)."""
 
 
 class Sink(Protocol):
@@ -32,7 +37,7 @@ class Sink(Protocol):
 class Answer(ABC):
     """Status and headers are known; the body arrives into a buffer until a sink takes it."""
 
-    def __init__(self, status: int, headers: CIMultiDict[str]) -> None:
+    def __init__(self, status: int, headers: CIMultiDict[str], limit: int = MAX_ANSWER_BYTES) -> None:
         self.status = status
         self.headers = CIMultiDictProxy(headers)
         self.content_type = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
@@ -40,12 +45,19 @@ class Answer(ABC):
         self._sink: Sink | None = None
         self._ended = asyncio.Event()
         self._error: AnswerBroken | None = None
+        self.limit = limit
+        self.received = 0  # bytes of the body so far
 
     @property
     def complete(self) -> bool:
         return self._ended.is_set() and self._error is None
 
     def feed(self, payload: bytes) -> None:
+        self.received += len(payload)
+        if self.received > self.limit:
+            self.finish(AnswerBroken(f"the answer exceeded {self.limit} bytes"))
+            self.close()
+            return
         if self._sink is not None:
             self._sink.data(payload)
         else:

@@ -1,18 +1,17 @@
-"""Send a request to a peer, signed: directly over pooled keep-alive HTTP
-connections, or through the overlay's tunnel when no direct address answers."""
+"""Send a request to a peer, signed for it: directly over pooled keep-alive HTTPS
+connections pinned to the peer, or through the overlay's tunnel when no direct address answers."""
 
 from __future__ import annotations
 
-import aiohttp
-
-from ..overlay.tunnel import TunnelBroken
+from ..overlay.tunnel import NotDelivered, TunnelBroken
 from .answer import Answer, AnswerBroken
 from .peer_auth import sign
 from .peer_http import PeerClient, Unreachable
+from .peer_tls import PeerTLS
 from .tunnel_http import Tunnel, TunnelResponse, encode_request
 
 CONNECT_TIMEOUT = 3.0  # a reachable peer on a LAN connects in milliseconds
-POOL_SIZE = 256
+MISDIRECTED = 421  # what a node's client API answers a peer-signed request (api/app.py)
 
 
 class PeerUnavailable(Exception):
@@ -29,23 +28,14 @@ class PeerUnavailable(Exception):
 
 
 class Forwarder:
-    def __init__(self, peer_id: str, key: bytes, tunnel: Tunnel | None = None) -> None:
+    """``tls`` None: the measurement-only plaintext mode (peer_tls.PLAINTEXT_ENV)."""
+
+    def __init__(self, peer_id: str, key: bytes, tls: PeerTLS | None, tunnel: Tunnel | None = None) -> None:
         self._peer_id = peer_id
         self._key = key
         self._tunnel = tunnel
-        self._client = PeerClient(CONNECT_TIMEOUT)
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """For the tunnel's handler, which replays requests on this node's own peer endpoint."""
-        if self._session is None:  # created on first use, inside the running loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=POOL_SIZE, keepalive_timeout=60, enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=None),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            )
-        return self._session
+        self.client = PeerClient(CONNECT_TIMEOUT, tls)
+        """Also the tunnel's handler's, which replays requests on this node's own peer endpoint."""
 
     async def send(self, peer: str, urls: list[str], method: str, path: str, body: bytes,
                    content_type: str | None) -> Answer:
@@ -54,30 +44,38 @@ class Forwarder:
         lost = False
         for url in urls:
             try:
-                return await self._client.request(url, method, path, self._headers(method, path, body, content_type),
-                                                  body)
-            except Unreachable as exc:
-                failures.append(f"{url}: {exc}")
-            except (OSError, TimeoutError, AnswerBroken) as exc:
+                answer = await self.client.request(url, method, path,
+                                                    self._headers(peer, method, path, body, content_type), body, peer)
+            except (Unreachable, ValueError) as exc:  # ValueError: not a URL we speak
+                failures.append(f"{url}: {exc!r}")
+                continue
+            except (OSError, TimeoutError, AnswerBroken) as exc:  # the request went out
                 failures.append(f"{url}: {exc!r}")
                 lost = True
+                continue
+            if answer.status != MISDIRECTED:
+                return answer
+            answer.close()
+            failures.append(f"{url}: not a peer endpoint (a client API answered {MISDIRECTED})")
         if self._tunnel is not None:
-            request = encode_request(method, path, self._headers(method, path, body, content_type), body)
+            request = encode_request(method, path, self._headers(peer, method, path, body, content_type), body)
             try:
                 return await TunnelResponse.open(self._tunnel(peer, request))
-            except (TunnelBroken, StopAsyncIteration, ValueError) as exc:
+            except NotDelivered as exc:  # no tunnel, or the peer's own endpoint did not take the replay
+                failures.append(f"tunnel: {exc!r}")
+            except TunnelBroken as exc:  # it broke after the request went out
                 failures.append(f"tunnel: {exc!r}")
                 lost = True
+            except (StopAsyncIteration, ValueError) as exc:  # the peer answered, with garbage
+                failures.append(f"tunnel: {exc!r}")
         raise PeerUnavailable(f"cannot reach it ({'; '.join(failures) or 'no address'})", lost)
 
-    def _headers(self, method: str, path: str, body: bytes, content_type: str | None) -> dict[str, str]:
-        """Signed headers; a fresh nonce for every attempt, since the peer may have seen the last one."""
-        headers = sign(self._key, self._peer_id, method, path, body)
+    def _headers(self, peer: str, method: str, path: str, body: bytes, content_type: str | None) -> dict[str, str]:
+        """Headers signed for ``peer``; a fresh nonce for every attempt, since the peer may have seen the last one."""
+        headers = sign(self._key, self._peer_id, peer, method, path, body)
         if content_type:
             headers["Content-Type"] = content_type
         return headers
 
     async def close(self) -> None:
-        self._client.close()
-        if self._session is not None:
-            await self._session.close()
+        self.client.close()

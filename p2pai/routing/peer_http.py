@@ -7,7 +7,13 @@ over (detach(), BodyReader), which is what makes relaying a stream cheap for the
 entry node. Only what peer requests need: a request with a body (never HEAD); answers
 framed by Content-Length, chunked encoding or the end of the connection. The
 peer is a p2pai node (aiohttp's server), so parsing is strict only where a
-mistake could mix up two answers.
+mistake could mix up two answers; an answer larger than the client's limit ends broken.
+
+TLS runs on an ssl.SSLObject over memory BIOs (peer_tls.TLSSession), not on asyncio's SSL
+transport: the decryption state then belongs to the connection, and the relay
+thread that takes a stream over keeps decrypting with the same object. A
+connection is pinned to the peer it was opened for: the server's certificate
+must be bound to that peer id (peer_tls.PeerTLS.bound_peer).
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from typing import cast
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from .answer import Answer, AnswerBroken
+from .answer import MAX_ANSWER_BYTES, Answer, AnswerBroken
 from .chunked import ChunkError, Dechunker
+from .peer_tls import PeerTLS, TLSSession
 
 MAX_HEAD = 64 * 1024
 IDLE_S = 30.0  # an idle connection older than this is closed, not reused (aiohttp servers keep theirs an hour)
@@ -31,12 +39,16 @@ RECV_BYTES = 64 * 1024  # a larger recv() costs a fresh allocation each time: 20
 
 
 class Unreachable(ConnectionError):
-    """No connection to the peer could be made: the request never left this node."""
+    """No connection to the peer could be made (secured, and to that very peer): the request never left this node."""
+
+
+class WrongPeer(ConnectionError):
+    """The server at a peer's address proved to be another node (or none of the swarm's)."""
 
 
 class PeerResponse(Answer):
-    def __init__(self, connection: _Connection, status: int, headers: CIMultiDict[str]) -> None:
-        super().__init__(status, headers)
+    def __init__(self, connection: _Connection, status: int, headers: CIMultiDict[str], limit: int) -> None:
+        super().__init__(status, headers, limit)
         self._connection = connection
 
     def pause_reading(self) -> None:
@@ -55,19 +67,57 @@ class PeerResponse(Answer):
         return self._connection.detach()
 
 
+class _TLSSocket:
+    """A relay thread's blocking reads through a connection's TLS session.
+
+    Like a plain recv(), one call returns all that arrived: every whole record in the bytes
+    received, decrypted and joined (usually one record, one event). Records hold at most
+    16 KiB, less than a read asks for, so the session never keeps decrypted data back.
+    """
+
+    def __init__(self, sock: socket.socket, tls: TLSSession) -> None:
+        self._sock = sock
+        self._tls = tls
+
+    def recv(self, size: int) -> bytes:
+        incoming, session, outgoing = self._tls.incoming, self._tls.session, self._tls.outgoing
+        data = b""
+        while True:
+            if not incoming.pending:
+                if data:
+                    break
+                raw = self._sock.recv(size)
+                if not raw:
+                    return b""
+                incoming.write(raw)
+            try:
+                data += session.read(size)
+            except ssl.SSLWantReadError:  # a partial record, now inside the session
+                if data:
+                    break
+            except ssl.SSLZeroReturnError:  # close_notify: this data, then the end
+                break
+        if outgoing.pending:  # the session's own messages (a key update's answer)
+            self._sock.sendall(outgoing.read())
+        return data
+
+
 class BodyReader:
     """The rest of a chunked answer, read off the connection's socket with blocking calls by one thread.
 
-    The thread reads a duplicate of the socket in blocking mode. That mode is a flag the
-    duplicate shares with the event loop's descriptor, so close() restores it before the
-    connection can serve the event loop again; settle() then hands the connection back.
+    The thread reads a duplicate of the socket in blocking mode (through the connection's TLS
+    session if it has one). That mode is a flag the duplicate shares with the event loop's
+    descriptor, so close() restores it before the connection can serve the event loop again;
+    settle() then hands the connection back.
     """
 
-    def __init__(self, sock: socket.socket, dechunker: Dechunker, pending: bytes,
-                 settled: Callable[[BodyReader, AnswerBroken | None], None]) -> None:
+    def __init__(self, sock: socket.socket, recv: Callable[[int], bytes], dechunker: Dechunker, pending: bytes,
+                 left: int, settled: Callable[[BodyReader, AnswerBroken | None], None]) -> None:
         self._sock = sock
+        self._recv = recv
         self._dechunker = dechunker
         self._pending = pending
+        self._left = left  # bytes the answer may still bring before it is too large
         self._settled = settled
         self.complete = False  # the body ended and nothing followed it: the connection can be reused
         self.stopped = False  # set from the event loop: stop waiting, the answer is being closed
@@ -82,12 +132,15 @@ class BodyReader:
         """
         if self._pending:
             yield self._pending, b""
-        recv, whole = self._sock.recv, self._dechunker.whole
+        recv, whole = self._recv, self._dechunker.whole
         while True:
             try:
                 data = recv(RECV_BYTES)
-            except OSError as exc:
+            except OSError as exc:  # ssl.SSLError included
                 raise AnswerBroken(f"the connection was lost ({exc!r})") from exc
+            self._left -= len(data)
+            if self._left < 0:
+                raise AnswerBroken("the answer exceeded its size limit")
             payload = whole(data)
             if payload is not None:
                 yield payload, data
@@ -119,9 +172,13 @@ class BodyReader:
 class _Connection(asyncio.Protocol):
     """One connection to a peer: one request at a time, then back to the pool if the answer was complete."""
 
-    def __init__(self, pool: PeerClient, address: tuple[str, int]) -> None:
+    def __init__(self, pool: PeerClient, key: _Key, tls: ssl.SSLContext | None) -> None:
         self._pool = pool
-        self.address = address
+        self.key = key
+        self._tls = TLSSession(tls) if tls is not None else None
+        self._handshaken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._handshaken.add_done_callback(_retrieved)  # a handshake given up on may still fail later
+        self._paused = False
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[PeerResponse] | None = None
         self._response: PeerResponse | None = None
@@ -136,20 +193,33 @@ class _Connection(asyncio.Protocol):
 
     # Driven by PeerClient and PeerResponse
 
+    async def handshake(self, peer: str, tls: PeerTLS | None) -> None:
+        """Complete the TLS handshake (if any); WrongPeer unless the server is ``peer``."""
+        if self._tls is None or tls is None:
+            return
+        await self._handshaken
+        bound = tls.bound_peer(self._tls.peer_certificate())
+        if bound != peer:
+            raise WrongPeer(f"the server's certificate belongs to {bound or 'no peer'}, not to {peer}")
+
     async def request(self, message: bytes) -> PeerResponse:
         """Send ``message`` and wait for the answer's status and headers."""
         assert self._transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._transport.write(message)
+        self._transport.write(self._tls.encrypt(message) if self._tls is not None else message)
         return await self._waiter
 
     def pause_reading(self) -> None:
+        self._paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._paused = False
         if self._transport is not None:
             self._transport.resume_reading()
+        if self._tls is not None and self._tls.buffered and self._reader is None:
+            self._decrypt()  # what arrived while paused
 
     def release(self) -> None:
         if self._keep_alive and not self.closed and self._response is not None and self._response.complete:
@@ -184,7 +254,9 @@ class _Connection(asyncio.Protocol):
         transport.pause_reading()
         duplicate.setblocking(True)
         self._body = self._unexpected
-        self._reader = BodyReader(duplicate, self._dechunker, response.take_buffered(), self._reattach)
+        recv = _TLSSocket(duplicate, self._tls).recv if self._tls is not None else duplicate.recv
+        self._reader = BodyReader(duplicate, recv, self._dechunker, response.take_buffered(),
+                                  response.limit - response.received, self._reattach)
         return self._reader
 
     def _reattach(self, reader: BodyReader, error: AnswerBroken | None) -> None:
@@ -195,7 +267,10 @@ class _Connection(asyncio.Protocol):
             self._fail_with(error)
             return
         assert self._transport is not None and self._response is not None
-        self._keep_alive = self._keep_alive and reader.complete
+        self._keep_alive = self._keep_alive and reader.complete and not (self._tls is not None and self._tls.buffered)
+        if self._tls is not None and self._tls.outgoing.pending:
+            self._transport.write(self._tls.outgoing.read())
+        self._paused = False
         self._transport.resume_reading()
         self._response.finish()
 
@@ -210,14 +285,76 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._transport is not None:
+            return  # uvloop calls it again after create_connection returned (see PeerClient._connect)
         self._transport = cast(asyncio.Transport, transport)  # a stream transport, whatever its class
+        if self._tls is not None:
+            self._step_handshake()
+        else:
+            self._handshaken.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._body == self._until_close and exc is None and self._response is not None:
-            self._response.finish()
-        self._lost(AnswerBroken(f"the connection was lost ({exc!r})" if exc else "the peer closed the connection"))
+        if self._body == self._until_close and exc is None and self._response is not None and self._tls is None:
+            self._response.finish()  # over TLS only a close_notify ends such a body (see _decrypt)
+        error = AnswerBroken(f"the connection was lost ({exc!r})" if exc else "the peer closed the connection")
+        if not self._handshaken.done():
+            self._handshaken.set_exception(ConnectionError(str(error)))
+        self._lost(error)
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is None:
+            self._received(data)
+            return
+        tls.incoming.write(data)
+        if not self._handshaken.done():
+            self._step_handshake()
+        if self._handshaken.done() and not self._paused:
+            self._decrypt()
+
+    def _step_handshake(self) -> None:
+        assert self._tls is not None and self._transport is not None
+        try:
+            done = self._tls.handshake()
+        except ssl.SSLError as exc:  # a failed certificate check included
+            self._handshaken.set_exception(exc)
+            self._transport.abort()
+            return
+        if self._tls.outgoing.pending:
+            self._transport.write(self._tls.outgoing.read())
+        if done:
+            self._handshaken.set_result(None)
+
+    def _decrypt(self) -> None:
+        """Pass on, as one piece (as a plain connection would), all that the records received hold;
+        called with bytes buffered. Stops while paused, and after the peer's close_notify."""
+        tls = self._tls
+        assert tls is not None
+        pieces = []
+        ended = False
+        while tls.buffered and not self._paused:
+            try:
+                data = tls.read()
+            except ssl.SSLError as exc:
+                self._fail_with(AnswerBroken(f"the connection's TLS failed ({exc!r})"))
+                return
+            if data is None:
+                break
+            if not data:
+                ended = True
+                break
+            pieces.append(data)
+        if pieces:
+            self._received(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if ended and not self.closed:  # nothing more comes (and the only clean end of a body framed by the close)
+            if self._body == self._until_close and self._response is not None:
+                self._response.finish()
+            self._fail_with(AnswerBroken("the peer closed the connection"))
+            return
+        if tls.outgoing.pending and self._transport is not None:
+            self._transport.write(tls.outgoing.read())
+
+    def _received(self, data: bytes) -> None:
         if self._response is None:
             data = self._read_head(data)
             if self._response is None:
@@ -259,7 +396,7 @@ class _Connection(asyncio.Protocol):
             headers.add(name.strip(), value.strip())
         connection = headers.get("Connection", "").lower()
         self._keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        response = self._response = PeerResponse(self, int(status), headers)
+        response = self._response = PeerResponse(self, int(status), headers, self._pool.max_answer_bytes)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(response)
         if response.status < 200 or response.status in (204, 304):
@@ -268,6 +405,8 @@ class _Connection(asyncio.Protocol):
             self._body, self._dechunker = self._chunked, Dechunker()
         elif "Content-Length" in headers:
             self._left = int(headers["Content-Length"])
+            if not 0 <= self._left <= response.limit:
+                raise ValueError(f"Content-Length {self._left} (the size limit is {response.limit})")
             self._body = self._by_length
             if self._left == 0:
                 self._end()
@@ -330,25 +469,44 @@ class _Connection(asyncio.Protocol):
             self._response.finish(error)
 
 
+_Key = tuple[str, int, str]  # host, port, and the peer a connection is pinned to
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class PeerClient:
-    """Keep-alive connections to peers, reused most recent first."""
+    """Keep-alive connections to peers, reused most recent first.
 
-    def __init__(self, connect_timeout: float) -> None:
+    With ``tls`` it speaks only https:// and every connection is pinned to the peer it was
+    opened for; without (the measurement-only plaintext mode) only http://.
+    """
+
+    def __init__(self, connect_timeout: float, tls: PeerTLS | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._connect_timeout = connect_timeout
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._tls = tls
+        self._context = tls.client_context() if tls is not None else None
+        self.scheme = "https" if tls is not None else "http"
+        self.max_answer_bytes = max_answer_bytes
+        self._idle: dict[_Key, list[_Connection]] = {}
 
-    async def request(self, url: str, method: str, path: str, headers: dict[str, str], body: bytes) -> PeerResponse:
-        """The answer to one request, status and headers read; the body follows (read() or stream_to())."""
+    async def request(self, url: str, method: str, path: str, headers: dict[str, str], body: bytes,
+                      peer: str) -> PeerResponse:
+        """The answer of ``peer`` at ``url`` to one request, status and headers read; the body
+        follows (read() or stream_to()). ValueError for a URL this client does not speak."""
         split = urlsplit(url)
-        if split.scheme != "http" or split.hostname is None:
-            raise ValueError(f"not an http:// URL: {url!r}")
-        address = (split.hostname, split.port or 80)
+        if split.scheme != self.scheme or split.hostname is None:
+            raise ValueError(f"not an {self.scheme}:// URL: {url!r}")
+        key = (split.hostname, split.port or (443 if self._tls is not None else 80), peer)
         message = _encode(method, path, split.netloc, headers, body)
-        connection = self._take(address)
+        connection = self._take(key)
         if connection is None:
             try:
-                connection = await self._connect(address)
-            except (OSError, asyncio.TimeoutError) as exc:
+                connection = await self._connect(key)
+            except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError and WrongPeer included
                 raise Unreachable(f"cannot connect: {exc!r}") from exc
         try:
             return await connection.request(message)
@@ -356,16 +514,28 @@ class PeerClient:
             connection.abort()
             raise
 
-    async def _connect(self, address: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: _Key) -> _Connection:
         loop = asyncio.get_running_loop()
-        transport, connection = await asyncio.wait_for(
-            loop.create_connection(lambda: _Connection(self, address), *address), self._connect_timeout
-        )
-        connection.connection_made(transport)  # uvloop calls it only after create_connection returned
+        connection: _Connection | None = None
+
+        async def connect() -> None:
+            nonlocal connection
+            transport, connection = await loop.create_connection(lambda: _Connection(self, key, self._context),
+                                                                 key[0], key[1])
+            connection.connection_made(transport)  # uvloop calls it only after create_connection returned
+            await connection.handshake(key[2], self._tls)
+
+        try:
+            await asyncio.wait_for(connect(), self._connect_timeout)
+        except BaseException:
+            if connection is not None:
+                connection.abort()
+            raise
+        assert connection is not None
         return connection
 
-    def _take(self, address: tuple[str, int]) -> _Connection | None:
-        idle = self._idle.get(address, [])
+    def _take(self, key: _Key) -> _Connection | None:
+        idle = self._idle.get(key, [])
         horizon = asyncio.get_running_loop().time() - IDLE_S
         while idle:
             connection = idle.pop()
@@ -375,7 +545,7 @@ class PeerClient:
         return None
 
     def put_back(self, connection: _Connection) -> None:
-        idle = self._idle.setdefault(connection.address, [])
+        idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= MAX_IDLE_PER_PEER:
             connection.abort()
             return
@@ -384,7 +554,7 @@ class PeerClient:
 
     def forget(self, connection: _Connection) -> None:
         """A closed connection leaves the pool (a peer that went away closes its idle ones)."""
-        idle = self._idle.get(connection.address, [])
+        idle = self._idle.get(connection.key, [])
         if connection in idle:
             idle.remove(connection)
 

@@ -49,12 +49,15 @@ from .relay import relay
 
 log = logging.getLogger(__name__)
 
-FORWARDED = "p2pai_forwarded_by"  # request key: set by the peer endpoint to the sender's id
+FORWARDED = web.RequestKey("p2pai_forwarded_by", str)  # set by the peer endpoint to the sender's id
 PIN_HEADER = "X-P2PAI-Node"
 MAX_ATTEMPTS = 3
 MAX_LOST = 2
 """Nodes a request may be lost with (they died or froze working on it): the first, and one more."""
 CRASHED = "model_crashed"
+REFUSED = 401
+"""A peer's refusal of this node's signature (clocks too far apart, say): a problem between this
+node and that peer, never the client's, so another node is tried."""
 RETRY_AFTER = 2
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
@@ -233,6 +236,15 @@ class Router:
             )
             upstream = await self._abortable(peer, send)
             try:
+                waited = loop.time() - started
+                if upstream.status == REFUSED:
+                    raise PeerUnavailable(f"refused this node's signature: {(await _error_answer(upstream)).text}",
+                                          lost=False)
+                if upstream.status >= 500:
+                    answer = await _error_answer(upstream)
+                    if answer.code != CRASHED:
+                        raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
+                    metrics.crashed += 1  # its model died of this request: another node would too
                 waited = loop.time() - started
                 if upstream.status >= 500:
                     answer = await _error_answer(upstream)

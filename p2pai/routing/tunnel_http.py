@@ -2,7 +2,10 @@
 
 The tunnelled request is the very request the direct path would send, signature
 included, and the receiving node replays it against its own peer endpoint on
-loopback: both paths share one authentication and one set of handlers.
+loopback: both paths share one authentication and one set of handlers. The
+replay connects with this node's own certificate, so the peer endpoint cannot
+tell the sender by it: the replay first checks that the request is signed by the
+peer the overlay authenticated as the tunnel's other end (libp2p's Noise handshake).
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from ..overlay.tunnel import TunnelBroken
 from .answer import Answer, AnswerBroken
+from .peer_auth import PEER, SIGNED_HEADERS
+from .peer_http import PeerClient
 
 _LENGTH = 4
 _ANSWER_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
+_BEHIND = 64  # pieces of an answer waiting for the tunnel before the local connection stops being read
 
 Tunnel = Callable[[str, bytes], AsyncIterator[bytes]]
 
@@ -41,22 +46,60 @@ def encode_request(method: str, path: str, headers: dict[str, str], body: bytes)
     return _frame({"method": method, "path": path, "headers": headers}, body)
 
 
-def serve_locally(session: Callable[[], aiohttp.ClientSession], local_url: Callable[[], str]) -> Tunnel:
-    """The overlay's tunnel handler: replay each request on this node's peer endpoint."""
+def serve_locally(client: PeerClient, local_url: Callable[[], str], node_id: str) -> Tunnel:
+    """The overlay's tunnel handler: replay each request on this node's peer endpoint (pinned to
+    this node, as every peer connection is to its peer)."""
 
     async def handle(peer: str, request: bytes) -> AsyncIterator[bytes]:
         head, body = _unframe(request)
-        method, path, headers = str(head["method"]), str(head["path"]), dict(head["headers"])
-        if not path.startswith("/"):
-            raise ValueError("the path must be absolute")
-        async with session().request(method, local_url() + path, data=body, headers=headers) as response:
-            kept = {name: response.headers[name] for name in _ANSWER_HEADERS if name in response.headers}
-            kept.update((k, v) for k, v in response.headers.items() if k.lower().startswith("x-p2pai-"))
-            yield _frame({"status": response.status, "headers": kept})
-            async for chunk in response.content.iter_any():
-                yield chunk
+        method, path, headers = str(head["method"]), str(head["path"]), head["headers"]
+        if not path.startswith("/") or not isinstance(headers, dict):
+            raise ValueError("the path must be absolute, the headers an object")
+        passed = CIMultiDict((str(name), str(value)) for name, value in headers.items())
+        if passed.get(PEER) != peer:
+            raise ValueError("the request is not signed by the tunnel's peer")
+        # What the forwarder sends, nothing else: no framing header of the peer's reaches the HTTP request.
+        headers = {name: passed[name] for name in (*SIGNED_HEADERS, "Content-Type") if name in passed}
+        answer = await client.request(local_url(), method, path, headers, body, node_id)
+        try:
+            kept = {name: answer.headers[name] for name in _ANSWER_HEADERS if name in answer.headers}
+            kept.update((k, v) for k, v in answer.headers.items() if k.lower().startswith("x-p2pai-"))
+            yield _frame({"status": answer.status, "headers": kept})
+            async for piece in _body(answer):
+                yield piece
+        finally:
+            answer.release()  # a complete answer's connection serves the next replay
 
     return handle
+
+
+async def _body(answer: Answer) -> AsyncIterator[bytes]:
+    """``answer``'s body as it arrives; reading pauses while the tunnel is behind. AnswerBroken if it breaks."""
+    arrived: asyncio.Queue[bytes | AnswerBroken | None] = asyncio.Queue()
+    paused = False
+
+    class Into:
+        def data(self, payload: bytes) -> None:
+            nonlocal paused
+            arrived.put_nowait(payload)
+            if arrived.qsize() >= _BEHIND and not paused:
+                paused = True
+                answer.pause_reading()
+
+        def end(self, error: AnswerBroken | None) -> None:
+            arrived.put_nowait(error)
+
+    answer.stream_to(Into())
+    while True:
+        item = await arrived.get()
+        if paused and arrived.empty():
+            paused = False
+            answer.resume_reading()
+        if item is None:
+            return
+        if isinstance(item, AnswerBroken):
+            raise item
+        yield item
 
 
 class TunnelResponse(Answer):

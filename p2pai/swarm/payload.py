@@ -68,7 +68,7 @@ class Memory(_Lenient):
 
 
 class PeerEndpoint(_Lenient):
-    """Where peers send data-plane HTTP requests (authenticated with the swarm key).
+    """Where peers reach a service of a node.
 
     Receivers use only hosts that pass swarm.endpoints.usable_hosts."""
 
@@ -76,8 +76,15 @@ class PeerEndpoint(_Lenient):
     port: int = Field(0, ge=0, le=65535)
 
 
+class DataEndpoint(PeerEndpoint):
+    """Where peers send data-plane HTTP requests (signed with the swarm key, over TLS)."""
+
+    tls: bool = True
+    """False only in the measurement-only plaintext mode; a node with TLS never uses such an endpoint."""
+
+
 class NodePayload(_Lenient):
-    endpoint: PeerEndpoint | None = None
+    endpoint: DataEndpoint | None = None
     models: list[ModelOffer] = Field(default_factory=list, max_length=MAX_ANNOUNCED_MODELS)
     capacity: Capacity = Field(default_factory=Capacity)
     memory: Memory = Field(default_factory=Memory)
@@ -141,7 +148,7 @@ def _file_size(path: Path) -> int:
     return size
 
 
-def local_payload(manager: ModelManager, endpoint: PeerEndpoint | None) -> NodePayload:
+def local_payload(manager: ModelManager, endpoint: DataEndpoint | None) -> NodePayload:
     """This node's payload now. Figures are rounded so that noise alone does not
     trigger an announcement (every change is announced within 0.1 s)."""
     offers = model_offers(manager)

@@ -109,7 +109,8 @@ class SwarmNode:
         endpoint = self.payload.endpoint
         if endpoint is None or not endpoint.port:
             return []
-        return [f"http://{_host(host)}:{endpoint.port}" for host in endpoint.hosts]
+        scheme = "https" if endpoint.tls else "http"
+        return [f"{scheme}://{_host(host)}:{endpoint.port}" for host in endpoint.hosts]
 
 
 def _host(host: str) -> str:

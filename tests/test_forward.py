@@ -1,0 +1,147 @@
+"""What a failed forward says about its request: it never reached the peer's model (another node
+may take it freely), or the peer may have been working on it (`lost`: the router lets such a
+request travel to one more node at most). The tunnel between real overlays on 127.0.0.1 (a real
+node where one has to die); real sockets for the direct path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from conftest import free_port
+from p2pai.api.peer_site import PeerSite, RefusalLog
+from p2pai.identity import Identity
+from p2pai.overlay import Overlay, OverlayConfig
+from p2pai.routing.forward import Forwarder, PeerUnavailable
+from p2pai.routing.peer_http import PeerClient
+from p2pai.routing.peer_tls import PeerTLS
+from p2pai.routing.tunnel_http import serve_locally
+from p2pai.token import NetworkKeys, derive_keys, new_token, parse_token
+
+KEY = os.urandom(32)
+BODY = b'{"model": "tiny", "prompt": "hi"}'
+
+
+async def forward(forwarder: Forwarder, peer: str, urls: list[str]) -> PeerUnavailable:
+    with pytest.raises(PeerUnavailable) as failed:
+        await asyncio.wait_for(forwarder.send(peer, urls, "POST", "/v1/completions", BODY, "application/json"), 10)
+    return failed.value
+
+
+@pytest.fixture
+async def overlays(tmp_path: Path) -> AsyncIterator[tuple[Overlay, Overlay]]:
+    """A (the sender) and B, connected."""
+    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), "forward")
+
+    def config(name: str, bootstrap: list[str]) -> OverlayConfig:
+        return OverlayConfig(data_dir=tmp_path / name, keys=keys, name=name, version="0.1.0", roles=["federated"],
+                             listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=bootstrap, mdns=False)
+
+    a = Overlay(config("a", []))
+    await a.start()
+    b = Overlay(config("b", a.self_member().addrs))
+    events = b.subscribe()
+    await b.start()
+    try:
+        while (await asyncio.wait_for(events.get(), 5)).kind != "online":
+            pass
+        yield a, b
+    finally:
+        for overlay in (b, a):
+            await overlay.stop()
+
+
+async def test_a_replay_the_peer_cannot_pass_to_its_own_endpoint_is_not_lost(overlays) -> None:
+    a, b = overlays
+    client = PeerClient(connect_timeout=3.0)
+    closed = free_port()  # B's own peer endpoint is not there
+    b.set_tunnel_handler(serve_locally(client, lambda: f"http://127.0.0.1:{closed}", b.peer_id))
+    forwarder = Forwarder(a.peer_id, KEY, None, tunnel=a.tunnel)
+    try:
+        failed = await forward(forwarder, b.peer_id, [])
+    finally:
+        client.close()
+        await forwarder.close()
+    assert "could not take the request" in str(failed) and "cannot connect" in str(failed)
+    assert failed.lost is False
+
+
+@pytest.mark.e2e
+async def test_a_tunnel_that_breaks_after_the_request_went_out_is_lost(start_node, tiny_path: Path, tmp_path: Path
+                                                                       ) -> None:
+    """B is a real node, reached only through the tunnel; it dies while the request waits in its socket."""
+    token = new_token()
+    b = start_node("--token", token, "--model", str(tiny_path), "--threads", "1", name="b")
+    b_id, bootstrap = b.peer_id(), b.bootstrap_addr()
+    keys = derive_keys(parse_token(token))
+    a = Overlay(OverlayConfig(data_dir=tmp_path / "a", keys=keys, name="a", version="0.1.0", roles=["federated"],
+                              listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=[bootstrap], mdns=False))
+    events = a.subscribe()
+    await a.start()
+    forwarder = Forwarder(a.peer_id, keys.http_key, None, tunnel=a.tunnel)
+    try:
+        while (await asyncio.wait_for(events.get(), 10)).kind != "online":
+            pass
+        answer = await forwarder.send(b_id, [], "POST", "/v1/completions", BODY, "application/json")
+        assert answer.status == 200 and b"choices" in await answer.read()  # the control: B answers
+        answer.release()
+        b.proc.send_signal(signal.SIGSTOP)
+        sent = asyncio.ensure_future(forward(forwarder, b_id, []))
+        await asyncio.sleep(1.0)  # the request is written, into B's socket
+        assert not sent.done()
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(5)
+        failed = await sent
+        assert failed.lost is True, str(failed)
+        # The next request finds no tunnel to B: it never left this node.
+        again = await forward(forwarder, b_id, [])
+        assert again.lost is False, str(again)
+        assert "could not open a tunnel stream" in str(again)
+    finally:
+        await forwarder.close()
+        await a.stop()
+
+
+async def test_direct_attempts_are_lost_only_once_the_request_went_out(tmp_path: Path) -> None:
+    seed = os.urandom(32)
+    entry, other = (PeerTLS.load_or_create(tmp_path / name, seed, Identity.generate()) for name in ("e", "o"))
+    wanted = Identity.generate().peer_id
+    # A closed port; a member that proves to be another node than the one asked for.
+    runner = web.AppRunner(web.Application(), access_log=None)
+    await runner.setup()
+    site = PeerSite(runner, "127.0.0.1", 0, other.server_context(), RefusalLog(logging.getLogger(__name__)))
+    await site.start()
+    forwarder = Forwarder(entry.peer_id, KEY, entry)
+    try:
+        failed = await forward(forwarder, wanted, [f"https://127.0.0.1:{free_port()}",
+                                                   f"https://127.0.0.1:{site.port}"])
+        assert "WrongPeer" in str(failed)
+        assert failed.lost is False, str(failed)
+    finally:
+        await forwarder.close()
+        await runner.cleanup()
+
+    # A peer that reads the request and dies on it.
+    taken = asyncio.Event()
+
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        taken.set()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(dies, "127.0.0.1", 0)
+    forwarder = Forwarder(entry.peer_id, KEY, None)
+    try:
+        failed = await forward(forwarder, wanted, [f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"])
+        assert taken.is_set() and failed.lost is True, str(failed)
+    finally:
+        await forwarder.close()
+        server.close()
+        await server.wait_closed()
