@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -10,6 +12,10 @@ from pydantic import BaseModel
 from ..event_stream import DONE, EventStream
 from .errors import error_event
 from .replies import sse_event
+
+SEND_TIMEOUT = 60.0
+"""Seconds one event may wait for the client to read: a client that stopped reading (its window
+full for that long) is let go, with its generation, instead of holding them forever."""
 
 
 async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterator[BaseModel],
@@ -24,14 +30,33 @@ async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterato
         }
     )
     await response.prepare(request)
-    await response.write(sse_event(first))
+    async with aclosing(_events(first, rest)) as events:
+        async for data in events:
+            await _send(response, data)
+    await _send(response, DONE)
+    async with asyncio.timeout(SEND_TIMEOUT):
+        await response.write_eof()
+    return response
+
+
+async def _events(first: BaseModel, rest: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
+    """The events as bytes; a failure of generation becomes an error event. Closing this closes ``rest``
+    (its generation stops when the client is gone)."""
+    yield sse_event(first)
     try:
         async for item in rest:
-            await response.write(sse_event(item))
-    except (ConnectionResetError, ConnectionError):
-        raise
+            yield sse_event(item)
     except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
-        await response.write(error_event(exc))
-    await response.write(DONE)
-    await response.write_eof()
-    return response
+        yield error_event(exc)
+    finally:
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await response.write(data)
+    except TimeoutError:
+        raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT:.0f} s") from None
