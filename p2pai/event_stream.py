@@ -3,17 +3,15 @@ streams) and the router (which relays them)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from .aiohttp_internals import DeferredHeadersResponse
 
 DONE = b"data: [DONE]\n\n"
 
 
-class EventStream(web.StreamResponse):
+class EventStream(DeferredHeadersResponse):
     """A streamed response whose headers leave with its first event, in one TCP segment.
 
     aiohttp's StreamResponse sends its headers alone in prepare(); the client (or the
     entry node relaying the stream) then wakes up twice before it has the first token.
     Response buffers them until the first write; this class asks for the same.
     """
-
-    _send_headers_immediately = False  # aiohttp >= 3.12 (private): headers wait for the first write

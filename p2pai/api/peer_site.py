@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
+from ..aiohttp_internals import RequestHandler, new_request_handler, site_backlog, site_server, start_site_server
 from ..routing.peer_tls import HANDSHAKE_TIMEOUT, TLSSession
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,15 @@ class PeerSite(web.BaseSite):
     @property
     def port(self) -> int:
         """The bound port (the one asked for, or the system's pick for 0)."""
-        assert self._server is not None
-        return cast(asyncio.Server, self._server).sockets[0].getsockname()[1]
+        server = site_server(self)
+        assert server is not None
+        return server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Admitted(self), self._host, self._port,
-                                                backlog=self._backlog, reuse_address=True)
+        start_site_server(self, await loop.create_server(lambda: _Admitted(self), self._host, self._port,
+                                                         backlog=site_backlog(self), reuse_address=True))
 
     def admit(self, source: str) -> bool:
         if self._connections[source] >= self._max_per_source:
@@ -97,9 +98,7 @@ class PeerSite(web.BaseSite):
             del self._connections[source]
 
     def http_handler(self) -> RequestHandler:
-        server = self._runner.server
-        assert server is not None
-        return server()
+        return new_request_handler(self)
 
 
 class _Admitted(asyncio.Protocol):
