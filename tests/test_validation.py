@@ -26,7 +26,9 @@ from p2pai.serving.limits import (
     Limits,
 )
 from p2pai.serving.tools import parse_tool_calls
+from p2pai.token import new_token
 from test_api import assert_openai_error
+from test_swarm import online_peers, wait_for
 
 USER = [{"role": "user", "content": "hello world"}]
 OUT_OF_RANGE = [100_000_000, -1, 2**31, 2**32 + 1]
@@ -285,9 +287,10 @@ def test_model_output_nested_deeper_than_json_takes_is_text_not_a_tool_call() ->
 # A real node process
 
 
-def test_a_node_process_refuses_every_attack_and_keeps_serving(start_node, models_dir: Path) -> None:
-    node = start_node("--models-dir", str(models_dir), "--no-default-model")
-    attacks = [
+def attacks() -> list[tuple[str, dict[str, Any] | str]]:
+    """One request of each kind that took a node down before validation."""
+    deep = "[" * 100_000 + "]" * 100_000
+    return [
         ("/v1/completions", completion(prompt=[100_000_000])),
         ("/v1/completions", completion(prompt=[[1], [-1]])),
         ("/v1/embeddings", {"model": "tiny", "input": [-5]}),
@@ -296,16 +299,52 @@ def test_a_node_process_refuses_every_attack_and_keeps_serving(start_node, model
         ("/v1/chat/completions", chat(response_format=json_schema({"type": "array", "minItems": 10**9}))),
         ("/v1/chat/completions", chat(tools=[tool({"type": "string", "maxLength": 10**9})], tool_choice="required")),
         ("/v1/chat/completions", chat(logit_bias={"100000000": 1})),
+        ("/v1/chat/completions", json.dumps(chat())[:-1] + ', "metadata": ' + deep + "}"),
     ]
-    with httpx.Client(base_url=node.url, timeout=30) as http:
-        for path, body in attacks:
+
+
+def send_attacks(url: str, headers: dict[str, str] | None = None) -> None:
+    """Every attack gets a 4xx in OpenAI's shape, fast."""
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
+        for path, body in attacks():
             started = time.monotonic()
-            response = http.post(path, json=body)
+            response = http.post(path, **({"content": body, "headers": {"Content-Type": "application/json"}}
+                                           if isinstance(body, str) else {"json": body}))
             assert 400 <= response.status_code < 500, response.text
             assert time.monotonic() - started < ANSWER_WITHIN_S
             assert_openai_error(response.json())
+
+
+def assert_serving(url: str, crashes: list[int]) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/healthz").status_code == 200
         assert http.post("/v1/completions", json=completion()).status_code == 200
         system = http.get("/system").json()
-        assert [model["crashes"] for model in system["loaded_models"]] == [0]
+        assert [model["crashes"] for model in system["loaded_models"]] == crashes
+
+
+def test_a_node_process_refuses_every_attack_and_keeps_serving(start_node, models_dir: Path) -> None:
+    node = start_node("--models-dir", str(models_dir), "--no-default-model")
+    send_attacks(node.url)
+    assert_serving(node.url, [0])
     assert node.proc.poll() is None
+
+
+def test_attacks_through_an_entry_node_leave_every_node_of_the_swarm_up(start_node, models_dir: Path) -> None:
+    token = new_token()
+    entry = start_node("--token", token, "--no-default-model", name="entry")
+    servers = [start_node("--token", token, "--model", str(models_dir / "tiny.gguf"), "--threads", "1",
+                          "--bootstrap", entry.bootstrap_addr(), "--no-default-model", name=name)
+               for name in ("b", "c")]
+    wait_for(lambda: len(online_peers(entry)) == 2 and all(
+        "tiny" in peer["models"] for peer in online_peers(entry).values()), 20.0)
+    send_attacks(entry.url)  # routed as the entry chooses
+    for server in servers:  # and to each node in turn
+        send_attacks(entry.url, {"X-P2PAI-Node": server.peer_id()})
+    for node in (entry, *servers):
+        assert node.proc.poll() is None
+    for server in servers:
+        assert_serving(server.url, [0])
+    assert_serving(entry.url, [])  # it still routes
+    for peer in online_peers(entry).values():  # nothing was lost on the way, no model died
+        assert peer["metrics"]["lost"] == 0 and peer["metrics"]["crashed"] == 0, peer["metrics"]
