@@ -70,7 +70,8 @@ class Config:
     """max_tokens of each slow stream."""
     n: int = 1
     """Choices of each slow stream."""
-    duration_s: float = 60.0
+    duration_s: float = 50.0
+    """Below api/sse.SEND_TIMEOUT (60 s): a stream that reads nothing for longer is cut by the node."""
     settle_s: float = 10.0
     rounds: int = 1
     """Soaks one after another on the same node: a leak grows from round to round."""
