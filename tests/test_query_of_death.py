@@ -93,7 +93,7 @@ def test_a_request_that_crashes_its_model_is_not_tried_on_another_node(swarm) ->
     assert answer[0].json()["error"]["code"] == "model_crashed"
     metrics = peer_metrics(swarm["a"])
     name = next(n for n in "bcd" if swarm[n] is victim)
-    assert metrics[name]["crashed"] == 1 and metrics[name]["requests"] == 1
+    assert metrics[name]["crashed"] == 1 and metrics[name]["requests"] == 1, metrics
     assert sum(metrics[n]["requests"] for n in "bcd" if n != name) == 0  # tried nowhere else
     # The victim serves again (its model restarted); the entry never gave up on it.
     api = openai.OpenAI(base_url=victim.url + "/v1", api_key="unused", max_retries=0, timeout=30)

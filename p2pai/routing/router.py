@@ -245,12 +245,6 @@ class Router:
                     if answer.code != CRASHED:
                         raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
                     metrics.crashed += 1  # its model died of this request: another node would too
-                waited = loop.time() - started
-                if upstream.status >= 500:
-                    answer = await _error_answer(upstream)
-                    if answer.code != CRASHED:
-                        raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
-                    metrics.crashed += 1  # its model died of this request: another node would too
                 metrics.answered(waited)
                 return await self._relay(request, upstream, peer, waited, body, model, journey)
             finally:
