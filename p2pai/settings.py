@@ -125,7 +125,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "up to 4 while their KV cache stays under 1 GiB; P2PAI_PARALLEL)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
-    parser.add_argument("--routing", choices=[policy.value for policy in Policy], default=env_default("ROUTING", "least-loaded"),
+    parser.add_argument("--routing", choices=[policy.value for policy in Policy],
+                        default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
                              "(P2PAI_ROUTING)")
     parser.add_argument("--flash-attention", choices=["auto", "on", "off"],

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from ports import free_port
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.discovery import SERVICE_TYPE
 from p2pai.overlay.membership import HINT_BURST, HINT_RATE, HINT_TTL, MAX_HINTS, AddressBook
 from p2pai.token import NetworkKeys
+from ports import free_port
 
 
 def peer() -> str:

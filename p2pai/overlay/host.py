@@ -184,7 +184,7 @@ class OverlayHost:
                         await stream.write(len(frame).to_bytes(_LENGTH_BYTES, "big") + frame)
                     sent = frame
                 await changed.wait()
-        except Exception as exc:  # a lost peer surfaces as many different exception types
+        except Exception as exc:  # noqa: BLE001 - a lost peer surfaces as many different exception types
             log.debug("announce link to %s ended: %r", peer, exc)
             await _reset(stream)
             await trio.sleep(LINK_RETRY_DELAY)
@@ -215,7 +215,7 @@ class OverlayHost:
                     self.drops["rate_limited"] += 1
                 elif not self._on_frame(peer, frame, remote):
                     self.drops["overloaded"] += 1
-        except Exception as exc:  # end of stream, reset or a dead peer
+        except Exception as exc:  # noqa: BLE001 - end of stream, reset or a dead peer
             log.debug("announce stream from %s ended: %r", peer, exc)
         finally:
             self._streams[peer] -= 1
@@ -250,7 +250,7 @@ def _remote_ip(stream: INetStream) -> str | None:
     """The IP the stream's connection comes from (for a connection this node dialled, the one it dialled)."""
     try:
         address = stream.get_remote_address()
-    except Exception as exc:  # a connection closing under us
+    except Exception as exc:  # noqa: BLE001 - a connection closing under us (libp2p's types vary)
         log.debug("no remote address for a stream: %r", exc)
         return None
     return address[0] if address else None
@@ -266,7 +266,7 @@ async def _reset(stream: INetStream | None) -> None:
     try:
         with trio.move_on_after(0.5):
             await stream.reset()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - best effort on a stream that may already be dead
         log.debug("stream reset failed: %r", exc)
 
 

@@ -156,7 +156,7 @@ class TunnelClient:
                 arrive = outgoing.waiting.get(request_id)
                 if arrive is not None:
                     arrive(kind, data)
-        except Exception as exc:  # end of stream, reset, dead peer, garbage
+        except Exception as exc:  # noqa: BLE001 - end of stream, reset, dead peer, garbage
             outgoing.broken = exc if isinstance(exc, TunnelBroken) else TunnelBroken(f"the link broke: {exc!r}")
             log.debug("tunnel link to %s ended: %r", peer_id, exc)
         finally:
@@ -198,7 +198,7 @@ class TunnelServer:
                     elif kind == REQUEST:
                         answering[request_id] = trio.CancelScope()
                         nursery.start_soon(self._answer, peer, link, request_id, data, answering)
-        except Exception as exc:  # the asker's link ended
+        except Exception as exc:  # noqa: BLE001 - the asker's link ended (libp2p's types vary)
             log.debug("tunnel link from %s ended: %r", peer, exc)
         finally:
             await link.reset()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..backends.base import InvalidRequestError
 from ..models.config import ModelConfig
@@ -51,7 +52,8 @@ def _jinja(template: str, bos: str, eos: str, source: str) -> ChatTemplate:
         try:
             result = formatter(messages=messages, tools=tools)
         except Exception as exc:  # the template itself rejects the conversation (raise_exception)
-            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", param="messages") from exc
+            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}",
+                                      param="messages") from exc
         return ChatPrompt(result.prompt, _stops(result.stop), add_special=not result.added_special)
 
     return ChatTemplate(render, supports_tools="tools" in template, source=source)

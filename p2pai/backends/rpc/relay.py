@@ -43,8 +43,8 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -120,7 +120,7 @@ class _Link(asyncio.Protocol):
     While piping, a link whose writes back up pauses reading on its source link.
     """
 
-    def __init__(self, on_connect: Callable[["_Link"], None] | None = None) -> None:
+    def __init__(self, on_connect: Callable[[_Link], None] | None = None) -> None:
         self._on_connect = on_connect
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
