@@ -10,6 +10,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from platformdirs import user_data_dir
 
@@ -179,7 +180,19 @@ def add_swarm_arguments(parser: argparse.ArgumentParser,
                         help="run LAN discovery on this interface only (repeatable; P2PAI_MDNS_INTERFACE)")
 
 
-def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
+class SwarmFields(TypedDict):
+    """The NodeSettings fields that add_swarm_arguments fills."""
+
+    token: str | None
+    token_file: Path | None
+    name: str
+    p2p_listen: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+    mdns: bool
+    mdns_interfaces: tuple[str, ...]
+
+
+def swarm_fields(args: argparse.Namespace) -> SwarmFields:
     """The NodeSettings fields that add_swarm_arguments fills."""
     defaults = NodeSettings()
     return {

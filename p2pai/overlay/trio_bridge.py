@@ -67,6 +67,7 @@ class TrioBridge:
         closed = BridgeClosed(f"the trio thread ended ({error!r})" if error else "the trio thread ended")
         for future in (ready, *self._pending):
             _reject(future, closed)
+        assert self._finished is not None  # start() made it before starting the thread
         _resolve(self._finished, None)
 
     async def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -25,16 +25,17 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
+    from libp2p.custom_types import TProtocol
 
 log = logging.getLogger(__name__)
 
-TUNNEL_PROTOCOL = "/p2pai/tunnel/2.0.0"
+TUNNEL_PROTOCOL = cast("TProtocol", "/p2pai/tunnel/2.0.0")  # a cast: libp2p is imported lazily
 REQUEST, DATA, END, ERROR, CANCEL = range(5)
 BROKEN = -1  # never on the wire: what the exchanges waiting on a link get when the link breaks
 MAX_REQUEST_BYTES = 17 * 1024 * 1024  # the HTTP API's body limit plus headers
