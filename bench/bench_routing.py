@@ -45,7 +45,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench_single_node import HOST, CpuMeter, ServerProcess, free_port, machine
+from bench_single_node import HOST, CpuMeter, ServerProcess, free_port, machine  # noqa: E402
 
 PROMPT = "the people of the water"
 LATENCY_MAX_TOKENS = 4
@@ -287,7 +287,8 @@ async def bench_chunks(session: aiohttp.ClientSession, swarms: dict[str, tuple[N
     for entry, _ in swarms.values():
         await complete(session, entry.url, TINY_MODEL, CHUNK_MAX_TOKENS, True)  # warm-up
     await asyncio.to_thread(meter.wait_quiet)
-    nodes = {f"{mode}/{role}": node for mode, pair in swarms.items() for role, node in zip(("entry", "server"), pair, strict=True)}
+    nodes = {f"{mode}/{role}": node for mode, pair in swarms.items()
+             for role, node in zip(("entry", "server"), pair, strict=True)}
     before = {name: node.cpu_s() for name, node in nodes.items()}
     await asyncio.sleep(IDLE_WINDOW_S)
     idle = {name: (node.cpu_s() - before[name]) / IDLE_WINDOW_S for name, node in nodes.items()}
@@ -452,8 +453,9 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> tuple[dict[s
         summary["scaling"][count_text] = {"aggregate_tps": aggregate, "efficiency": efficiency,
                                           "worst_round_efficiency": worst, "entry_cpu_per_chunk_ms": cpu}
         target = verdict(efficiency, TARGETS["scaling_efficiency_4"], False) if count == 4 else ""
+        ttft_max = median_of(rounds, "ttft_ms_max")
         scale_lines.append(f"| {count} | {rounds[0]['clients']} | {aggregate:.1f} | {ideal_per_node * count:.0f} | "
-                           f"{efficiency:.3f} | {worst:.3f} | {cpu:.4f} | {median_of(rounds, 'ttft_ms_max'):.0f} | {target} |")
+                           f"{efficiency:.3f} | {worst:.3f} | {cpu:.4f} | {ttft_max:.0f} | {target} |")
     every = ([b for mode in MODES for k in ("non_streamed", "ttft") for b in results["latency"][mode][k]]
              + [b for mode in MODES for k in ("routed", "direct") for b in results["chunks"][mode][k]]
              + [r for rounds in scaling.values() for r in rounds])
@@ -479,9 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, workdir: Path, started: list[Node]) -> dict[str, Any]:
-    from tiny_gguf import write_tiny_gguf
-
     from p2pai.token import new_token
+    from tiny_gguf import write_tiny_gguf
 
     (workdir / "no-models").mkdir()
     tiny = write_tiny_gguf(workdir / f"{TINY_MODEL}.gguf", seed=1)
@@ -511,7 +512,8 @@ async def run(args: argparse.Namespace, workdir: Path, started: list[Node]) -> d
             swarms[mode] = (entry, server)
         meter = CpuMeter([os.getpid(), *(node.pid for pair in swarms.values() for node in pair)])
         results: dict[str, Any] = {}
-        print("1. added latency (tiny model, sequential, direct and through the entry node interleaved) ...", flush=True)
+        print("1. added latency (tiny model, sequential, direct and through the entry node interleaved) ...",
+              flush=True)
         results["latency"] = await bench_latency(session, swarms, meter, args)
         print("2. CPU per forwarded chunk ...", flush=True)
         results["chunks"] = await bench_chunks(session, swarms, meter, args)

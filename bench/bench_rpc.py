@@ -62,7 +62,7 @@ class Worker:
         self.relay = RelayServer(Credentials(Identity.generate(), key), self.server.connect)
         self.endpoint: Endpoint | None = None
 
-    async def start(self) -> "Worker":
+    async def start(self) -> Worker:
         await self.server.start()
         self.endpoint = Endpoint(self.relay.peer_id, "127.0.0.1", await self.relay.start("127.0.0.1", 0))
         return self
@@ -183,7 +183,7 @@ async def main(args: argparse.Namespace) -> None:
                 await worker.stop()
     rows = []
     for index, (label, _, workers, notes) in enumerate(setups):
-        ratios = [tps / base for tps, base in zip(speeds[index], speeds[0])]
+        ratios = [tps / base for tps, base in zip(speeds[index], speeds[0], strict=True)]
         traffic = f", {moved[index] / 1e3:.0f} kB relayed per token" if workers else ""
         rows.append((label, statistics.median(speeds[index]), statistics.median(ratios), min(ratios), max(ratios),
                      notes + traffic))

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pai.backends.base import (
-    ModelInfo,
     GenerationChunk,
     GenerationRequest,
     InvalidRequestError,
+    ModelInfo,
     ModelStats,
     QueueFullError,
     Usage,

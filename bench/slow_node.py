@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
 
     if args.token_ms is not None:
-        from slow_backend import SlowEngine, SlowSettings
-
         import p2pai.serving.manager
+        from slow_backend import SlowEngine, SlowSettings
 
         SlowEngine.settings = SlowSettings(token_s=args.token_ms / 1000, slots=args.slots)
         p2pai.serving.manager.ModelProcess = SlowEngine  # type: ignore[misc]  # what ModelManager._load calls

@@ -60,8 +60,8 @@ def print_banner(manager: ModelManager, url: str, node_id: str, keyed: bool, pro
     if manager.names():
         console.print(table)
     else:
-        console.print(f"[yellow]No local models:[/] requests go to the swarm. Put GGUF files or YAML configs in {manager.catalog.models_dir} "
-                      "or pass --model PATH.")
+        console.print("[yellow]No local models:[/] requests go to the swarm. Put GGUF files or YAML configs in "
+                      f"{manager.catalog.models_dir} or pass --model PATH.")
     for problem in problems:
         console.print(f"[yellow]skipped[/] {problem}")
     console.print("API key required." if keyed else "[dim]No API key set: anyone who can reach the port may use it.[/]")

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) -> None:
     prepare_data_dir(settings.data_dir)
     membership = resolve_token(settings)  # a bad token fails here, before anything listens
-    catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models), settings.default_model)
+    catalog = build_catalog(settings.effective_models_dir, settings.data_dir, list(settings.models),
+                            settings.default_model)
     reporter = LoadReporter()
     identity = Identity.load_or_create(settings.data_dir)
     tls = _peer_tls(settings, membership.keys.peer_ca_key, identity)

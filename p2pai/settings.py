@@ -10,6 +10,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from platformdirs import user_data_dir
 
@@ -125,7 +126,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "up to 4 while their KV cache stays under 1 GiB; P2PAI_PARALLEL)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
-    parser.add_argument("--routing", choices=[policy.value for policy in Policy], default=env_default("ROUTING", "least-loaded"),
+    parser.add_argument("--routing", choices=[policy.value for policy in Policy],
+                        default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
                              "(P2PAI_ROUTING)")
     parser.add_argument("--flash-attention", choices=["auto", "on", "off"],
@@ -178,7 +180,19 @@ def add_swarm_arguments(parser: argparse.ArgumentParser,
                         help="run LAN discovery on this interface only (repeatable; P2PAI_MDNS_INTERFACE)")
 
 
-def swarm_fields(args: argparse.Namespace) -> dict[str, object]:
+class SwarmFields(TypedDict):
+    """The NodeSettings fields that add_swarm_arguments fills."""
+
+    token: str | None
+    token_file: Path | None
+    name: str
+    p2p_listen: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+    mdns: bool
+    mdns_interfaces: tuple[str, ...]
+
+
+def swarm_fields(args: argparse.Namespace) -> SwarmFields:
     """The NodeSettings fields that add_swarm_arguments fills."""
     defaults = NodeSettings()
     return {

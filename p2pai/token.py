@@ -35,7 +35,7 @@ MAX_TOKEN_CHARS = 512
 log = logging.getLogger(__name__)
 
 _FIELDS = ("version", "network_id", "created", "secret")
-_NETWORK_ID = re.compile(r"[0-9a-f]{%d}" % (2 * NETWORK_ID_BYTES))
+_NETWORK_ID = re.compile(rf"[0-9a-f]{{{2 * NETWORK_ID_BYTES}}}")
 _CREATED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 

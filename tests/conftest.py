@@ -52,7 +52,8 @@ def write_test_models(directory: Path) -> Path:
         + "".join(f"    {line}\n" for line in TOOLS_TEMPLATE.splitlines())
     )
     (directory / "tiny-b.yaml").write_text(
-        "name: tiny-b\nparameters:\n  model: tiny-b.gguf\n  temperature: 0\ncontext_size: 256\nparallel: 1\nmax_queue: 1\n"
+        "name: tiny-b\nparameters:\n  model: tiny-b.gguf\n  temperature: 0\n"
+        "context_size: 256\nparallel: 1\nmax_queue: 1\n"
     )
     return directory
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from ports import free_port
 
 from p2pai.backends.rpc.workers import WorkerInfo
 from p2pai.identity import Identity
 from p2pai.swarm.view import SwarmNode
 from p2pai.token import derive_keys, parse_token
+from ports import free_port
 
 ROOT = Path(__file__).parent.parent
 
@@ -86,7 +86,9 @@ class WorkerProcess:
         return self.process.returncode
 
 
-def announced_workers(token: str, data_dir: Path, workers: list[WorkerProcess], timeout: float = 30.0) -> list[WorkerInfo]:
+def announced_workers(
+    token: str, data_dir: Path, workers: list[WorkerProcess], timeout: float = 30.0
+) -> list[WorkerInfo]:
     """What a node of the swarm learns from the workers' overlay announcements."""
     from p2pai.overlay import Overlay, OverlayConfig
 

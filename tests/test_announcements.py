@@ -48,7 +48,7 @@ def test_a_figure_that_is_not_finite_or_out_of_range_empties_the_payload_and_is_
                                  '{"served": {"bytes_in": -1}}', '{"served": {"bytes_in": Infinity}}', '"worker"'])
 def test_a_worker_offer_with_a_bad_figure_is_no_worker(bad: str) -> None:
     rejected: Counter[str] = Counter()
-    payload, worker = parse_payload({"worker": json.loads(bad)}, rejected)
+    _, worker = parse_payload({"worker": json.loads(bad)}, rejected)
     assert worker is None and rejected == {"worker": 1}
     assert WorkerOffer.parse({"free_memory": 2**30, "served": {"bytes_in": 5}}) is not None
 

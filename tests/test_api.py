@@ -50,7 +50,8 @@ async def test_chat_completion_shape_and_exact_usage(client: TestClient) -> None
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["finish_reason"] == "length"
     usage = body["usage"]
-    tokens = await client.post("/v1/tokenize", json={"model": "tiny", "content": "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n", "add_special": False})
+    prompt = "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n"
+    tokens = await client.post("/v1/tokenize", json={"model": "tiny", "content": prompt, "add_special": False})
     assert usage["prompt_tokens"] == len((await tokens.json())["tokens"])
     assert usage["completion_tokens"] == 8
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
@@ -148,10 +149,11 @@ async def test_completions_default_max_tokens_is_openais_16(client: TestClient) 
 
 async def test_completions_stream_and_token_prompt(client: TestClient) -> None:
     tokens = (await (await client.post("/v1/tokenize", json={"model": "tiny", "content": "hello"})).json())["tokens"]
-    plain = await (await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 6})).json()
-    by_ids = await (await client.post("/v1/completions", json={"model": "tiny", "prompt": tokens, "max_tokens": 6})).json()
+    hello = {"model": "tiny", "prompt": "hello", "max_tokens": 6}
+    plain = await (await client.post("/v1/completions", json=hello)).json()
+    by_ids = await (await client.post("/v1/completions", json={**hello, "prompt": tokens})).json()
     assert by_ids["choices"][0]["text"] == plain["choices"][0]["text"]
-    response = await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 6, "stream": True})
+    response = await client.post("/v1/completions", json={**hello, "stream": True})
     events = await sse_events(response)
     assert "".join(e["choices"][0]["text"] for e in events) == plain["choices"][0]["text"]
 
@@ -177,7 +179,8 @@ async def test_embeddings_float_base64_and_dimensions(client: TestClient) -> Non
                                                                 "encoding_format": "base64"})).json()
     decoded = struct.unpack("<64f", base64.b64decode(encoded["data"][0]["embedding"]))
     assert decoded == pytest.approx(vector, abs=1e-6)
-    short = await (await client.post("/v1/embeddings", json={"model": "tiny", "input": "hello", "dimensions": 8})).json()
+    short_request = {"model": "tiny", "input": "hello", "dimensions": 8}
+    short = await (await client.post("/v1/embeddings", json=short_request)).json()
     assert len(short["data"][0]["embedding"]) == 8
 
 
@@ -221,7 +224,8 @@ BAD_INPUTS = [
     ("/v1/chat/completions", json.dumps({"model": "tiny", "messages": []}).encode(), None),
     ("/v1/chat/completions", json.dumps({"model": "tiny", "messages": "hi"}).encode(), None),
     ("/v1/chat/completions", json.dumps({"model": "tiny", "messages": [{"role": "user"}]}).encode(), None),
-    ("/v1/chat/completions", json.dumps({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}).encode(), None),
+    ("/v1/chat/completions",
+     json.dumps({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}).encode(), None),
     ("/v1/chat/completions", json.dumps({**CHAT, "temperature": "hot"}).encode(), None),
     ("/v1/chat/completions", json.dumps({**CHAT, "temperature": 7}).encode(), None),
     ("/v1/chat/completions", json.dumps({**CHAT, "max_tokens": 10**12}).encode(), "context_length_exceeded"),
@@ -231,13 +235,15 @@ BAD_INPUTS = [
     ("/v1/chat/completions", json.dumps({**CHAT, "frobnicate": True}).encode(), None),
     ("/v1/chat/completions", json.dumps({**CHAT, "grammar": "root ::= ("}).encode(), "invalid_grammar"),
     ("/v1/chat/completions", json.dumps({**CHAT, "grammar": 'root ::= "a"',
-                                         "response_format": {"type": "json_object"}}).encode(), "conflicting_constraints"),
+                                         "response_format": {"type": "json_object"}}).encode(),
+     "conflicting_constraints"),
     ("/v1/chat/completions", json.dumps({**CHAT, "response_format": {"type": "json_schema"}}).encode(), None),
     ("/v1/chat/completions", json.dumps({**CHAT, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), "unsupported_content"),
     ("/v1/chat/completions", json.dumps({**CHAT, "messages": [{"role": "user", "content": "the " * 600}]}).encode(),
      "context_length_exceeded"),
-    ("/v1/chat/completions", json.dumps({**CHAT, "stream": True, "messages": [{"role": "user", "content": "the " * 600}]}).encode(),
+    ("/v1/chat/completions",
+     json.dumps({**CHAT, "stream": True, "messages": [{"role": "user", "content": "the " * 600}]}).encode(),
      "context_length_exceeded"),
     ("/v1/completions", b"{", "invalid_json"),
     ("/v1/completions", json.dumps({"model": "tiny"}).encode(), None),
@@ -266,9 +272,11 @@ async def test_bad_input_is_a_clean_400(client: TestClient, path: str, body: byt
     assert_openai_error(await response.json(), code)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/edits", "/v1/embeddings", "/v1/tokenize"])
+@pytest.mark.parametrize("path",
+                         ["/v1/chat/completions", "/v1/completions", "/v1/edits", "/v1/embeddings", "/v1/tokenize"])
 async def test_unknown_model_is_404_on_every_endpoint(client: TestClient, path: str) -> None:
-    body = {"model": "nope", "messages": CHAT["messages"], "prompt": "x", "input": "x", "instruction": "x", "content": "x"}
+    body = {"model": "nope", "messages": CHAT["messages"], "prompt": "x", "input": "x", "instruction": "x",
+            "content": "x"}
     allowed = {
         "/v1/chat/completions": ("model", "messages"),
         "/v1/completions": ("model", "prompt"),

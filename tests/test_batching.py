@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from host_harness import InProcessModel
 from p2pai.backends.base import GenerationRequest, SamplingParams
 from p2pai.backends.llama import LlamaSettings
 from p2pai.serving.context import Completion, collect
-from host_harness import InProcessModel
 
 GREEDY = SamplingParams(temperature=0.0)
 DIGITS = SamplingParams(temperature=0.0, grammar='root ::= [0-9]+ "."')

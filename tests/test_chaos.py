@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import chaos  # noqa: E402
+import chaos
 
 pytestmark = pytest.mark.e2e
 

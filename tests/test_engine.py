@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from host_harness import InProcessModel
 from p2pai.backends.base import (
     GenerationRequest,
     InvalidRequestError,
@@ -21,7 +22,6 @@ from p2pai.backends.base import (
 from p2pai.backends.llama import LlamaSettings
 from p2pai.backends.process import ChildSpec, ModelProcess
 from p2pai.serving.context import collect
-from host_harness import InProcessModel
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from ports import free_port
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.discovery import SERVICE_TYPE
 from p2pai.overlay.membership import HINT_BURST, HINT_RATE, HINT_TTL, MAX_HINTS, AddressBook
 from p2pai.token import NetworkKeys
+from ports import free_port
 
 
 def peer() -> str:
@@ -72,8 +72,7 @@ def test_hints_never_displace_or_rewrite_authenticated_peers() -> None:
 async def test_forged_mdns_answers_from_a_non_member_make_no_member_and_few_dials(tmp_path: Path) -> None:
     """256 forged answers for random peer ids, registered by a zeroconf instance bound to 127.0.0.1,
     each pointing at a port where nothing listens; a real member (joined by bootstrap) stays."""
-    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32),
-                       "forged-mdns-test")
+    keys = NetworkKeys(*(os.urandom(32) for _ in range(5)), "forged-mdns-test")
 
     def config(name: str, mdns: bool, bootstrap: list[str]) -> OverlayConfig:
         return OverlayConfig(data_dir=tmp_path / name, keys=keys, name=name, version="test", roles=[],

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from overlay_helpers import Node, member, sees_offline, sees_online
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.__main__ import keys_from_seed
@@ -30,7 +32,6 @@ from p2pai.overlay.announcement import (
 from p2pai.overlay.membership import HEARTBEAT_TIMEOUT, MEMBER_TTL, Membership
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
 from p2pai.token import NetworkKeys
-from overlay_helpers import Node, member, sees_offline, sees_online
 from ports import free_port
 
 DETECTION_LIMIT = 3.0  # a dead or frozen peer must be offline on the others within this
@@ -56,7 +57,7 @@ async def test_bridge_returns_the_result_computed_in_the_trio_thread(bridge: Tri
 
 async def test_bridge_reraises_the_trio_exception(bridge: TrioBridge) -> None:
     async def fail() -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         raise KeyError("boom")
 
     with pytest.raises(KeyError, match="boom"):
@@ -293,7 +294,7 @@ def test_a_bootstrap_chain_becomes_a_full_mesh_within_2_s(nodes) -> None:
         assert line["t"] - ready < 2.0
         assert member(line, others[0].peer_id)["name"] == others[0].name
     # A learned C's address from B's announcements and connected to it directly.
-    assert a.wait_for(lambda l: l["stats"]["connections"] == 2, 2.0, "2 connections")
+    assert a.wait_for(lambda report: report["stats"]["connections"] == 2, 2.0, "2 connections")
 
 
 def test_mdns_on_loopback_finds_peers_without_bootstrap(nodes) -> None:
@@ -321,7 +322,7 @@ def test_a_plaintext_libp2p_peer_is_refused(nodes) -> None:
     a = nodes("a")
     psk = keys_from_seed(a.seed).psk_hex  # even with the right private-network key
     assert run_bare_host(a.addr, psk, plaintext=True) is False
-    assert a.wait_for(lambda l: True, 3.0, "a report", since=time.time())["stats"]["connections"] == 0
+    assert a.wait_for(lambda report: True, 3.0, "a report", since=time.time())["stats"]["connections"] == 0
     assert run_bare_host(a.addr, psk, plaintext=False) is True  # the control: Noise works
 
 
@@ -336,7 +337,8 @@ def test_a_flooding_peer_is_rate_limited_and_oversized_frames_end_its_stream(nod
 
     flooded = time.time()
     assert run_bare_host(a.addr, keys_from_seed(a.seed).psk_hex, plaintext=False, then=flood)
-    line = a.wait_for(lambda l: l["stats"]["dropped"]["oversized"] == 1, 3.0, "the oversized frame", since=flooded)
+    line = a.wait_for(lambda report: report["stats"]["dropped"]["oversized"] == 1, 3.0, "the oversized frame",
+                      since=flooded)
     dropped = line["stats"]["dropped"]
     print("\n[overlay flood] dropped:", dropped)
     # Only a burst (40) plus 20 per second reach decryption; the rest is dropped unread.
@@ -376,7 +378,7 @@ def run_bare_host(addr: str, psk_hex: str, *, plaintext: bool, then=None) -> boo
                 try:
                     await host.connect(target)
                     stream = await host.new_stream(target.peer_id, ["/p2pai/announce/1.0.0"])
-                except Exception:
+                except Exception:  # noqa: BLE001 - any refusal by the node, whatever libp2p raises
                     return False
                 if then is not None:
                     await then(stream)

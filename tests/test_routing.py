@@ -9,8 +9,8 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,10 +18,10 @@ import httpx
 import openai
 import pytest
 
+from conftest import NodeProcess
 from p2pai.routing.forward import PeerUnavailable
 from p2pai.routing.router import Router
 from p2pai.token import new_token
-from conftest import NodeProcess
 from test_swarm import online_peers, wait_for
 
 CHAT = [{"role": "user", "content": "hello world"}]
@@ -43,7 +43,8 @@ def swarm(start_node, models_dir: Path, token: str):
     for node in (b, c, d):
         node.wait_ready()
     wait_for(lambda: len(online_peers(a)) == 3, 10.0)  # joining is timed in bench_swarm.py; here 3 nodes load at once
-    return {"a": a, "b": b, "c": c, "d": d, "ids": {n.peer_id(): name for name, n in zip("bcd", (b, c, d))}}
+    ids = {n.peer_id(): name for name, n in zip("bcd", (b, c, d), strict=True)}
+    return {"a": a, "b": b, "c": c, "d": d, "ids": ids}
 
 
 def client(node) -> openai.OpenAI:

@@ -7,14 +7,13 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openai import APIError, AsyncOpenAI
-from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address, rpc_server
 
 from p2pai.api.app import create_app
 from p2pai.api.state import NodeState
@@ -27,6 +26,7 @@ from p2pai.identity import Identity
 from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
 from p2pai.serving.manager import ModelManager
 from p2pai.token import derive_keys, new_token, parse_token
+from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address, rpc_server
 
 NODE = Identity.generate()
 NODE_ID = NODE.peer_id
@@ -86,7 +86,7 @@ class Node:
         state = NodeState(self.manager, node_id="test-node", version="test", api_keys=frozenset(), ready=True)
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
-    async def __aenter__(self) -> "Node":
+    async def __aenter__(self) -> Node:
         await self.client.start_server()
         self.openai = AsyncOpenAI(base_url=str(self.client.make_url("/v1")), api_key="none", max_retries=0)
         return self
@@ -100,7 +100,7 @@ def test_worker_announces_itself_and_its_rpc_server_listens_in_a_network_of_its_
     workers: list[WorkerProcess], infos: list[WorkerInfo]
 ) -> None:
     assert [info.name for info in infos] == ["w1", "w2"]
-    for worker, info in zip(workers, infos):
+    for worker, info in zip(workers, infos, strict=True):
         status = worker.status
         assert info.peer_id == status["peer_id"] and info.hosts == ("127.0.0.1",)
         assert info.port == status["worker"]["rpc"]["port"] and info.protocol == "7.0.0"
@@ -189,7 +189,7 @@ async def test_model_layers_on_two_workers_answer_through_the_openai_api(
         text = await node.openai.completions.create(model="spread", prompt="one two three", max_tokens=4)
         assert text.choices[0].text
     least = 100_000 if model == "tiny" else 20_000_000
-    for worker, served in zip(workers, before):
+    for worker, served in zip(workers, before, strict=True):
         # Each worker received at least the weights of its layers, and the lease ended with the
         # node. (The health check's short session comes first: wait for the account after it.)
         status = worker.wait_status(lambda s, served=served: s["worker"]["in_use_by"] is None
@@ -229,7 +229,7 @@ async def test_killed_worker_fails_the_request_cleanly_and_the_model_reloads_wit
                                                           max_tokens=400, stream=True)
             got = 0
             with pytest.raises(APIError) as failure:
-                async for chunk in stream:
+                async for _chunk in stream:
                     got += 1
                     if got == 3:
                         doomed.kill()
@@ -283,7 +283,7 @@ async def test_an_idle_lease_ends_and_the_model_reloads_on_next_use(
             first = await node.manager.engine("idle")
             assert first.spec.workers
             idle_since = time.monotonic()
-            while first.failure is None and time.monotonic() - idle_since < 10:
+            while first.failure is None and time.monotonic() - idle_since < 10:  # noqa: ASYNC110 - no event for it
                 await asyncio.sleep(0.1)
             assert first.failure is not None and "the lease ended after 2 s without traffic" in str(first.failure)
             assert 1.5 <= time.monotonic() - idle_since < 6

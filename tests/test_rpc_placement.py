@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from p2pai.backends.rpc.placement import (
-    LOCAL, Capacity, ModelLayout, PlacementError, _cut, _split_at, gguf_layout, place,
+    LOCAL,
+    Capacity,
+    ModelLayout,
+    PlacementError,
+    _cut,
+    _split_at,
+    gguf_layout,
+    place,
 )
 from p2pai.backends.rpc.workers import WorkerInfo, select_workers
 from p2pai.overlay import Member
@@ -68,7 +75,8 @@ def test_a_model_that_does_not_fit_is_refused_with_the_numbers() -> None:
 
 def test_a_node_without_memory_for_its_part_is_refused_with_the_numbers() -> None:
     place(LAYOUT, [Capacity("a", 1000 * MiB)], 512, 1, local_free=43 * MiB)  # output + embeddings fit
-    with pytest.raises(PlacementError, match=r"this node would need ~42 MiB for the embeddings and no layers \+ output but has 30 MiB"):
+    refusal = r"this node would need ~42 MiB for the embeddings and no layers \+ output but has 30 MiB"
+    with pytest.raises(PlacementError, match=refusal):
         place(LAYOUT, [Capacity("a", 1000 * MiB)], 512, 1, local_free=30 * MiB)
 
 

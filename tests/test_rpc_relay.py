@@ -9,13 +9,22 @@ import os
 import socket
 import subprocess
 import sys
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from rpc_helpers import Impostor
 
-from p2pai.backends.rpc.relay import _LENGTH, Credentials, Endpoint, Forwarder, RelayRefused, RelayServer, connect, probe
+from p2pai.backends.rpc.relay import (
+    _LENGTH,
+    Credentials,
+    Endpoint,
+    Forwarder,
+    RelayRefused,
+    RelayServer,
+    connect,
+    probe,
+)
 from p2pai.identity import Identity
+from rpc_helpers import Impostor
 
 KEY = os.urandom(32)
 WORKER = Credentials(Identity.generate(), KEY)

@@ -18,7 +18,7 @@ import pytest
 from tiny_gguf import write_tiny_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import soak  # noqa: E402
+import soak
 
 pytestmark = pytest.mark.e2e
 

@@ -54,7 +54,7 @@ def _vocab() -> tuple[list[str], list[float], list[gguf.TokenType]]:
     tokens += [_IM_START, _IM_END]
     types += [gguf.TokenType.CONTROL] * 2
     # SPM merges the highest-scoring pair first; longer pieces score higher so whole words win.
-    scores = [len(t) - 100.0 if ty == gguf.TokenType.NORMAL else 0.0 for t, ty in zip(tokens, types)]
+    scores = [len(t) - 100.0 if ty == gguf.TokenType.NORMAL else 0.0 for t, ty in zip(tokens, types, strict=True)]
     return tokens, scores, types
 
 

@@ -122,11 +122,12 @@ class _Admitted(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if peer else "?"
+        raw = cast(asyncio.Transport, transport)  # a TCP server's transport
         if not self._site.admit(source):
-            transport.abort()
+            raw.abort()
             return
         self._source = source
-        self._raw = cast(asyncio.Transport, transport)
+        self._raw = raw
         if self._site.tls is None:
             self._serve(self._raw)
             return
@@ -190,7 +191,7 @@ class _Admitted(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self._handler is not None:
-            return self._handler.eof_received()
+            self._handler.eof_received()  # aiohttp's handler never keeps the transport half-open
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -216,13 +217,14 @@ class _Secured(asyncio.Transport):
     (flow control, reading, addresses) is the TCP transport's."""
 
     def __init__(self, raw: asyncio.Transport, tls: TLSSession, context: ssl.SSLContext) -> None:
-        super().__init__({"ssl_object": tls.session, "sslcontext": context})
+        self._own_extra: dict[str, Any] = {"ssl_object": tls.session, "sslcontext": context}
+        super().__init__(self._own_extra)
         self._raw = raw
         self._tls = tls
         self._closing = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra[name] if name in self._extra else self._raw.get_extra_info(name, default)
+        return self._own_extra[name] if name in self._own_extra else self._raw.get_extra_info(name, default)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if data and not self._closing:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 from aiohttp import web
@@ -39,7 +39,7 @@ async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterato
     return response
 
 
-async def _events(first: BaseModel, rest: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
+async def _events(first: BaseModel, rest: AsyncIterator[BaseModel]) -> AsyncGenerator[bytes, None]:
     """The events as bytes; a failure of generation becomes an error event. Closing this closes ``rest``
     (its generation stops when the client is gone)."""
     yield sse_event(first)

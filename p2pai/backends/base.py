@@ -6,8 +6,9 @@ them (today llama.cpp with continuous batching) can change without touching the 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

@@ -94,7 +94,7 @@ class Dialer:
                 try:
                     with trio.fail_after(DIAL_TIMEOUT):
                         await self._host.get_network().dial_addr(Multiaddr(addr), peer)
-                except Exception as exc:  # libp2p raises many types for one failure
+                except Exception as exc:  # noqa: BLE001 - libp2p raises many types for one failure
                     # Once per outage at INFO; the retries, and hints (anyone on the LAN can forge
                     # them), only at DEBUG.
                     level = logging.DEBUG if peer_id in self._backoff or peer_id in self._once else logging.INFO

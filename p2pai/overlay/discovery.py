@@ -84,7 +84,9 @@ class MdnsDiscovery:
         # peer id, which no other node can hold.
         await self._zeroconf.async_register_service(info, cooperating_responders=True)
 
-    def _on_state_change(self, *, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+    def _on_state_change(
+        self, *, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
         if state_change not in (ServiceStateChange.Added, ServiceStateChange.Updated):
             return
         if self._resolving >= MAX_RESOLVING:
@@ -143,5 +145,5 @@ async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
     """Discovery is best effort (bootstrap still works): log its failures, go on."""
     try:
         await coroutine
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - zeroconf fails in many ways; none may end the node
         log.warning("mDNS: %r", exc)

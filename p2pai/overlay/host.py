@@ -13,7 +13,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -26,11 +26,12 @@ from p2pai.overlay.tunnel import TUNNEL_PROTOCOL, NotDelivered, TunnelClient, Tu
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
+    from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
 
 log = logging.getLogger(__name__)
 
-ANNOUNCE_PROTOCOL = "/p2pai/announce/1.0.0"
+ANNOUNCE_PROTOCOL = cast("TProtocol", "/p2pai/announce/1.0.0")  # a cast: libp2p is imported lazily
 SEND_TIMEOUT = 2.0
 LINK_RETRY_DELAY = 1.0  # after a failed link, before the next stream to that peer
 POLL_INTERVAL = 0.1  # how often connections are checked; bounds detection of a closed one
@@ -102,7 +103,9 @@ class OverlayHost:
     def _new_host(self) -> IHost:
         from libp2p import NOISE_PROTOCOL_ID, YAMUX_PROTOCOL_ID, NoiseTransport, Yamux, new_host
         from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+        from libp2p.custom_types import TProtocol
         from libp2p.network.config import ConnectionConfig, RetryConfig
+        from libp2p.network.swarm import Swarm
 
         _route_libp2p_logs()
         key_pair = self._identity.to_libp2p_key_pair()
@@ -110,7 +113,7 @@ class OverlayHost:
         host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},  # never PLAINTEXT/SECIO/TLS
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             psk=self._psk_hex,
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,  # the default 3 adds ~250 ms to every dial
@@ -125,11 +128,13 @@ class OverlayHost:
             enable_upnp=False,
         )
         network = host.get_network()
+        if not isinstance(network, Swarm):  # the two settings below are Swarm's, not INetworkService's
+            raise RuntimeError(f"libp2p's network is a {type(network).__name__}, not the Swarm p2pai tunes")
         network.retry_config = RetryConfig(max_retries=0)  # the Dialer retries
         # libp2p's auto-connector aims at (low + high watermark) / 2 connections whatever
         # min_connections says, and its redials race the Dialer's (a connection replaced by a
         # simultaneous dial takes streams opened on it down). The Dialer alone decides.
-        network.auto_connector.maybe_connect = _no_auto_dials
+        network.auto_connector.maybe_connect = _no_auto_dials  # type: ignore[method-assign]  # see above
         return host
 
     def broadcast(self, frame: bytes) -> None:
@@ -184,7 +189,7 @@ class OverlayHost:
                         await stream.write(len(frame).to_bytes(_LENGTH_BYTES, "big") + frame)
                     sent = frame
                 await changed.wait()
-        except Exception as exc:  # a lost peer surfaces as many different exception types
+        except Exception as exc:  # noqa: BLE001 - a lost peer surfaces as many different exception types
             log.debug("announce link to %s ended: %r", peer, exc)
             await _reset(stream)
             await trio.sleep(LINK_RETRY_DELAY)
@@ -215,7 +220,7 @@ class OverlayHost:
                     self.drops["rate_limited"] += 1
                 elif not self._on_frame(peer, frame, remote):
                     self.drops["overloaded"] += 1
-        except Exception as exc:  # end of stream, reset or a dead peer
+        except Exception as exc:  # noqa: BLE001 - end of stream, reset or a dead peer
             log.debug("announce stream from %s ended: %r", peer, exc)
         finally:
             self._streams[peer] -= 1
@@ -250,7 +255,7 @@ def _remote_ip(stream: INetStream) -> str | None:
     """The IP the stream's connection comes from (for a connection this node dialled, the one it dialled)."""
     try:
         address = stream.get_remote_address()
-    except Exception as exc:  # a connection closing under us
+    except Exception as exc:  # noqa: BLE001 - a connection closing under us (libp2p's types vary)
         log.debug("no remote address for a stream: %r", exc)
         return None
     return address[0] if address else None
@@ -266,7 +271,7 @@ async def _reset(stream: INetStream | None) -> None:
     try:
         with trio.move_on_after(0.5):
             await stream.reset()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - best effort on a stream that may already be dead
         log.debug("stream reset failed: %r", exc)
 
 
@@ -275,8 +280,9 @@ def _parse_bootstrap(bootstrap: list[str]) -> dict[str, list[str]]:
     peers: dict[str, list[str]] = defaultdict(list)
     for addr in bootstrap:
         parsed = parse_tcp(addr)
-        if parsed is None or parsed[2] is None or not is_peer_id(parsed[2]):
+        peer_id = parsed[2] if parsed is not None else None
+        if parsed is None or peer_id is None or not is_peer_id(peer_id):
             raise ValueError(f"bootstrap address {addr!r} is not /ip4|ip6/<ip>/tcp/<port>/p2p/<peer id>")
-        ip, port, peer_id = parsed
+        ip, port, _ = parsed
         peers[peer_id].append(f"/ip{ip.version}/{ip}/tcp/{port}")
     return dict(peers)

@@ -16,9 +16,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pai.identity import Identity
@@ -153,7 +153,7 @@ class Overlay:
         if self._discovery is not None:
             try:
                 await asyncio.wait_for(self._discovery.stop(), STOP_TIMEOUT)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - stopping goes on whatever mDNS raises
                 log.warning("stopping mDNS: %r", exc)
             self._discovery = None
         if self._bridge is not None:
@@ -276,7 +276,7 @@ class Overlay:
             await bridge.run(send.send, (END, b""))
         except (trio.BrokenResourceError, trio.ClosedResourceError, BridgeClosed):
             pass  # the asking peer went away
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a task boundary: the asker gets the error, the node goes on
             log.warning("tunnelled request from %s failed: %r", peer, exc)
             with contextlib.suppress(Exception):
                 await bridge.run(send.send, (ERROR, repr(exc).encode()[:1000]))

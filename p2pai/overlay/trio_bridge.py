@@ -67,6 +67,7 @@ class TrioBridge:
         closed = BridgeClosed(f"the trio thread ended ({error!r})" if error else "the trio thread ended")
         for future in (ready, *self._pending):
             _reject(future, closed)
+        assert self._finished is not None  # start() made it before starting the thread
         _resolve(self._finished, None)
 
     async def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -84,7 +85,7 @@ class TrioBridge:
                 with scope:
                     result = await async_fn(*args)
                     self.to_asyncio(_resolve, future, result)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the awaiting asyncio coroutine
                 self.to_asyncio(_reject, future, exc)
             except BaseException:  # trio.Cancelled from a stopping bridge
                 self.to_asyncio(_reject, future, BridgeClosed("the trio thread is stopping"))
@@ -139,7 +140,7 @@ class TrioBridge:
         except RuntimeError:  # the asyncio loop is closed: nobody is listening
             pass
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a grace period, not a deadline
         """Cancel everything in the trio thread and wait (bounded) for it to end."""
         if self._finished is None:
             return

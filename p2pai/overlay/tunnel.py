@@ -25,16 +25,17 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
+    from libp2p.custom_types import TProtocol
 
 log = logging.getLogger(__name__)
 
-TUNNEL_PROTOCOL = "/p2pai/tunnel/2.0.0"
+TUNNEL_PROTOCOL = cast("TProtocol", "/p2pai/tunnel/2.0.0")  # a cast: libp2p is imported lazily
 REQUEST, DATA, END, ERROR, CANCEL = range(5)
 BROKEN = -1  # never on the wire: what the exchanges waiting on a link get when the link breaks
 MAX_REQUEST_BYTES = 17 * 1024 * 1024  # the HTTP API's body limit plus headers
@@ -156,7 +157,7 @@ class TunnelClient:
                 arrive = outgoing.waiting.get(request_id)
                 if arrive is not None:
                     arrive(kind, data)
-        except Exception as exc:  # end of stream, reset, dead peer, garbage
+        except Exception as exc:  # noqa: BLE001 - end of stream, reset, dead peer, garbage
             outgoing.broken = exc if isinstance(exc, TunnelBroken) else TunnelBroken(f"the link broke: {exc!r}")
             log.debug("tunnel link to %s ended: %r", peer_id, exc)
         finally:
@@ -198,7 +199,7 @@ class TunnelServer:
                     elif kind == REQUEST:
                         answering[request_id] = trio.CancelScope()
                         nursery.start_soon(self._answer, peer, link, request_id, data, answering)
-        except Exception as exc:  # the asker's link ended
+        except Exception as exc:  # noqa: BLE001 - the asker's link ended (libp2p's types vary)
             log.debug("tunnel link from %s ended: %r", peer, exc)
         finally:
             await link.reset()

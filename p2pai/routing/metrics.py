@@ -27,7 +27,8 @@ class PeerMetrics:
 
     def answered(self, seconds: float) -> None:
         ms = seconds * 1000
-        self.latency_ms = ms if self.latency_ms is None else self.latency_ms + LATENCY_SMOOTHING * (ms - self.latency_ms)
+        previous = self.latency_ms
+        self.latency_ms = ms if previous is None else previous + LATENCY_SMOOTHING * (ms - previous)
 
     def failed(self, reason: str, lost: bool) -> None:
         self.failures += 1

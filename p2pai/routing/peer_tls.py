@@ -198,8 +198,10 @@ def bound_peer(der: bytes) -> str | None:
         public = cert.public_key()
     except (ValueError, IndexError, x509.ExtensionNotFound):
         return None
-    key = public_key_from_peer_id(peer) if isinstance(peer, str) else None
-    if key is None or not isinstance(public, Ed25519PublicKey):
+    if not isinstance(peer, str) or not isinstance(public, Ed25519PublicKey):
+        return None
+    key = public_key_from_peer_id(peer)
+    if key is None:
         return None
     return peer if verify_signature(key, signature, _BINDING_CONTEXT + _spki(public)) else None
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from ..backends.base import InvalidRequestError
 from ..models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage, ChatCompletionTool
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,12 @@ def _jinja(template: str, bos: str, eos: str, source: str) -> ChatTemplate:
 
     def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> ChatPrompt:
         try:
-            result = formatter(messages=messages, tools=tools)
+            # The dicts are the validated request's messages and tools, which have llama_cpp's shapes.
+            result = formatter(messages=cast("list[ChatCompletionRequestMessage]", messages),
+                               tools=cast("list[ChatCompletionTool] | None", tools))
         except Exception as exc:  # the template itself rejects the conversation (raise_exception)
-            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", param="messages") from exc
+            raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}",
+                                      param="messages") from exc
         return ChatPrompt(result.prompt, _stops(result.stop), add_special=not result.added_special)
 
     return ChatTemplate(render, supports_tools="tools" in template, source=source)

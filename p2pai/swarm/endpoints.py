@@ -62,7 +62,8 @@ class OwnAddresses:
             if bound == ip:
                 return True
             # "::" also takes IPv4 on a dual-stack socket; 0.0.0.0 only IPv4.
-            if bound.is_unspecified and (bound.version == 6 or ip.version == 4) and (ip.is_loopback or ip in self._local):
+            covers = bound.version == 6 or ip.version == 4
+            if bound.is_unspecified and covers and (ip.is_loopback or ip in self._local):
                 return True
         return False
 
@@ -73,7 +74,7 @@ def usable_hosts(endpoint: PeerEndpoint | None, remote: str | None, own: OwnAddr
     if endpoint is None or source is None or not endpoint.port:
         return []
     return [str(ip) for ip in map(parse_ip, endpoint.hosts)
-            if ip is not None and (ip == source or ip.is_loopback and source.is_loopback)
+            if ip is not None and (ip == source or (ip.is_loopback and source.is_loopback))
             and (ip, endpoint.port) not in own]
 
 

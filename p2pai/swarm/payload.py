@@ -73,7 +73,7 @@ class PeerEndpoint(_Lenient):
     Receivers use only hosts that pass swarm.endpoints.usable_hosts."""
 
     hosts: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
-    port: int = Field(0, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535)
 
 
 class DataEndpoint(PeerEndpoint):

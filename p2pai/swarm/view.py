@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from ..overlay import Member
 from ..backends.rpc.workers import WorkerInfo
+from ..overlay import Member
 from .payload import (
     FEDERATED_ROLE,
     WORKER_PAYLOAD_KEY,

@@ -57,8 +57,8 @@ class LlamaSettings:
 
 @dataclass
 class LoadedModel:
-    model: "LlamaModel"
-    context: "LlamaContext"
+    model: LlamaModel
+    context: LlamaContext
     parallel: int
     n_ctx_slot: int
     n_batch: int
@@ -76,7 +76,6 @@ def load_generator(settings: LlamaSettings) -> LoadedModel:
     """The model and one context with `parallel` sequences of `context_size` each."""
     llama_cpp = _import_llama_cpp()
     from llama_cpp._internals import LlamaContext, LlamaModel
-
     from llama_cpp._logger import set_verbose
 
     _check_file(settings)
@@ -125,7 +124,7 @@ def _tensor_split(settings: LlamaSettings) -> ctypes.Array[ctypes.c_float] | Non
     return (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*settings.tensor_split[: llama_cpp.LLAMA_MAX_DEVICES])
 
 
-def auto_parallel(model: "LlamaModel", context_size: int) -> int:
+def auto_parallel(model: LlamaModel, context_size: int) -> int:
     """Slots whose full-context KV cache fits KV_BUDGET_BYTES, between 1 and MAX_AUTO_PARALLEL.
 
     gemma-3-270m at 8192 per slot: 4 slots; an 8B GQA model at 4096: 2; a 7B
@@ -136,7 +135,7 @@ def auto_parallel(model: "LlamaModel", context_size: int) -> int:
     return max(1, min(MAX_AUTO_PARALLEL, KV_BUDGET_BYTES // max(per_slot, 1)))
 
 
-def kv_bytes_per_token(model: "LlamaModel") -> int:
+def kv_bytes_per_token(model: LlamaModel) -> int:
     """f16 K and V of every layer; sliding-window layers are counted in full, so an upper bound."""
     import llama_cpp
 
@@ -150,7 +149,7 @@ def kv_bytes_per_token(model: "LlamaModel") -> int:
     return llama_cpp.llama_model_n_layer(model.model) * n_head_kv * (k + v) * 2
 
 
-def load_embedder(settings: LlamaSettings) -> "Llama":
+def load_embedder(settings: LlamaSettings) -> Llama:
     """A second, embedding-mode instance of the same file (pooling needs its own context)."""
     llama_cpp = _import_llama_cpp()
     _check_file(settings)
@@ -196,7 +195,7 @@ def _pooling(settings: LlamaSettings) -> int:
     }
     if settings.pooling in named:
         return named[settings.pooling]
-    from gguf import GGUFReader  # noqa: PLC0415 - only needed to sniff the pooling key
+    from gguf import GGUFReader  # only needed to sniff the pooling key
 
     reader = GGUFReader(settings.path)
     has_own = any(key.endswith(".pooling_type") for key in reader.fields)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..base import (
     BackendError,
@@ -57,8 +58,8 @@ class Sequence:
     """
 
     __slots__ = (
-        "request", "tag", "cancelled", "prompt", "todo", "n_past", "slot", "sampler", "text",
-        "max_tokens", "produced", "cached", "prompt_read", "logprobs", "index",
+        "cached", "cancelled", "index", "logprobs", "max_tokens", "n_past", "produced", "prompt", "prompt_read",
+        "request", "sampler", "slot", "tag", "text", "todo",
     )
 
     def __init__(self, request: GenerationRequest, tag: Any) -> None:
@@ -152,11 +153,12 @@ class Scheduler:
         outbox: Outbox = []
         try:
             self._step(outbox)
-        except Exception as exc:  # a llama.cpp failure: fail what was running, keep serving
+        except Exception as exc:  # noqa: BLE001 - a llama.cpp failure: fail what was running, keep serving
             for seq in list(self._active):
                 self._forget(seq.slot)
                 self._release(seq)
-                outbox.append((seq, exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")))
+                error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
+                outbox.append((seq, error))
         finally:
             if outbox:
                 self._deliver(outbox, self)
@@ -244,7 +246,7 @@ class Scheduler:
                 seq = self._waiting.popleft()
             try:
                 self._start(seq, outbox)
-            except Exception as exc:  # this request's own failure (a bad prompt, grammar...): not the others'
+            except Exception as exc:  # noqa: BLE001 - this request's own failure (bad prompt, grammar): not the others'
                 if seq.sampler is not None:
                     seq.sampler.close()
                 outbox.append((seq, exc if isinstance(exc, BackendError) else BackendError(f"cannot start: {exc}")))

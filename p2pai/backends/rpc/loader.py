@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 
@@ -53,7 +53,8 @@ async def load_rpc_model(
         raise ModelLoadError(f"model {name!r} uses RPC workers, but this node is not in a swarm")
     candidates = select_workers(wanted, workers, credentials.peer_id, native.protocol_version())
     endpoints = await asyncio.gather(*(healthy_endpoint(worker, credentials) for worker in candidates))
-    usable = [(worker, endpoint) for worker, endpoint in zip(candidates, endpoints) if endpoint is not None]
+    usable = [(worker, endpoint)
+              for worker, endpoint in zip(candidates, endpoints, strict=True) if endpoint is not None]
     if not usable:
         log.warning("model %r: no usable RPC worker (asked for %s); loading it locally", name, wanted)
         return await ModelProcess.start(ChildSpec(name, settings), on_failed)

@@ -179,7 +179,7 @@ def _split_at(counts: list[int]) -> tuple[float, ...]:
     """
     total = sum(counts) + 1
     cuts = [max(float(boundary) - 0.5, 0.0) for boundary in np.cumsum(counts[:-1]).tolist()] + [float(total)]
-    return tuple((cut - previous) / total for cut, previous in zip(cuts, [0.0] + cuts[:-1]))
+    return tuple((cut - previous) / total for cut, previous in zip(cuts, [0.0, *cuts[:-1]], strict=True))
 
 
 def _describe(indices: list[int], output: int) -> str:

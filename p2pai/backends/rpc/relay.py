@@ -43,8 +43,9 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterator
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -120,7 +121,7 @@ class _Link(asyncio.Protocol):
     While piping, a link whose writes back up pauses reading on its source link.
     """
 
-    def __init__(self, on_connect: Callable[["_Link"], None] | None = None) -> None:
+    def __init__(self, on_connect: Callable[[_Link], None] | None = None) -> None:
         self._on_connect = on_connect
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -294,6 +295,8 @@ async def pipe(plain: _Link, sealed: _Link, send: _Sealer, receive: _Sealer, tra
         except ConnectionError as exc:
             end(ConnectionError(f"the relay connection failed: {exc}"))
 
+    timer: asyncio.TimerHandle  # armed below, re-armed by every tick
+
     def tick() -> None:
         nonlocal timer
         now = loop.time()
@@ -427,7 +430,7 @@ class RelayServer:
 
 
 async def _serve_links(
-    host: str, port: int, serve: Callable[[_Link], Awaitable[None]], tasks: set[asyncio.Task[None]]
+    host: str, port: int, serve: Callable[[_Link], Coroutine[Any, Any, None]], tasks: set[asyncio.Task[None]]
 ) -> asyncio.base_events.Server:
     """A TCP server running `serve(link)` as a task for every connection (tasks kept until done)."""
 
