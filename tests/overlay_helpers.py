@@ -3,6 +3,8 @@ and follow the JSON lines they print."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,10 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from p2pai.overlay import Overlay, OverlayConfig
+from p2pai.overlay.membership import MemberEvent
+from p2pai.token import NetworkKeys
 from ports import free_port
 
 Line = dict[str, Any]
@@ -139,3 +144,28 @@ def sees_offline(peer_id: str) -> Callable[[Line], bool]:
         return m is not None and not m["online"]
 
     return check
+
+
+@contextlib.asynccontextmanager
+async def overlay_pair(tmp_path: Path, roles: list[str]) -> AsyncIterator[
+        tuple[Overlay, Overlay, asyncio.Queue[MemberEvent]]]:
+    """Two in-process overlays of a fresh swarm on 127.0.0.1: A, and B bootstrapped to A with its
+    membership events subscribed before it starts; both stopped afterwards, each within 3 s."""
+    keys = NetworkKeys(*(os.urandom(32) for _ in range(5)), discriminator=os.urandom(4).hex())
+
+    def config(name: str, bootstrap: list[str]) -> OverlayConfig:
+        return OverlayConfig(data_dir=tmp_path / name, keys=keys, name=name, version="0.1.0", roles=roles,
+                             listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=bootstrap, mdns=False)
+
+    a = Overlay(config("a", []))
+    await a.start()
+    b = Overlay(config("b", a.self_member().addrs))
+    events = b.subscribe()
+    await b.start()
+    try:
+        yield a, b, events
+    finally:
+        for overlay in (b, a):
+            started = time.monotonic()
+            await overlay.stop()
+            assert time.monotonic() - started < 3

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from conftest import free_port
+from overlay_helpers import overlay_pair
 from p2pai.api.peer_site import PeerSite, RefusalLog
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
@@ -23,7 +24,7 @@ from p2pai.routing.forward import Forwarder, PeerUnavailable
 from p2pai.routing.peer_http import PeerClient
 from p2pai.routing.peer_tls import PeerTLS
 from p2pai.routing.tunnel_http import serve_locally
-from p2pai.token import NetworkKeys, derive_keys, new_token, parse_token
+from p2pai.token import derive_keys, new_token, parse_token
 
 KEY = os.urandom(32)
 BODY = b'{"model": "tiny", "prompt": "hi"}'
@@ -38,24 +39,10 @@ async def forward(forwarder: Forwarder, peer: str, urls: list[str]) -> PeerUnava
 @pytest.fixture
 async def overlays(tmp_path: Path) -> AsyncIterator[tuple[Overlay, Overlay]]:
     """A (the sender) and B, connected."""
-    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), "forward")
-
-    def config(name: str, bootstrap: list[str]) -> OverlayConfig:
-        return OverlayConfig(data_dir=tmp_path / name, keys=keys, name=name, version="0.1.0", roles=["federated"],
-                             listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=bootstrap, mdns=False)
-
-    a = Overlay(config("a", []))
-    await a.start()
-    b = Overlay(config("b", a.self_member().addrs))
-    events = b.subscribe()
-    await b.start()
-    try:
+    async with overlay_pair(tmp_path, ["federated"]) as (a, b, events):
         while (await asyncio.wait_for(events.get(), 5)).kind != "online":
             pass
         yield a, b
-    finally:
-        for overlay in (b, a):
-            await overlay.stop()
 
 
 async def test_a_replay_the_peer_cannot_pass_to_its_own_endpoint_is_not_lost(overlays) -> None:

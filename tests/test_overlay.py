@@ -17,9 +17,8 @@ import trio
 import trio.lowlevel
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from overlay_helpers import Node, member, sees_offline, sees_online
+from overlay_helpers import Node, member, overlay_pair, sees_offline, sees_online
 from p2pai.identity import Identity
-from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.__main__ import keys_from_seed
 from p2pai.overlay.announcement import (
     MAX_CLOCK_SKEW,
@@ -31,8 +30,6 @@ from p2pai.overlay.announcement import (
 )
 from p2pai.overlay.membership import HEARTBEAT_TIMEOUT, MEMBER_TTL, Membership
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
-from p2pai.token import NetworkKeys
-from ports import free_port
 
 DETECTION_LIMIT = 3.0  # a dead or frozen peer must be offline on the others within this
 
@@ -430,26 +427,7 @@ def test_a_restarted_peer_is_redialed_at_its_known_address(nodes) -> None:
 
 
 async def test_overlay_facade_announces_payload_changes_and_stops_quickly(tmp_path: Path) -> None:
-    keys = NetworkKeys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), "facade-test")
-
-    def config(name: str, bootstrap: list[str]) -> OverlayConfig:
-        return OverlayConfig(
-            data_dir=tmp_path / name,
-            keys=keys,
-            name=name,
-            version="0.1.0",
-            roles=["worker"],
-            listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"],
-            bootstrap=bootstrap,
-            mdns=False,
-        )
-
-    a = Overlay(config("a", []))
-    await a.start()
-    b = Overlay(config("b", a.self_member().addrs))
-    events = b.subscribe()
-    await b.start()
-    try:
+    async with overlay_pair(tmp_path, ["worker"]) as (a, _, events):
         assert a.self_member().addrs[0].endswith(f"/p2p/{a.peer_id}")
 
         async def next_event(kind: str) -> None:
@@ -469,8 +447,3 @@ async def test_overlay_facade_announces_payload_changes_and_stops_quickly(tmp_pa
         assert time.monotonic() - changed < 0.5  # promptly, not at the next heartbeat
         with pytest.raises(ValueError):
             a.set_payload({"blob": "x" * MAX_MESSAGE_BYTES})
-    finally:
-        for overlay in (b, a):
-            started = time.monotonic()
-            await overlay.stop()
-            assert time.monotonic() - started < 3
