@@ -12,8 +12,8 @@ from typing import cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["DeferredHeadersResponse", "RequestHandler", "new_request_handler", "site_backlog", "site_server",
-           "start_site_server"]
+__all__ = ["DeferredHeadersResponse", "RequestHandler", "bound_port", "new_request_handler", "site_backlog",
+           "site_server", "start_site_server"]
 
 
 class DeferredHeadersResponse(web.StreamResponse):
@@ -29,6 +29,13 @@ class DeferredHeadersResponse(web.StreamResponse):
 def site_server(site: web.BaseSite) -> asyncio.Server | None:
     """The asyncio server a started site listens with (its real port when it was given 0)."""
     return cast("asyncio.Server | None", site._server)
+
+
+def bound_port(site: web.BaseSite) -> int:
+    """The port a started site listens on: the one asked for, or the system's pick for 0."""
+    server = site_server(site)
+    assert server is not None and server.sockets, "the site is not started"
+    return server.sockets[0].getsockname()[1]
 
 
 def start_site_server(site: web.BaseSite, server: asyncio.Server) -> None:

@@ -10,6 +10,7 @@ import signal
 from aiohttp import web
 
 from . import __version__
+from .aiohttp_internals import bound_port
 from .api.app import create_app
 from .api.peer_app import create_peer_app, peer_guard, peer_runner
 from .api.peer_site import PeerSite
@@ -97,10 +98,10 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
             endpoint.hosts = endpoint_hosts(settings.peer_host, swarm.self_node().addrs)
             endpoint.port = peer_site.port
         swarm.refresh()
-        await _listen(web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True),
-                      settings.listen_host, settings.listen_port)
-        swarm.set_own_addresses([(settings.listen_host, settings.listen_port), (settings.peer_host, peer_site.port)])
-        url = f"http://{settings.listen_host}:{settings.listen_port}"
+        client_site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
+        await _listen(client_site, settings.listen_host, settings.listen_port)
+        swarm.set_own_addresses([(settings.listen_host, bound_port(client_site)), (settings.peer_host, peer_site.port)])
+        url = f"http://{settings.listen_host}:{bound_port(client_site)}"
         print_banner(manager, url, state.node_id, bool(settings.api_keys), catalog.problems)
         print_swarm(settings, membership, swarm.self_node().addrs)
         stop = stop or _stop_on_signals()

@@ -10,6 +10,7 @@ from aiohttp import web
 from p2pai.aiohttp_internals import (
     DeferredHeadersResponse,
     RequestHandler,
+    bound_port,
     new_request_handler,
     site_backlog,
     site_server,
@@ -88,6 +89,7 @@ async def test_a_site_with_its_own_server_serves_and_stops() -> None:
         server = site_server(site)
         assert isinstance(server, asyncio.Server) and server.sockets[0].getsockname()[1] == site.port
         assert isinstance(site_backlog(site), int)
+        assert bound_port(site) == site.port
         reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)
@@ -97,3 +99,17 @@ async def test_a_site_with_its_own_server_serves_and_stops() -> None:
     finally:
         await runner.cleanup()
     assert not server.is_serving()  # the runner stopped the server the site made its own
+
+
+async def test_the_bound_port_of_a_site_given_port_0() -> None:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = bound_port(site)
+        assert port > 0
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+    finally:
+        await runner.cleanup()

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from ..aiohttp_internals import RequestHandler, new_request_handler, site_backlog, site_server, start_site_server
+from ..aiohttp_internals import RequestHandler, bound_port, new_request_handler, site_backlog, start_site_server
 from ..routing.peer_tls import HANDSHAKE_TIMEOUT, TLSSession
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,7 @@ class PeerSite(web.BaseSite):
     @property
     def port(self) -> int:
         """The bound port (the one asked for, or the system's pick for 0)."""
-        server = site_server(self)
-        assert server is not None
-        return server.sockets[0].getsockname()[1]
+        return bound_port(self)
 
     async def start(self) -> None:
         await super().start()
