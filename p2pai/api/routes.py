@@ -8,6 +8,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from ..backends.tasks import Task
 from ..protocol.node import Health, LoadedModel, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletionRequest,
@@ -54,13 +55,13 @@ async def _stream_or_json(
     return await send_stream(request, first, events, headers)
 
 
-async def _dispatch(request: web.Request, model: str | None, local: Callable[[], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
-    """Answer here or through the peer the router picks."""
+async def _dispatch(request: web.Request, model: str | None, task: Task | None,
+                    local: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer here or through the peer the router picks among those whose model serves ``task``."""
     router = NodeState.of(request).router
     if router is None:
         return await local()
-    return await router.dispatch(request, model, local)
+    return await router.dispatch(request, model, task, local)
 
 
 @routes.post("/v1/chat/completions")
@@ -69,12 +70,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, ChatCompletionRequest)
 
     async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model)
+        served = await NodeState.of(request).serving.model(body.model, "chat")
         return await _stream_or_json(
             request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
         )
 
-    return await _dispatch(request, body.model, local)
+    return await _dispatch(request, body.model, "chat", local)
 
 
 @routes.post("/v1/completions")
@@ -83,7 +84,7 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, CompletionRequest)
 
     async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model)
+        served = await NodeState.of(request).serving.model(body.model, "completion")
         return await _stream_or_json(
             request,
             served,
@@ -92,37 +93,41 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
             lambda: completions.stream(served, body),
         )
 
-    return await _dispatch(request, body.model, local)
+    return await _dispatch(request, body.model, "completion", local)
 
 
 @routes.post("/v1/edits")
 @routes.post("/edits")
 async def edits(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, EditRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, completions.edit, body))
+    return await _dispatch(request, body.model, "completion",
+                           _json_answer(request, body.model, "completion", completions.edit, body))
 
 
 @routes.post("/v1/embeddings")
 @routes.post("/embeddings")
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, EmbeddingRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.embed, body))
+    return await _dispatch(request, body.model, "embeddings",
+                           _json_answer(request, body.model, "embeddings", embeddings.embed, body))
 
 
 @routes.post("/v1/tokenize")
 async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, TokenizeRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.tokenize, body))
+    answer = _json_answer(request, body.model, None, embeddings.tokenize, body)
+    return await _dispatch(request, body.model, None, answer)  # any model with a tokenizer
 
 
 def _json_answer(
-    request: web.Request, model: str | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]], body: R
+    request: web.Request, model: str | None, task: Task | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]],
+    body: R,
 ) -> Callable[[], Awaitable[web.StreamResponse]]:
     """This node's answer to a request with a JSON (never streamed) response."""
 
     async def local() -> web.StreamResponse:
         state = NodeState.of(request)
-        served = await state.serving.model(model)
+        served = await state.serving.model(model, task)
         return json_reply(await serve(served, body), headers=_served_headers(served, state))
 
     return local

@@ -86,6 +86,11 @@ class ModelConfig(BaseModel):
     def _stopwords_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
+    @property
+    def backend_name(self) -> str:
+        """The backend's one name (the config accepts LocalAI's spellings)."""
+        return "llama-cpp"
+
     def model_path(self, models_dir: Path) -> Path:
         path = Path(self.parameters.model).expanduser()
         return path if path.is_absolute() else models_dir / path

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
-from ..backends.llama import LlamaSettings
+from ..backends.llama import LlamaSettings, llama_tasks
 from ..backends.llama.loading import FlashAttention
 from ..backends.process import ChildSpec, ModelProcess
 from ..backends.rpc.loader import load_rpc_model
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
+from ..backends.tasks import Task
 from ..models.catalog import ModelCatalog, ensure_default_model_file
 from ..models.config import ModelConfig
 
@@ -109,6 +110,10 @@ class ModelManager:
         if config is None:
             raise UnknownModelError(name)
         return config
+
+    def tasks(self, name: str) -> tuple[Task, ...]:
+        """What the model serves, as its backend declares it from its config (known before it loads)."""
+        return llama_tasks(self.config(name).embeddings)
 
     def loaded(self) -> list[str]:
         return list(self._engines)
