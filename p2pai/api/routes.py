@@ -31,7 +31,7 @@ R = TypeVar("R", bound=BaseModel)
 routes = web.RouteTableDef()
 
 
-async def _parse(request: web.Request, model: type[R]) -> R:
+async def parse_body(request: web.Request, model: type[R]) -> R:
     return model.model_validate_json(await request.read(), strict=True)
 
 
@@ -55,7 +55,7 @@ async def _stream_or_json(
     return await send_stream(request, first, events, headers)
 
 
-async def _dispatch(request: web.Request, model: str | None, task: Task | None,
+async def dispatch(request: web.Request, model: str | None, task: Task | None,
                     local: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Answer here or through the peer the router picks among those whose model serves ``task``."""
     router = NodeState.of(request).router
@@ -67,7 +67,7 @@ async def _dispatch(request: web.Request, model: str | None, task: Task | None,
 @routes.post("/v1/chat/completions")
 @routes.post("/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, ChatCompletionRequest)
+    body = await parse_body(request, ChatCompletionRequest)
 
     async def local() -> web.StreamResponse:
         served = await NodeState.of(request).serving.model(body.model, "chat")
@@ -75,13 +75,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
         )
 
-    return await _dispatch(request, body.model, "chat", local)
+    return await dispatch(request, body.model, "chat", local)
 
 
 @routes.post("/v1/completions")
 @routes.post("/completions")
 async def text_completions(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, CompletionRequest)
+    body = await parse_body(request, CompletionRequest)
 
     async def local() -> web.StreamResponse:
         served = await NodeState.of(request).serving.model(body.model, "completion")
@@ -93,33 +93,33 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
             lambda: completions.stream(served, body),
         )
 
-    return await _dispatch(request, body.model, "completion", local)
+    return await dispatch(request, body.model, "completion", local)
 
 
 @routes.post("/v1/edits")
 @routes.post("/edits")
 async def edits(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, EditRequest)
-    return await _dispatch(request, body.model, "completion",
-                           _json_answer(request, body.model, "completion", completions.edit, body))
+    body = await parse_body(request, EditRequest)
+    return await dispatch(request, body.model, "completion",
+                          json_answer(request, body.model, "completion", completions.edit, body))
 
 
 @routes.post("/v1/embeddings")
 @routes.post("/embeddings")
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, EmbeddingRequest)
-    return await _dispatch(request, body.model, "embeddings",
-                           _json_answer(request, body.model, "embeddings", embeddings.embed, body))
+    body = await parse_body(request, EmbeddingRequest)
+    return await dispatch(request, body.model, "embeddings",
+                          json_answer(request, body.model, "embeddings", embeddings.embed, body))
 
 
 @routes.post("/v1/tokenize")
 async def tokenize(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, TokenizeRequest)
-    answer = _json_answer(request, body.model, None, embeddings.tokenize, body)
-    return await _dispatch(request, body.model, None, answer)  # any model with a tokenizer
+    body = await parse_body(request, TokenizeRequest)
+    answer = json_answer(request, body.model, None, embeddings.tokenize, body)
+    return await dispatch(request, body.model, None, answer)  # any model with a tokenizer
 
 
-def _json_answer(
+def json_answer(
     request: web.Request, model: str | None, task: Task | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]],
     body: R,
 ) -> Callable[[], Awaitable[web.StreamResponse]]:
@@ -180,4 +180,5 @@ async def system(request: web.Request) -> web.Response:
 def _loaded(state: NodeState, name: str) -> LoadedModel:
     stats = state.manager.stats(name)
     return LoadedModel(id=name, in_flight=stats.in_flight, queued=stats.queued, slots=stats.slots,
-                       decode_tps=stats.decode_tps, crashes=stats.crashes, last_crash=stats.last_crash, pid=stats.pid)
+                       decode_tps=stats.decode_tps, crashes=stats.crashes, last_crash=stats.last_crash, pid=stats.pid,
+                       providers=list(stats.providers))

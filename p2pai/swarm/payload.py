@@ -66,6 +66,8 @@ class ModelOffer(_Lenient):
     decode_tps: Rate | None = None
     crashes: Count = 0
     """Times this model's process died on that node since it started."""
+    providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
+    """ONNX Runtime's execution providers in use there (once loaded)."""
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -160,6 +162,7 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
                 queued=stats.queued,
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
                 crashes=stats.crashes,
+                providers=list(stats.providers),
             )
         )
     return offers
