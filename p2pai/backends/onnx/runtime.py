@@ -64,11 +64,30 @@ class Tokens:
     type_ids: list[int]
 
 
+def check_one_runtime() -> None:
+    """onnxruntime and onnxruntime-gpu install into one folder: with both, whichever came last is half
+    overwritten by the other (FACTS.md). Refuse to load rather than fail in odd ways later."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    installed = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            distribution(name)
+            installed.append(name)
+        except PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        raise ModelLoadError("onnxruntime and onnxruntime-gpu are both installed and break each other: run "
+                             "`pip uninstall -y onnxruntime onnxruntime-gpu`, then scripts/install.sh (with the "
+                             "gpu extra for onnxruntime-gpu)")
+
+
 class Encoder:
     """One model's ONNX session and tokenizer; `run` is called on one thread at a time."""
 
     def __init__(self, settings: OnnxSettings) -> None:
         """Load both (ModelLoadError if either cannot be)."""
+        check_one_runtime()
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
