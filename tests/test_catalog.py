@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pai.models.builtin import BUILTIN_MODELS
 from p2pai.models.catalog import DEFAULT_MODEL_NAME, ModelsError, build_catalog, ensure_default_model_file
 
 
@@ -54,7 +55,8 @@ def test_model_flag_takes_a_path_or_a_file_in_the_models_dir(tmp_path: Path, tin
 
 def test_default_model_only_when_nothing_is_configured(tmp_path: Path, tiny_path: Path) -> None:
     catalog = build_catalog(tmp_path / "empty", tmp_path / "data", [])
-    assert catalog.names() == [DEFAULT_MODEL_NAME]
+    onnx = [model.name for model in BUILTIN_MODELS if model.present()]  # once fetched (p2pai models fetch)
+    assert catalog.names() == [DEFAULT_MODEL_NAME, *onnx]
     config = catalog.get(DEFAULT_MODEL_NAME)
     assert config.builtin and config.embeddings and config.effective_chat_format() == "gemma"
     assert build_catalog(tmp_path / "empty", tmp_path / "data", [str(tiny_path)]).names() == ["tiny"]

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..protocol.errors import ErrorResponse
+from ..protocol.localai import RerankRequest, RerankResponse
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletion,
@@ -80,6 +81,9 @@ OPERATIONS = (
               errors=_MODEL_ERRORS, routed=True),
     Operation("post", ("/v1/embeddings", "/embeddings"), "createEmbedding", "Embeddings", EmbeddingList,
               EmbeddingRequest, errors=_MODEL_ERRORS, routed=True),
+    Operation("post", ("/v1/rerank", "/rerank"), "rerank",
+              "Documents ranked by relevance to a query by a cross-encoder (LocalAI's, Jina-compatible)",
+              RerankResponse, RerankRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("post", ("/v1/tokenize",), "tokenize", "Tokenize text with a model's tokenizer", Tokens,
               TokenizeRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("get", ("/v1/models", "/models"), "listModels", "Every model of the swarm", ModelList),

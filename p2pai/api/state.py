@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..backends.tasks import Task
 from ..protocol.openai import ModelCard
 from ..routing.router import Router
 from ..serving.context import Serving
@@ -24,7 +25,7 @@ class NodeState:
     """Empty: the API is open. When set, admin keys are accepted too."""
     admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
     """Keys that may also read the swarm token."""
-    backends: list[str] = field(default_factory=lambda: ["llama-cpp"])
+    backends: list[str] = field(default_factory=lambda: ["llama-cpp", "onnx"])
     ready: bool = False
     swarm: Swarm | None = None
     """None only for an app built without an overlay (in-process tests)."""
@@ -44,22 +45,19 @@ class NodeState:
     def model_cards(self, swarm_wide: bool = True) -> list[ModelCard]:
         """OpenAI model objects plus where each model is served (our extra fields)."""
         if swarm_wide and self.router is not None:
-            return [
-                self._card(m.name, m.backend, bool(m.loaded_on), m.embeddings, list(m.nodes), list(m.loaded_on))
-                for m in self.router.models()
-            ]
+            return [self._card(m.name, m.backend, m.tasks, list(m.nodes), list(m.loaded_on))
+                    for m in self.router.models()]
         cards = []
         for name in self.manager.names():
             loaded = self.manager.stats(name).loaded
-            embeddings = self.manager.config(name).embeddings
-            cards.append(self._card(name, "llama-cpp", loaded, embeddings, [self.node_id],
-                                    [self.node_id] if loaded else []))
+            cards.append(self._card(name, self.manager.config(name).backend_name, self.manager.tasks(name),
+                                    [self.node_id], [self.node_id] if loaded else []))
         return cards
 
-    def _card(self, name: str, backend: str, loaded: bool, embeddings: bool, nodes: list[str],
-              loaded_on: list[str]) -> ModelCard:
-        return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=loaded,
-                         embeddings=embeddings, nodes=nodes, loaded_on=loaded_on)
+    def _card(self, name: str, backend: str, tasks: tuple[Task, ...], nodes: list[str], loaded_on: list[str]
+              ) -> ModelCard:
+        return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=bool(loaded_on),
+                         tasks=list(tasks), embeddings="embeddings" in tasks, nodes=nodes, loaded_on=loaded_on)
 
 
 STATE = web.AppKey("p2pai_state", NodeState)

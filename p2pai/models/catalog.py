@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from . import builtin
 from .config import ModelConfig, SamplingDefaults, TemplateConfig
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,11 @@ class ModelCatalog:
 
 
 def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
-    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries.
+    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries (a path, or the name
+    of a configured or built-in model).
 
-    With none of these, the built-in gemma-3-270m is served when its package
-    is installed, unless `default_model` is off (a node that only routes).
+    With none of these, the built-in models are served: gemma-3-270m when its package is installed,
+    the ONNX ones once fetched (builtin.py); unless `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
@@ -52,6 +54,9 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], defau
         default = default_model_config(data_dir)
         if default is not None:
             catalog.models[default.name] = default
+        for model in builtin.BUILTIN_MODELS:
+            if model.present():
+                catalog.models[model.name] = builtin_onnx_config(model)
     return catalog
 
 
@@ -84,6 +89,13 @@ def _add_loose_files(catalog: ModelCatalog) -> None:
 def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
     if entry in catalog.models:
         return
+    model = builtin.BY_NAME.get(entry)
+    if model is not None:
+        if not model.present():
+            raise ModelsError(f"--model {entry}: this built-in model's files are not installed; "
+                              "run `p2pai models fetch`")
+        catalog.models[entry] = builtin_onnx_config(model)
+        return
     path = Path(entry).expanduser()
     if not path.is_file():
         path = catalog.models_dir / entry
@@ -114,6 +126,30 @@ def default_model_config(data_dir: Path) -> ModelConfig | None:
         template=TemplateConfig(chat_format="gemma"),
         builtin=True,
     )
+
+
+def builtin_onnx_config(model: builtin.BuiltinModel) -> ModelConfig:
+    directory = model.directory()
+    return ModelConfig(
+        name=model.name,
+        backend="onnx",
+        description=model.description,
+        parameters=SamplingDefaults(model=str(directory / "model.onnx")),
+        tokenizer=str(directory / "tokenizer.json"),
+        task=model.task,
+        pooling=model.pooling,
+        max_length=model.max_length,
+        builtin=True,
+    )
+
+
+def prepare_builtin(config: ModelConfig) -> None:
+    """Before a built-in model loads: its files checked (ONNX), or assembled (gemma-3-270m)."""
+    model = builtin.BY_NAME.get(config.name)
+    if model is not None:
+        builtin.verify(model)
+    else:
+        ensure_default_model_file(config)
 
 
 def ensure_default_model_file(config: ModelConfig) -> None:

@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
+from ..backends.llama import llama_tasks
+from ..backends.tasks import TASKS, Task
 from ..serving.manager import ModelManager
 
 log = logging.getLogger(__name__)
@@ -46,13 +56,33 @@ class ModelOffer(_Lenient):
     size: Bytes = 0
     """Bytes of the weights file (0 when unknown, e.g. not yet assembled)."""
     loaded: bool = False
+    tasks: list[Task] = Field(default_factory=list)
+    """What it serves there; a request goes only to nodes whose model serves its task."""
     embeddings: bool = False
+    """"embeddings" in tasks, still sent for nodes that predate tasks."""
     slots: Count = 1
     in_flight: Count = 0
     queued: Count = 0
     decode_tps: Rate | None = None
     crashes: Count = 0
     """Times this model's process died on that node since it started."""
+    providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
+    """ONNX Runtime's execution providers in use there (once loaded)."""
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _known_tasks(cls, value: Any) -> Any:
+        """Tasks this version does not know (announced by a newer node) are left out, not fatal."""
+        if isinstance(value, list):  # bounded: the whole payload is at most 32 KiB
+            return list(dict.fromkeys(task for task in value if isinstance(task, str) and task in TASKS))
+        return value
+
+    @model_validator(mode="after")
+    def _tasks_of_older_nodes(self) -> ModelOffer:
+        """A node that predates tasks serves llama.cpp models: text, and embeddings when it says so."""
+        if "tasks" not in self.model_fields_set:
+            self.tasks = list(llama_tasks(self.embeddings))
+        return self
 
 
 class Capacity(_Lenient):
@@ -117,18 +147,22 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
     for name in manager.names()[:MAX_ANNOUNCED_MODELS]:
         config = manager.config(name)
         stats = manager.stats(name)
+        tasks = manager.tasks(name)
         path = config.model_path(manager.catalog.models_dir)
         offers.append(
             ModelOffer(
                 name=name,
+                backend=config.backend_name,
                 size=_file_size(path),
                 loaded=stats.loaded,
-                embeddings=config.embeddings,
+                tasks=list(tasks),
+                embeddings="embeddings" in tasks,
                 slots=stats.slots,
                 in_flight=stats.in_flight,
                 queued=stats.queued,
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
                 crashes=stats.crashes,
+                providers=list(stats.providers),
             )
         )
     return offers
