@@ -69,13 +69,22 @@ class _Link:
                 await self.stream.write(frame)
 
     async def receive(self, limit: int) -> tuple[int, int, bytes]:
-        from libp2p.io.utils import read_exactly
-
-        header = await read_exactly(self.stream, _HEADER_BYTES)
+        header = await self._read(_HEADER_BYTES)
         length, request_id, kind = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big"), header[8]
         if length > limit or kind > CANCEL:
             raise TunnelBroken(f"bad frame (kind {kind}, {length} bytes)")
-        return request_id, kind, await read_exactly(self.stream, length) if length else b""
+        return request_id, kind, await self._read(length) if length else b""
+
+    async def _read(self, count: int) -> bytes:
+        """Exactly ``count`` bytes. Not libp2p's read_exactly: it gives up after 100 reads, and a read
+        returns one yamux frame (at most 64 KiB), so it fails any frame over about 6 MiB."""
+        buffer = bytearray()
+        while len(buffer) < count:
+            piece = await self.stream.read(count - len(buffer))
+            if not piece:
+                raise TunnelBroken(f"the link ended {len(buffer)} bytes into a {count}-byte read")
+            buffer += piece
+        return bytes(buffer)
 
     async def reset(self) -> None:
         with trio.move_on_after(0.5), contextlib.suppress(Exception):  # it may be gone already
