@@ -4,6 +4,7 @@ real node app, on real recordings (tests/fixtures/speech), through the official 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -114,7 +115,7 @@ async def test_subtitles_have_monotonic_timestamps(api: openai.AsyncOpenAI, resp
     times = cue_times(subtitles, decimal)
     assert len(times) >= 4
     assert all(start < end for start, end in times)
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(times, times[1:], strict=False))
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(times))
     assert times[-1][1] <= 39.0
     assert "ask not what your country can do for you" in subtitles.lower()
 
@@ -146,8 +147,8 @@ async def test_stream_sends_each_segment_as_it_is_decoded(api: openai.AsyncOpenA
 
 
 async def test_concurrent_transcriptions_share_the_model(api: openai.AsyncOpenAI, client: TestClient) -> None:
-    results = await asyncio.gather(*(api.audio.transcriptions.create(model="whisper", file=(clip.name, clip.read_bytes()),
-                                                                     language="en") for clip in LIBRIVOX))
+    results = await asyncio.gather(*(api.audio.transcriptions.create(
+        model="whisper", file=(clip.name, clip.read_bytes()), language="en") for clip in LIBRIVOX))
     for clip, result in zip(LIBRIVOX, results, strict=True):
         assert word_errors(words(transcript(clip)), words(result.text)) <= 2
     system = await (await client.get("/system")).json()
@@ -238,7 +239,8 @@ async def test_paths_without_v1_and_the_models_tasks(client: TestClient) -> None
     assert response.status == 200 and response.content_type == "text/plain"
     assert words(await response.text()) == words(JFK_TEXT)
     models = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
-    assert models["whisper"]["tasks"] == ["transcription", "translation"] and models["whisper"]["backend"] == "ctranslate2"
+    assert models["whisper"]["tasks"] == ["transcription", "translation"]
+    assert models["whisper"]["backend"] == "ctranslate2"
     chat = await client.post("/v1/chat/completions", json={"model": "whisper", "messages": [
         {"role": "user", "content": "hi"}]})
     assert chat.status == 400
