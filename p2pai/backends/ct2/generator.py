@@ -135,7 +135,10 @@ class GeneratorHost:
                 finish = "length" if produced >= limit else "stop"
         finally:
             steps.close()
-        rest = text.finish().text if finish != "cancelled" else ""
+        rest = ""
+        if finish != "cancelled":
+            text.push(detokenizer.finish().encode())
+            rest = text.finish().text
         yield GenerationChunk(text=rest, finish_reason=finish, usage=Usage(len(prompt), produced))
 
     def _end_tokens(self, stop: tuple[str, ...]) -> list[str]:
@@ -168,4 +171,12 @@ class Detokenizer:
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
+        return str(after[len(before):])
+
+    def finish(self) -> str:
+        """What the last tokens decode to even if they end inside a character (as a whole decode has it)."""
+        decode = self._tokenizer.decode
+        before = decode(self._ids[self._prefix:self._read], skip_special_tokens=True)
+        after = decode(self._ids[self._prefix:], skip_special_tokens=True)
+        self._prefix = self._read = len(self._ids)
         return str(after[len(before):])
