@@ -176,6 +176,7 @@ NOT_WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4000)  # an audio header,
     (NOT_WAV, {}, 400, "invalid_audio", "file"),
     (b"ID3" + bytes(1000), {}, 400, "invalid_audio", "file"),
     (JFK.read_bytes(), {"language": "xx"}, 400, None, "language"),
+    (JFK.read_bytes(), {"language": "yue"}, 400, "unsupported_language", "language"),  # not in Whisper base
     (JFK.read_bytes(), {"response_format": "mp3"}, 400, None, "response_format"),
     (JFK.read_bytes(), {"temperature": "1.5"}, 400, None, "temperature"),
     (JFK.read_bytes(), {"timestamp_granularities[]": "word"}, 400, None, None),

@@ -46,8 +46,8 @@ def decode(data: bytes, max_seconds: float) -> np.ndarray:
                         code="audio_too_long", param="file")
                 chunks.append(array)
     except av.error.FFmpegError as exc:
-        raise InvalidRequestError(f"the file could not be decoded as audio: {exc}", code="invalid_audio",
-                                  param="file") from exc
+        raise InvalidRequestError(f"the file could not be decoded as audio ({exc.strerror or exc})",
+                                  code="invalid_audio", param="file") from exc
     finally:
         del resampler
         gc.collect()  # PyAV's resampler keeps memory until collected (faster-whisper issue 390)

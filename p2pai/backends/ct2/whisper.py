@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ..base import ModelInfo, ModelLoadError
+from ..base import InvalidRequestError, ModelInfo, ModelLoadError
 from ..transcription import AudioInfo, Segment, TranscriptionEnd, TranscriptionItem, TranscriptionJob, Word
 from .audio import decode
 from .settings import Ct2Settings
@@ -41,8 +41,13 @@ class WhisperHost:
 
     def transcribe(self, job: TranscriptionJob, cancelled: Callable[[], bool]) -> Iterator[TranscriptionItem]:
         """AudioInfo, then the segments as they are decoded, then TranscriptionEnd."""
+        model = self._model
+        if job.language is not None and (job.language not in model.supported_languages
+                                         or model.hf_tokenizer.token_to_id(f"<|{job.language}|>") is None):
+            raise InvalidRequestError(f"this Whisper model does not know the language {job.language!r}",
+                                      code="unsupported_language", param="language")
         audio = decode(job.audio, job.max_seconds)
-        segments, info = self._model.transcribe(
+        segments, info = model.transcribe(
             audio,
             task=job.task,
             language=job.language,
@@ -57,8 +62,9 @@ class WhisperHost:
         for segment in segments:
             if cancelled():
                 return
-            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in segment.words or ())
-            yield Segment(id=segment.id, seek=segment.seek, start=segment.start, end=segment.end, text=segment.text,
+            words = tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in segment.words or ())
+            yield Segment(id=segment.id, seek=segment.seek, start=float(segment.start), end=float(segment.end),
+                          text=segment.text,
                           tokens=tuple(segment.tokens), temperature=segment.temperature or 0.0,
                           avg_logprob=segment.avg_logprob, compression_ratio=segment.compression_ratio,
                           no_speech_prob=segment.no_speech_prob, words=words)
