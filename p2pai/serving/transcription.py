@@ -54,17 +54,14 @@ def job(request: AudioRequest, max_seconds: float) -> TranscriptionJob:
     if sniff(audio) is None:
         raise InvalidRequestError("the uploaded file is not audio (supported: flac, mp3, mp4, mpeg, mpga, m4a, ogg, "
                                   "wav, webm and other audio or video containers)", code="invalid_audio", param="file")
-    transcription = isinstance(request, TranscriptionRequest)
-    return TranscriptionJob(
-        audio=audio,
-        task="transcribe" if transcription else "translate",
-        language=request.language if isinstance(request, TranscriptionRequest) else None,
-        prompt=request.prompt,
-        temperature=request.temperature,
-        words=isinstance(request, TranscriptionRequest) and "word" in request.timestamp_granularities,
-        vad_filter=request.vad_filter,
-        max_seconds=max_seconds,
-    )
+    if isinstance(request, TranscriptionRequest):
+        task: WhisperTask = "transcribe"
+        language, words = request.language, "word" in request.timestamp_granularities
+    else:
+        task, language, words = "translate", None, False
+    return TranscriptionJob(audio=audio, task=task, language=language, prompt=request.prompt,
+                            temperature=request.temperature, words=words, vad_filter=request.vad_filter,
+                            max_seconds=max_seconds)
 
 
 async def transcribe(served: ServedModel, request: AudioRequest) -> Answer:
