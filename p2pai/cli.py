@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 
-from . import __version__
+from . import __version__, event_loop
 from .malloc_tuning import tune_malloc
 from .settings import add_node_arguments, add_swarm_arguments, env_default, settings_from_args
 from .worker import add_worker_arguments, run_worker
@@ -28,7 +27,7 @@ def _start(args: argparse.Namespace) -> int:
     if settings.log_level != "debug":  # libp2p logs every dial round at INFO
         logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_node(settings))
+        event_loop.run(run_node(settings))
     except (ModelsError, TokenError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
