@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install p2pai with the given extras (default: all) into ./.venv, or into the
 # active virtualenv. llama-cpp-python is built from source with llama.cpp RPC.
-# With the `gpu` extra, ONNX models run on onnxruntime-gpu instead of onnxruntime.
+# With the `gpu` extra, ONNX models (and faster-whisper's voice activity filter) run on onnxruntime-gpu instead of
+# onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-all}"
@@ -14,18 +15,38 @@ else
 fi
 
 gpu=false
+whisper_on_gpu=false
 case ",$extras," in *,gpu,*) gpu=true ;; esac
 if $gpu; then
-  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one (faster-whisper,
-  # in ct2, still pulls it in: it is swapped for onnxruntime-gpu below).
-  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,ct2,/' -e 's/,onnx,/,/g' -e 's/^,//' -e 's/,$//')
+  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one. faster-whisper
+  # (the ct2 extra) requires the CPU one, for its voice activity filter only: it is installed below without it.
+  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,ct2,/' -e 's/,onnx,/,/g')
+  case "$extras" in *,ct2,*) whisper_on_gpu=true ;; esac
+  extras=$(echo "$extras" | sed -e 's/,ct2,/,/g' -e 's/^,//' -e 's/,$//')
 fi
 
 "$py" -m pip install --quiet --upgrade pip
 export CMAKE_ARGS="-DGGML_RPC=ON -DGGML_NATIVE=OFF ${CMAKE_ARGS:-}"
 "$py" -m pip install --quiet -e ".[$extras]"
 
+if $whisper_on_gpu; then
+  # The ct2 extra's faster-whisper without its dependencies, then those but onnxruntime: onnxruntime-gpu has the same
+  # module, which faster-whisper imports for its VAD. (`pip check` names the missing onnxruntime; that is this.)
+  "$py" - <<'PY'
+import configparser, re, subprocess, sys
+from importlib.metadata import requires
+config = configparser.ConfigParser()
+config.read("setup.cfg")
+[pin] = [line for line in config["options.extras_require"]["ct2"].split() if line.startswith("faster-whisper")]
+pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+subprocess.run([*pip, "--no-deps", pin], check=True)
+needs = [r for r in requires("faster-whisper") or [] if ";" not in r and not re.match(r"onnxruntime\b", r)]
+subprocess.run([*pip, *needs], check=True)
+PY
+fi
+
 if $gpu && "$py" -m pip show --quiet onnxruntime 2>/dev/null; then
+  # Left by an earlier CPU install into this environment.
   echo "removing onnxruntime (CPU), which breaks onnxruntime-gpu, and reinstalling onnxruntime-gpu"
   "$py" -m pip uninstall --quiet --yes onnxruntime
   "$py" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.31"

@@ -1,6 +1,6 @@
-"""CTranslate2 text generation: a tiny random decoder in CTranslate2's format (tiny_ct2.py) in its own
-process, behind the real node app, through the official `openai` client; checked against CTranslate2
-and the tokenizer called directly."""
+"""CTranslate2 text generation: a tiny random Llama decoder converted by CTranslate2's converter
+(tiny_ct2.py) in its own process, behind the real node app, through the official `openai` client;
+checked against CTranslate2 and the tokenizer called directly."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from conftest import _client
 from test_api import assert_openai_error
-from tiny_ct2 import write_tiny_ct2
+from tiny_ct2 import EOS, write_tiny_ct2
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -63,7 +63,7 @@ async def tokens(client: TestClient, text: str, add_special: bool) -> list[int]:
 async def test_completions_are_ctranslate2s_own_greedy_output(api: openai.AsyncOpenAI, client: TestClient,
                                                               model_dir: Path) -> None:
     ids = await tokens(client, PROMPT, add_special=True)
-    expected = direct_greedy(model_dir, ids, 24, ["</s>"])
+    expected = direct_greedy(model_dir, ids, 24, [EOS])
     completion = await api.completions.create(model="writer", prompt=PROMPT, max_tokens=24)
     assert completion.choices[0].text == expected and expected
     assert completion.usage is not None and completion.usage.prompt_tokens == len(ids)
@@ -77,7 +77,7 @@ async def test_chat_uses_the_template_of_the_tokenizer_config(api: openai.AsyncO
                                                               model_dir: Path) -> None:
     rendered = "<s><|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n"
     ids = await tokens(client, rendered, add_special=False)
-    expected = direct_greedy(model_dir, ids, 16, ["</s>", "<|im_end|>"])
+    expected = direct_greedy(model_dir, ids, 16, [EOS])
     chat = await api.chat.completions.create(model="writer", messages=[{"role": "user", "content": "hello world"}],
                                              max_tokens=16)
     assert chat.choices[0].message.content == expected

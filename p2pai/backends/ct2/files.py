@@ -1,7 +1,8 @@
 """What a converted CTranslate2 model directory holds, read before the model loads (pure Python).
 
 `ct2-transformers-converter` writes model.bin, config.json and the vocabulary, plus the files
-given to `--copy_files` (tokenizer.json and tokenizer_config.json are needed for text generation).
+given to `--copy_files` (text generation needs tokenizer.json, and tokenizer_config.json or
+chat_template.jinja for the chat template and special tokens).
 A Whisper model is recognised by the language ids its config.json lists.
 """
 

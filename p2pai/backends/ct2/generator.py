@@ -58,7 +58,7 @@ class GeneratorHost:
             self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as exc:
             raise ModelLoadError(f"cannot read the tokenizer of {directory} (convert with `--copy_files "
-                                 f"tokenizer.json tokenizer_config.json`): {exc}") from exc
+                                 f"tokenizer.json tokenizer_config.json chat_template.jinja`): {exc}") from exc
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         try:
