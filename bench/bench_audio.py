@@ -80,8 +80,10 @@ def direct_worker(workers: int, threads: int) -> None:
 
     from p2pai.models.builtin import BY_NAME
 
+    started = time.perf_counter()
     model = WhisperModel(str(BY_NAME["whisper-base"].directory()), device="cpu", compute_type="int8",
                          cpu_threads=threads, num_workers=workers)
+    load_s = time.perf_counter() - started
     batched = BatchedInferencePipeline(model)
 
     def transcribe(path: str) -> str:
@@ -89,7 +91,7 @@ def direct_worker(workers: int, threads: int) -> None:
         return "".join(segment.text for segment in segments)
 
     transcribe(str(LIBRIVOX[0]))  # warm-up
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "load_s": load_s}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         started = time.perf_counter()
@@ -106,7 +108,10 @@ class Direct:
     def __init__(self, workers: int, threads: int) -> None:
         self.proc = subprocess.Popen([sys.executable, __file__, "--direct", str(workers), str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert json.loads(self._line()) == {"ready": True}
+        ready = json.loads(self._line())
+        assert ready["ready"]
+        self.load_s = float(ready["load_s"])
+        """Seconds WhisperModel took to load (int8, from the built-in files)."""
 
     def _line(self) -> str:
         assert self.proc.stdout is not None
@@ -205,7 +210,7 @@ async def bench_layout(workers: int, threads: int, args: argparse.Namespace, wor
     finally:
         server.stop()
         direct.stop()
-    return {"results": results, "others_cores_max": max(others, default=0.0)}
+    return {"results": results, "others_cores_max": max(others, default=0.0), "load_s": direct.load_s}
 
 
 def medians(layout: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -252,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             layouts[layout] = asyncio.run(bench_layout(workers, threads, args, Path(tmp)))
     print()
     print(table(layouts))
+    best_alone = max(medians(layout)["p2pai"]["aggregate_1"] for layout in layouts.values())
     for name, layout in layouts.items():
         values = medians(layout)
         p, d = values["p2pai"], values["direct"]
+        print(f"{name}: p2pai with 4 clients / p2pai's best layout with 1 client: {p['aggregate_4'] / best_alone:.2f}")
         checks = {"rtf_two_cities": p["rtf_two_cities"] / d["rtf_two_cities"],
                   "rtf_librivox": p["rtf_librivox"] / d["rtf_librivox"],
                   "speedup_4": p["aggregate_4"] / p["aggregate_1"]}
@@ -262,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                                       for k, v in checks.items()))
         if "rtf_two_cities_batched" in d:
             print(f"{name}: direct BatchedInferencePipeline RTF on two_cities {d['rtf_two_cities_batched']:.2f}")
-        print(f"{name}: most cores used by other processes during a measurement: {layout['others_cores_max']:.2f}")
+        print(f"{name}: most cores used by other processes during a measurement: {layout['others_cores_max']:.2f}; "
+              f"WhisperModel loaded in {layout['load_s']:.2f} s")
     print(f"({time.monotonic() - started:.0f} s)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("a") as out:
