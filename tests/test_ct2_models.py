@@ -4,6 +4,7 @@ name, tasks read from the model's config.json, and a file split across wheels jo
 from __future__ import annotations
 
 import hashlib
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,20 @@ def test_a_converted_directory_and_the_builtin_whisper_by_name(tmp_path: Path) -
     assert manager.tasks("tiny-ct2") == ("chat", "completion")
     assert manager.tasks("whisper-base") == ("transcription", "translation")
     assert catalog.models["whisper-base"].builtin
+
+
+def test_an_english_only_whisper_transcribes_but_does_not_translate(tmp_path: Path) -> None:
+    """English-only Whisper models (tiny.en, base.en...) have one token fewer than multilingual ones, and their
+    config.json lists every language all the same: CTranslate2 tells them apart by the vocabulary's size."""
+    source, english = whisper_dir(), tmp_path / "whisper-base-en"
+    english.mkdir()
+    shutil.copy(source / "config.json", english / "config.json")
+    (english / "model.bin").write_bytes(b"")  # not read until the model loads
+    tokens = (source / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    (english / "vocabulary.txt").write_text("\n".join(tokens[:-1]) + "\n", encoding="utf-8")
+    manager = ModelManager(build_catalog(tmp_path / "none", tmp_path / "data", [str(english), "whisper-base"]))
+    assert manager.tasks("whisper-base-en") == ("transcription",)
+    assert manager.tasks("whisper-base") == ("transcription", "translation")
 
 
 async def test_a_config_whose_directory_is_no_model_serves_nothing_and_fails_to_load(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
 from ..backends.ct2 import Ct2Settings, ct2_tasks
-from ..backends.ct2.files import Ct2FilesError, model_kind, whisper_languages
+from ..backends.ct2.files import Ct2FilesError, model_kind, whisper_multilingual
 from ..backends.llama import LlamaSettings, llama_tasks
 from ..backends.llama.loading import FlashAttention
 from ..backends.onnx import OnnxSettings, onnx_tasks
@@ -128,7 +128,8 @@ class ModelManager:
         if config.backend_name == "ctranslate2":
             directory = config.model_path(self.catalog.models_dir)
             try:
-                return ct2_tasks(model_kind(directory), whisper_languages(directory))
+                kind = model_kind(directory)
+                return ct2_tasks(kind, kind == "whisper" and whisper_multilingual(directory))
             except Ct2FilesError:
                 return ()  # not a model (yet): it serves nothing, and says why when asked to load
         return llama_tasks(config.embeddings)

@@ -4,11 +4,11 @@ from ..tasks import Task
 from .settings import Ct2Kind, Ct2Settings
 
 
-def ct2_tasks(kind: Ct2Kind, languages: int) -> tuple[Task, ...]:
+def ct2_tasks(kind: Ct2Kind, multilingual: bool) -> tuple[Task, ...]:
     """Whisper transcribes, and translates to English unless it is an English-only model; a decoder writes."""
     if kind == "generator":
         return ("chat", "completion")
-    return ("transcription", "translation") if languages > 1 else ("transcription",)
+    return ("transcription", "translation") if multilingual else ("transcription",)
 
 
 __all__ = ["Ct2Kind", "Ct2Settings", "ct2_tasks"]

@@ -39,10 +39,16 @@ def model_kind(directory: Path) -> Ct2Kind:
     return "whisper" if "lang_ids" in config else "generator"
 
 
+MULTILINGUAL_VOCABULARY = 51865
+"""CTranslate2's own rule (WhisperReplica): a vocabulary this large is a multilingual Whisper's; an
+English-only one (tiny.en, base.en...) has one token fewer. Its config.json lists the language ids all
+the same, so they cannot tell."""
+
+
 @functools.lru_cache(maxsize=256)
-def whisper_languages(directory: Path) -> int:
-    """How many languages a Whisper model knows: 1 for an English-only model, which cannot translate."""
-    return len(read_json(directory / "config.json").get("lang_ids") or ())
+def whisper_multilingual(directory: Path) -> bool:
+    """Whether a Whisper model knows more than English, and so can translate (Ct2FilesError if unreadable)."""
+    return len(read_vocabulary(directory)) >= MULTILINGUAL_VOCABULARY
 
 
 def read_vocabulary(directory: Path) -> list[str]:
