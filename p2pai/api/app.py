@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..routing.peer_auth import is_peer_request
-from ..serving.limits import MAX_BODY_BYTES
+from ..serving.limits import MAX_BODY_BYTES, MAX_UPLOAD_BODY_BYTES
 from . import openapi
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
@@ -19,6 +19,8 @@ from .state import STATE, NodeState
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/audio/transcriptions", "/v1/audio/translations",
+                          "/audio/translations"})
 
 
 @web.middleware
@@ -30,6 +32,15 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         raise
     except Exception as exc:  # noqa: BLE001 - converted into the response
         return from_exception(exc).response()
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bodies are at most MAX_BODY_BYTES (413), but an audio upload may be as large as OpenAI's (25 MiB per
+    file, MAX_UPLOAD_BODY_BYTES with the form); set before anything reads the body."""
+    if request.path in UPLOAD_PATHS:
+        request = request.clone(client_max_size=MAX_UPLOAD_BODY_BYTES)
+    return await handler(request)
 
 
 @web.middleware
@@ -52,7 +63,8 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def create_app(state: NodeState) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, no_peer_requests, api_keys], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[openai_errors, body_limit, no_peer_requests, api_keys],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(localai_routes)

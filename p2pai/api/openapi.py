@@ -20,6 +20,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..protocol.audio import (
+    TranscriptionAnswer,
+    TranscriptionRequest,
+    TranscriptTextDelta,
+    TranslationAnswer,
+    TranslationRequest,
+)
 from ..protocol.errors import ErrorResponse
 from ..protocol.localai import RerankRequest, RerankResponse
 from ..protocol.node import Health, Readiness, SystemInfo
@@ -60,7 +67,9 @@ class Operation:
     """The event of the text/event-stream answer sent when the request sets `stream`."""
     errors: tuple[int, ...] = ()
     text: bool = False
-    """A text/plain answer."""
+    """A text/plain answer (beside the JSON one, if any)."""
+    form: bool = False
+    """The request is a multipart/form-data upload (its model's bytes fields are files)."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
@@ -84,6 +93,13 @@ OPERATIONS = (
     Operation("post", ("/v1/rerank", "/rerank"), "rerank",
               "Documents ranked by relevance to a query by a cross-encoder (LocalAI's, Jina-compatible)",
               RerankResponse, RerankRequest, errors=_MODEL_ERRORS, routed=True),
+    Operation("post", ("/v1/audio/transcriptions", "/audio/transcriptions"), "createTranscription",
+              "Speech to text (OpenAI): json or verbose_json, or text, srt, vtt as text/plain; with `stream`, "
+              "a server-sent event per decoded segment, then the whole text", TranscriptionAnswer,
+              TranscriptionRequest, TranscriptTextDelta, _MODEL_ERRORS, text=True, form=True, routed=True),
+    Operation("post", ("/v1/audio/translations", "/audio/translations"), "createTranslation",
+              "Speech in any language to English text (OpenAI)", TranslationAnswer, TranslationRequest,
+              TranscriptTextDelta, _MODEL_ERRORS, text=True, form=True, routed=True),
     Operation("post", ("/v1/tokenize",), "tokenize", "Tokenize text with a model's tokenizer", Tokens,
               TokenizeRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("get", ("/v1/models", "/models"), "listModels", "Every model of the swarm", ModelList),
@@ -157,8 +173,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if parameters:
         out["parameters"] = parameters
     if op.request is not None:
-        out["requestBody"] = {"required": True,
-                              "content": {"application/json": {"schema": refs[(op.request, "validation")]}}}
+        media = "multipart/form-data" if op.form else "application/json"
+        out["requestBody"] = {"required": True, "content": {media: {"schema": refs[(op.request, "validation")]}}}
     out["responses"] = {"200": _answer(op, refs), **_errors(op, kind, refs)}
     if kind == "client":
         out["security"] = [{}] if op.public else _OPTIONAL_KEY
@@ -166,11 +182,13 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
 
 
 def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
-    if op.text:
-        return {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    if op.answer is None:  # this document
+    if op.answer is None and not op.text:  # this document
         return {"description": "OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}
-    content: dict[str, Any] = {"application/json": {"schema": refs[(op.answer, "serialization")]}}
+    content: dict[str, Any] = {}
+    if op.answer is not None:
+        content["application/json"] = {"schema": refs[(op.answer, "serialization")]}
+    if op.text:
+        content["text/plain"] = {"schema": {"type": "string"}}
     if op.stream is not None:
         content["text/event-stream"] = {"schema": _event_schema(refs[(op.stream, "serialization")],
                                                                 refs[(ErrorResponse, "serialization")])}
@@ -199,7 +217,7 @@ _ERROR_TEXT = {
     401: "Missing or wrong API key",
     403: "Forbidden",
     404: "No such model (model_not_found) or pinned node (node_not_found)",
-    413: "Body larger than 16 MiB",
+    413: "Body larger than 16 MiB (an uploaded audio file: 25 MiB)",
     500: "The model could not be loaded, or its process died of this request (model_crashed)",
     502: "An RPC worker of the model was lost",
     503: "Overloaded or no node available: retry after Retry-After seconds",

@@ -18,7 +18,7 @@ from ..routing.peer_auth import Rejected, Signed, Verifier
 from ..routing.peer_tls import PeerTLS
 from ..routing.router import FORWARDED
 from . import openapi
-from .app import MAX_BODY_BYTES, Handler, openai_errors
+from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .localai import localai_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
@@ -72,7 +72,7 @@ async def signed_by_peer(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, signed_by_peer], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[openai_errors, body_limit, signed_by_peer], client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..backends.tasks import Task
+from ..protocol.audio import TranscriptionRequest, TranslationRequest
 from ..protocol.node import Health, LoadedModel, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletionRequest,
@@ -19,9 +20,13 @@ from ..protocol.openai import (
     TokenizeRequest,
 )
 from ..routing.router import FORWARDED
-from ..serving import chat, completions, embeddings
+from ..serving import chat, completions, embeddings, transcription
 from ..serving.context import ServedModel
+from ..serving.limits import MAX_AUDIO_BYTES
 from ..serving.manager import UnknownModelError
+from ..serving.transcription import AudioRequest
+from .errors import APIError
+from .multipart import parse_form
 from .replies import json_reply
 from .sse import send_stream
 from .state import NodeState
@@ -131,6 +136,46 @@ def json_answer(
         return json_reply(await serve(served, body), headers=_served_headers(served, state))
 
     return local
+
+
+@routes.post("/v1/audio/transcriptions")
+@routes.post("/audio/transcriptions")
+async def audio_transcriptions(request: web.Request) -> web.StreamResponse:
+    return await _audio(request, TranscriptionRequest, "transcription")
+
+
+@routes.post("/v1/audio/translations")
+@routes.post("/audio/translations")
+async def audio_translations(request: web.Request) -> web.StreamResponse:
+    return await _audio(request, TranslationRequest, "translation")
+
+
+async def _audio(request: web.Request, form_model: type[AudioRequest], task: Task) -> web.StreamResponse:
+    """A multipart upload: read whole (its size is bounded by the app), parsed, then served here or
+    forwarded as the same bytes to a node whose model serves ``task``."""
+    form = parse_form(request.headers.get("Content-Type"), await request.read())
+    upload = form.files.get("file")
+    if upload is None or set(form.files) != {"file"} or "file" in form.fields:
+        raise APIError(400, "The form needs the audio as one uploaded file named `file`", code="invalid_form",
+                       param="file")
+    if len(upload.data) > MAX_AUDIO_BYTES:
+        raise APIError(413, f"The audio file is larger than {MAX_AUDIO_BYTES // (1024 * 1024)} MiB",
+                       code="request_too_large", param="file")
+    body = form_model.model_validate({**form.fields, "file": upload.data})
+
+    async def local() -> web.StreamResponse:
+        state = NodeState.of(request)
+        served = await state.serving.model(body.model, task)
+        headers = _served_headers(served, state)
+        if body.stream:
+            events = await transcription.stream(served, body)
+            return await send_stream(request, await anext(events), events, headers)
+        answer = await transcription.transcribe(served, body)
+        if isinstance(answer, str):
+            return web.Response(text=answer, content_type="text/plain", headers=headers)
+        return json_reply(answer, headers=headers)
+
+    return await dispatch(request, body.model, task, local)
 
 
 @routes.get("/v1/models")

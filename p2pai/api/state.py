@@ -25,7 +25,7 @@ class NodeState:
     """Empty: the API is open. When set, admin keys are accepted too."""
     admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
     """Keys that may also read the swarm token."""
-    backends: list[str] = field(default_factory=lambda: ["llama-cpp", "onnx"])
+    backends: list[str] = field(default_factory=lambda: ["llama-cpp", "onnx", "ctranslate2"])
     ready: bool = False
     swarm: Swarm | None = None
     """None only for an app built without an overlay (in-process tests)."""

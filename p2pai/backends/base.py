@@ -6,11 +6,13 @@ them (today llama.cpp with continuous batching) can change without touching the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
+
+from .transcription import AudioInfo, Segment, TranscriptionJob
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -189,6 +191,10 @@ class Engine(Protocol):
 
     async def rerank(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
         """Each document's relevance to the query in [0, 1], and the tokens read."""
+        ...
+
+    def transcribe(self, job: TranscriptionJob) -> AsyncGenerator[AudioInfo | Segment, None]:
+        """AudioInfo first, then each segment as it is decoded (speech models)."""
         ...
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...

@@ -1,4 +1,5 @@
-"""A model's own process: `python -m p2pai.backends.child FD` (an ONNX model's: onnx/host.py).
+"""A model's own process: `python -m p2pai.backends.child FD` (an ONNX model's: onnx/host.py, a
+CTranslate2 model's: ct2/host.py).
 
 A crash in llama.cpp (an abort, a segfault, the OOM killer) ends this process,
 never the node: the node fails the requests this model was serving and starts
@@ -20,6 +21,7 @@ from typing import Any
 from ..malloc_tuning import tune_malloc
 from .base import GenerationChunk
 from .channel import BlockingChannel, EncodedError, encode_error
+from .ct2.settings import Ct2Settings
 from .llama.host import LlamaHost
 from .llama.loading import LlamaSettings
 from .llama.scheduler import Outbox, Scheduler, Sequence
@@ -124,6 +126,10 @@ def main() -> None:
             from .onnx.host import OnnxServer
 
             OnnxServer(channel).run(spec.name, settings)
+        elif isinstance(settings, Ct2Settings):
+            from .ct2.host import Ct2Server
+
+            Ct2Server(channel).run(spec.name, settings)
         else:
             ChildServer(channel).run(spec, settings)
     except (EOFError, OSError):

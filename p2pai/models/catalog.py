@@ -38,11 +38,12 @@ class ModelCatalog:
 
 
 def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
-    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries (a path, or the name
-    of a configured or built-in model).
+    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries (a file, a CTranslate2
+    model's directory, or the name of a configured or built-in model).
 
     With none of these, the built-in models are served: gemma-3-270m when its package is installed,
-    the ONNX ones once fetched (builtin.py); unless `default_model` is off (a node that only routes).
+    the ONNX and CTranslate2 ones once fetched (builtin.py); unless `default_model` is off (a node that
+    only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
@@ -56,7 +57,7 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], defau
             catalog.models[default.name] = default
         for model in builtin.BUILTIN_MODELS:
             if model.present():
-                catalog.models[model.name] = builtin_onnx_config(model)
+                catalog.models[model.name] = builtin_config(model)
     return catalog
 
 
@@ -94,16 +95,26 @@ def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
         if not model.present():
             raise ModelsError(f"--model {entry}: this built-in model's files are not installed; "
                               "run `p2pai models fetch`")
-        catalog.models[entry] = builtin_onnx_config(model)
+        catalog.models[entry] = builtin_config(model)
         return
     path = Path(entry).expanduser()
-    if not path.is_file():
+    if not _is_model(path):
         path = catalog.models_dir / entry
-    if not path.is_file():
+    if not _is_model(path):
         known = ", ".join(catalog.models) or "none"
-        raise ModelsError(f"--model {entry}: no such file, and no configured model of that name (known: {known})")
+        raise ModelsError(f"--model {entry}: no such file or CTranslate2 model directory, and no configured model "
+                          f"of that name (known: {known})")
+    if path.is_dir():
+        catalog.models[path.name] = ModelConfig(name=path.name, backend="ctranslate2",
+                                                parameters=SamplingDefaults(model=str(path.resolve())))
+        return
     name = path.stem if path.suffix in MODEL_SUFFIXES else path.name
     catalog.models[name] = _file_config(name, path.resolve())
+
+
+def _is_model(path: Path) -> bool:
+    """A model file, or a directory converted to CTranslate2 (it holds model.bin)."""
+    return path.is_file() or (path.is_dir() and (path / "model.bin").is_file())
 
 
 def _file_config(name: str, path: Path) -> ModelConfig:
@@ -128,23 +139,17 @@ def default_model_config(data_dir: Path) -> ModelConfig | None:
     )
 
 
-def builtin_onnx_config(model: builtin.BuiltinModel) -> ModelConfig:
+def builtin_config(model: builtin.BuiltinModel) -> ModelConfig:
     directory = model.directory()
-    return ModelConfig(
-        name=model.name,
-        backend="onnx",
-        description=model.description,
-        parameters=SamplingDefaults(model=str(directory / "model.onnx")),
-        tokenizer=str(directory / "tokenizer.json"),
-        task=model.task,
-        pooling=model.pooling,
-        max_length=model.max_length,
-        builtin=True,
-    )
+    fields = {**model.config, "name": model.name, "description": model.description,
+              "parameters": {"model": str(directory / model.model_file)}, "builtin": True}
+    if model.config["backend"] == "onnx":
+        fields["tokenizer"] = str(directory / "tokenizer.json")
+    return ModelConfig.model_validate(fields)
 
 
 def prepare_builtin(config: ModelConfig) -> None:
-    """Before a built-in model loads: its files checked (ONNX), or assembled (gemma-3-270m)."""
+    """Before a built-in model loads: its files checked (ONNX, CTranslate2), or assembled (gemma-3-270m)."""
     model = builtin.BY_NAME.get(config.name)
     if model is not None:
         builtin.verify(model)

@@ -41,23 +41,27 @@ class TemplateConfig(BaseModel):
 
 
 ONNX_BACKENDS = ("onnx", "onnxruntime")
+CT2_BACKENDS = ("ctranslate2", "faster-whisper")
 
 
 class ModelConfig(BaseModel):
-    """A model: llama.cpp (GGUF, the default backend) or ONNX Runtime (`backend: onnx`: an encoder
-    for embeddings or a cross-encoder for rerank, with a tokenizer.json)."""
+    """A model: llama.cpp (GGUF, the default backend), ONNX Runtime (`backend: onnx`: an encoder
+    for embeddings or a cross-encoder for rerank, with a tokenizer.json) or CTranslate2
+    (`backend: ctranslate2`: a converted model's directory, Whisper or a text generator)."""
 
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(min_length=1)
-    backend: Literal["llama-cpp", "llama.cpp", "llama", "onnx", "onnxruntime"] = "llama-cpp"
+    backend: Literal["llama-cpp", "llama.cpp", "llama", "onnx", "onnxruntime", "ctranslate2", "faster-whisper"] = (
+        "llama-cpp")
     description: str | None = None
     parameters: SamplingDefaults
     context_size: int | None = Field(default=None, ge=64)
     """Context of each slot, i.e. of one request; the KV cache holds `parallel` of them."""
     parallel: int | None = Field(default=None, ge=1, le=64)
     """Requests decoded together in one batch (slots), LocalAI's name; None: automatic
-    (up to 4 while their KV cache stays under 1 GiB, see backends/llama/loading.py)."""
+    (up to 4 while their KV cache stays under 1 GiB, see backends/llama/loading.py).
+    CTranslate2: requests served at once, each by a replica of the model (default 2)."""
     threads: int | None = Field(default=None, ge=1)
     batch: int | None = Field(default=None, ge=1)
     """llama.cpp: most tokens per decode step, shared by all slots; long prompts are read in chunks of
@@ -99,6 +103,10 @@ class ModelConfig(BaseModel):
     that may wait (default 1024). More get 503 with Retry-After."""
     flash_attention: Literal["auto", "on", "off"] | None = None
     """llama.cpp's flash attention; None: the node's `--flash-attention` (default auto)."""
+    compute_type: str = Field(default="int8", pattern=r"^[a-z0-9_]{1,32}$")
+    """CTranslate2: precision of weights and compute (int8, int8_float16, float16, float32, default...)."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """CTranslate2: where the model runs."""
 
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this came from, for error messages."""
@@ -112,6 +120,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_its_backend(self) -> ModelConfig:
+        if self.backend_name == "ctranslate2" and self.rpc is not None:
+            raise ValueError("rpc: is for llama.cpp models; a CTranslate2 model runs on this node")
         if self.backend_name == "onnx":
             if self.rpc is not None:
                 raise ValueError("rpc: is for llama.cpp models; an ONNX model runs on this node")
@@ -124,7 +134,9 @@ class ModelConfig(BaseModel):
     @property
     def backend_name(self) -> str:
         """The backend's one name (the config accepts LocalAI's spellings)."""
-        return "onnx" if self.backend in ONNX_BACKENDS else "llama-cpp"
+        if self.backend in ONNX_BACKENDS:
+            return "onnx"
+        return "ctranslate2" if self.backend in CT2_BACKENDS else "llama-cpp"
 
     def tokenizer_path(self, models_dir: Path) -> Path:
         """An ONNX model's tokenizer.json."""

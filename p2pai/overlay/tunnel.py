@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 TUNNEL_PROTOCOL = cast("TProtocol", "/p2pai/tunnel/2.0.0")  # a cast: libp2p is imported lazily
 REQUEST, DATA, END, ERROR, CANCEL = range(5)
 BROKEN = -1  # never on the wire: what the exchanges waiting on a link get when the link breaks
-MAX_REQUEST_BYTES = 17 * 1024 * 1024  # the HTTP API's body limit plus headers
+MAX_REQUEST_BYTES = 27 * 1024 * 1024  # the HTTP API's largest body (an audio upload, 26 MiB) plus headers
 MAX_DATA_BYTES = 1024 * 1024
 MAX_EXCHANGES_PER_PEER = 64
 OPEN_TIMEOUT = 3.0
@@ -69,13 +69,22 @@ class _Link:
                 await self.stream.write(frame)
 
     async def receive(self, limit: int) -> tuple[int, int, bytes]:
-        from libp2p.io.utils import read_exactly
-
-        header = await read_exactly(self.stream, _HEADER_BYTES)
+        header = await self._read(_HEADER_BYTES)
         length, request_id, kind = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big"), header[8]
         if length > limit or kind > CANCEL:
             raise TunnelBroken(f"bad frame (kind {kind}, {length} bytes)")
-        return request_id, kind, await read_exactly(self.stream, length) if length else b""
+        return request_id, kind, await self._read(length) if length else b""
+
+    async def _read(self, count: int) -> bytes:
+        """Exactly ``count`` bytes. Not libp2p's read_exactly: it gives up after 100 reads, and a read
+        returns one yamux frame (at most 64 KiB), so it fails any frame over about 6 MiB."""
+        buffer = bytearray()
+        while len(buffer) < count:
+            piece = await self.stream.read(count - len(buffer))
+            if not piece:
+                raise TunnelBroken(f"the link ended {len(buffer)} bytes into a {count}-byte read")
+            buffer += piece
+        return bytes(buffer)
 
     async def reset(self) -> None:
         with trio.move_on_after(0.5), contextlib.suppress(Exception):  # it may be gone already

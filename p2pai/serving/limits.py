@@ -13,6 +13,15 @@ from dataclasses import dataclass, field
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """A request body; more is a 413."""
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+"""An uploaded audio file (OpenAI's limit); more is a 413."""
+MAX_UPLOAD_BODY_BYTES = MAX_AUDIO_BYTES + 1024 * 1024
+"""The body of an audio upload: the file plus the form's other fields and boundaries."""
+MAX_FORM_PARTS = 64
+MAX_FORM_FIELD_BYTES = 64 * 1024
+"""A form field other than the file (a prompt, a language code...)."""
+MAX_AUDIO_PROMPT = 4096
+"""Characters of a transcription's `prompt`: Whisper reads only its last 223 tokens."""
 MAX_JSON_DEPTH = 200
 """pydantic-core's JSON parser refuses deeper nesting (a 400, invalid_json); not ours to change."""
 MAX_MODEL_NAME = 256
@@ -54,6 +63,8 @@ class Limits:
         "help": "prompts of one /v1/completions request and inputs of one /v1/embeddings request"})
     max_messages: int = field(default=2048, metadata={"help": "messages of one chat request"})
     max_documents: int = field(default=1024, metadata={"help": "documents of one /v1/rerank request"})
+    max_audio_seconds: int = field(default=3600, metadata={
+        "help": "seconds of audio one transcription or translation may hold (refused while it decodes)"})
     max_grammar_bytes: int = field(default=256 * 1024, metadata={
         "help": "size of a GBNF grammar: the `grammar` field, or what a JSON schema converts to"})
     max_grammar_branches: int = field(default=1024, metadata={

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
+from ..backends.ct2 import Ct2Settings, ct2_tasks
+from ..backends.ct2.files import Ct2FilesError, model_kind, whisper_multilingual
 from ..backends.llama import LlamaSettings, llama_tasks
 from ..backends.llama.loading import FlashAttention
 from ..backends.onnx import OnnxSettings, onnx_tasks
@@ -35,6 +38,10 @@ class UnknownModelError(LookupError):
 CRASH_WINDOW_S = 300.0
 """Crashes this recent count towards the restart delay."""
 MAX_RESTART_DELAY_S = 60.0
+CT2_WORKERS = 2
+"""Concurrent requests of a CTranslate2 model, each on a replica of its own, when its config and the node
+say nothing: on 2 cores, 2 Whisper replicas of 1 thread serve four clients about twice the audio per
+second that one replica of 2 threads does one request at a time (bench/README.md, audio)."""
 
 
 @dataclass
@@ -118,6 +125,13 @@ class ModelManager:
         config = self.config(name)
         if config.backend_name == "onnx":
             return onnx_tasks(config.task or "embeddings")
+        if config.backend_name == "ctranslate2":
+            directory = config.model_path(self.catalog.models_dir)
+            try:
+                kind = model_kind(directory)
+                return ct2_tasks(kind, kind == "whisper" and whisper_multilingual(directory))
+            except Ct2FilesError:
+                return ()  # not a model (yet): it serves nothing, and says why when asked to load
         return llama_tasks(config.embeddings)
 
     def loaded(self) -> list[str]:
@@ -187,6 +201,8 @@ class ModelManager:
 
         if config.backend_name == "onnx":
             return await OnnxProcess.start(ChildSpec(config.name, self._onnx_settings(config)), forget)
+        if config.backend_name == "ctranslate2":
+            return await ModelProcess.start(ChildSpec(config.name, self._ct2_settings(config)), forget)
         if config.rpc is None:
             return await ModelProcess.start(ChildSpec(config.name, self._settings(config)), forget)
         return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
@@ -221,6 +237,25 @@ class ModelManager:
             max_batch=config.batch or 32,
             batch_wait=config.batch_wait_ms / 1000,
             max_queue=config.max_queue or 1024,
+        )
+
+    def _ct2_settings(self, config: ModelConfig) -> Ct2Settings:
+        directory = config.model_path(self.catalog.models_dir)
+        try:
+            kind = model_kind(directory)
+        except Ct2FilesError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        workers = config.parallel or self._parallel or CT2_WORKERS
+        threads = config.threads or self._threads or os.cpu_count() or 1
+        return Ct2Settings(
+            path=str(directory),
+            kind=kind,
+            device=config.device,
+            compute_type=config.compute_type,
+            workers=workers,
+            threads=max(1, threads // workers),
+            max_queue=config.max_queue or 64,
+            context_size=config.context_size or self._context_size or 4096,
         )
 
     async def close(self) -> None:

@@ -173,10 +173,11 @@ _sizes: dict[Path, int] = {}
 
 def _file_size(path: Path) -> int:
     """Read once per file (this runs every PUBLISH_INTERVAL); 0 until the file exists,
-    as the built-in model is only assembled on first use."""
+    as the built-in model is only assembled on first use. A CTranslate2 model is a directory: its model.bin."""
     size = _sizes.get(path)
     if size is None:
-        size = path.stat().st_size if path.is_file() else 0
+        weights = path / "model.bin" if path.is_dir() else path
+        size = weights.stat().st_size if weights.is_file() else 0
         if size:
             _sizes[path] = size
     return size
