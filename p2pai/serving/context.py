@@ -81,9 +81,11 @@ class Serving:
         self._templates: dict[str, ChatTemplate] = {}
 
     async def model(self, name: str | None) -> ServedModel:
-        """The model asked for; with none named and exactly one served, that one (as LocalAI does)."""
+        """The model asked for; with none named, the only one served (as LocalAI does) or the default."""
         if not name:
             names = self.manager.names()
+            if len(names) != 1 and self.manager.catalog.default is not None:
+                names = [self.manager.catalog.default]
             if len(names) != 1:
                 raise InvalidRequestError(
                     "you must provide a model parameter" + (f" (one of: {', '.join(names)})" if names else ""),

@@ -17,7 +17,8 @@ from ..backends.process import ChildSpec, ModelProcess
 from ..backends.rpc.loader import load_rpc_model
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
-from ..models.catalog import ModelCatalog, ensure_default_model_file
+from ..models.builtin import ensure_builtin_file
+from ..models.catalog import ModelCatalog
 from ..models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class ModelManager:
         self._on_load(LoadEvent(config.name, "start"))
         try:
             if config.builtin:
-                await asyncio.to_thread(ensure_default_model_file, config)
+                await asyncio.to_thread(ensure_builtin_file, config)
             engine = await self._start_engine(config)
         except ModelLoadError as exc:
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
