@@ -35,7 +35,8 @@ MAX_FAILURES = 3
 """Failed requests (or corrupt chunks) after which a source is dropped for this pull."""
 CHUNK_TIMEOUT_S = 120.0
 SOURCE_WAIT_S = 30.0
-"""How long a pull whose sources are all gone waits for new ones (a restarted peer) before it fails."""
+"""How long a pull whose sources are all gone waits for new ones (a restarted peer) before it fails,
+counted from the last chunk it received."""
 SAVE_EVERY_S = 1.0
 """How often the verified chunks on disk are recorded (after an fdatasync)."""
 DISK_MARGIN = 64 << 20
@@ -142,7 +143,7 @@ class Fetch:
         self._saved = 0
         self._changed = asyncio.Event()
         self.progress = Progress(total=wanted.size)
-        self._started = 0.0
+        self._started = self._last_chunk = 0.0
         self._fd = -1
 
     async def run(self) -> None:
@@ -161,7 +162,7 @@ class Fetch:
                 os.ftruncate(self._fd, wanted.size)
             self._queue.extend(index for index in range(self._chunks) if index not in self._done)
             self.progress.done = self.progress.resumed = sum(self._length(i) for i in self._done)
-            self._started = time.monotonic()
+            self._started = self._last_chunk = time.monotonic()
             await self._fetch_all()
         finally:
             await self._save()  # what is on disk now counts for a resume, whatever stopped the pull
@@ -197,19 +198,17 @@ class Fetch:
                     await task
 
     async def _find_sources(self) -> bool:
-        """Wait up to SOURCE_WAIT_S for sources other than those that failed; True if some came."""
+        """Look for sources once a second (a restarted peer, one that failed for a while) until
+        SOURCE_WAIT_S have passed without a chunk; True if some came."""
         if self._more_sources is None:
             return False
-        deadline = time.monotonic() + SOURCE_WAIT_S
-        while time.monotonic() < deadline:
-            known = {state.source.label for state in self._states if not state.dropped}
-            fresh = [source for source in await self._more_sources() if source.label not in known]
+        while time.monotonic() < self._last_chunk + SOURCE_WAIT_S:
+            await asyncio.sleep(1.0)
+            fresh = await self._more_sources()
             if fresh:
                 log.info("pull of %s: sources %s", self.target.name, ", ".join(s.label for s in fresh))
-                self._states = [state for state in self._states if not state.dropped]
-                self._states += [_SourceState(source) for source in fresh]
+                self._states = [_SourceState(source) for source in fresh]
                 return True
-            await asyncio.sleep(1.0)
         return False
 
     async def _worker(self, state: _SourceState) -> None:
@@ -239,6 +238,7 @@ class Fetch:
                 raise
             await asyncio.to_thread(os.pwrite, self._fd, data, offset)
             self._done.add(index)
+            self._last_chunk = time.monotonic()
             self.progress.done += length
             self._report()
             self._notify()
