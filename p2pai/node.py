@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,6 +20,8 @@ from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
 from .identity import Identity
 from .models.catalog import build_catalog
+from .models.fetch import RateLimit
+from .models.file_index import FileIndex
 from .overlay.addresses import ips
 from .routing.forward import Forwarder
 from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
@@ -26,6 +29,7 @@ from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings, prepare_data_dir
+from .store import Store
 from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, DataEndpoint, local_payload
@@ -58,15 +62,19 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
     )
+    store = await Store.open(settings.data_dir)
+    files = FileIndex(store, lambda: _model_files(manager), lambda: swarm.refresh())
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
-    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
+    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint, files.digest).model_dump())
     try:
         await swarm.start()
     except Exception as exc:
+        await store.close()
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
     forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
+    files.start()
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
@@ -77,6 +85,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         router=router,
         token=membership.token,
         limits=settings.limits,
+        files=files,
+        serve_rate=RateLimit(settings.serve_rate),
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     guard = peer_guard(membership.keys.http_key, swarm.peer_id, tls)
@@ -119,6 +129,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await peers.cleanup()
         await router.stop()
         await manager.close()
+        await files.stop()
+        await store.close()
 
 
 async def _listen(site: web.BaseSite, host: str, port: int) -> None:
@@ -138,6 +150,11 @@ def _peer_tls(settings: NodeSettings, ca_seed: bytes, identity: Identity) -> Pee
         return PeerTLS.load_or_create(settings.data_dir, ca_seed, identity)
     except ValueError as exc:
         raise SystemExit(f"cannot set up TLS for the peer endpoint: {exc}") from exc
+
+
+def _model_files(manager: ModelManager) -> list[Path]:
+    """The weights files of this node's models, which peers may pull."""
+    return [manager.config(name).model_path(manager.catalog.models_dir) for name in manager.names()]
 
 
 def _loopback_for(bound_host: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from ..protocol.openai import (
     Tokens,
 )
 from ..protocol.p2p import P2PNodesResponse
+from ..protocol.pull import SharedModel
 from ..routing import peer_auth
 from ..routing.router import PIN_HEADER
 
@@ -60,10 +62,16 @@ class Operation:
     errors: tuple[int, ...] = ()
     text: bool = False
     """A text/plain answer."""
+    binary: bool = False
+    """An application/octet-stream answer."""
+    query: tuple[str, ...] = ()
+    """Required integer query parameters."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
     """Also served on the peer endpoint."""
+    client: bool = True
+    """Served on the client API (False: on the peer endpoint only)."""
     public: bool = False
     """No API key needed."""
 
@@ -94,6 +102,14 @@ OPERATIONS = (
     Operation("get", ("/api/p2p/token",), "swarmToken",
               "The swarm token: to callers with an API key, or on this machine when the node has none", None,
               errors=(403, 503), text=True, peer=False),
+    Operation("get", ("/p2p/files/{sha256}",), "fileRange",
+              "`length` bytes from `offset` of a model file this node announces (at most 64 MiB)", None,
+              errors=(400, 404, 416), binary=True, query=("offset", "length"), client=False),
+    Operation("get", ("/p2p/files/{sha256}/chunks",), "fileChunkHashes",
+              "The file's chunk hashes, 32 bytes each, whose SHA-256 is the announced root", None, errors=(404,),
+              binary=True, client=False),
+    Operation("get", ("/p2p/models/{name}",), "sharedModel", "A model's config and file, for a peer installing it",
+              SharedModel, errors=(404,), client=False),
     Operation("get", ("/openapi.json",), "openapi", "This document", None),
 )
 
@@ -104,14 +120,15 @@ def document(kind: Document) -> dict[str, Any]:
 
 @functools.cache
 def _document_bytes(kind: Document) -> bytes:
-    operations = [op for op in OPERATIONS if kind == "client" or op.peer]
+    operations = [op for op in OPERATIONS if (op.client if kind == "client" else op.peer)]
     refs, schemas = _schemas(operations)
     paths: dict[str, Any] = {}
     for op in operations:
         for number, path in enumerate(op.paths):
             item = paths.setdefault(path, {})
-            if "{model}" in path:
-                item["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+            if "{" in path:
+                item["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                      for name in re.findall(r"\{(\w+)\}", path)]
             item[op.method] = _operation(op, kind, refs, alias=number > 0)
     doc = {
         "openapi": "3.1.0",
@@ -147,6 +164,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if alias:
         out["description"] = f"The same as {op.paths[0]}."
     parameters = [*_PEER_HEADERS] if kind == "peer" else []
+    parameters += [{"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
+                   for name in op.query]
     if op.routed and kind == "client":
         parameters.append({"name": PIN_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
                            "description": "Pin the request to this node (id or name)."})
@@ -164,6 +183,9 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
 def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
     if op.text:
         return {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    if op.binary:
+        return {"description": "OK", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
     if op.answer is None:  # this document
         return {"description": "OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}
     content: dict[str, Any] = {"application/json": {"schema": refs[(op.answer, "serialization")]}}
@@ -194,8 +216,9 @@ _ERROR_TEXT = {
     400: "Invalid request (OpenAI's error shape, `param` names the field)",
     401: "Missing or wrong API key",
     403: "Forbidden",
-    404: "No such model (model_not_found) or pinned node (node_not_found)",
+    404: "No such model (model_not_found), pinned node (node_not_found), job or file",
     413: "Body larger than 16 MiB",
+    416: "The range is not within the file",
     500: "The model could not be loaded, or its process died of this request (model_crashed)",
     502: "An RPC worker of the model was lost",
     503: "Overloaded or no node available: retry after Retry-After seconds",
@@ -234,7 +257,8 @@ _DESCRIPTIONS = {
     "client": "OpenAI-compatible API of a p2pai node, with LocalAI's extensions. Errors are OpenAI's JSON "
               "({\"error\": {\"message\", \"type\", \"param\", \"code\"}}). Request bounds: README.md, Limits.",
     "peer": "The endpoint nodes of one swarm send each other requests on: the client API's model operations, "
-            "answered by this node only, for requests signed with the swarm's key.",
+            "answered by this node only, and the model files it announces, for requests signed with the swarm's "
+            "key.",
 }
 
 

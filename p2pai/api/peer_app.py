@@ -20,6 +20,7 @@ from ..routing.router import FORWARDED
 from . import openapi
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
+from .peer_files import peer_file_routes
 from .peer_site import RefusalLog
 from .routes import routes
 from .state import STATE, NodeState
@@ -76,6 +77,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)
+    app.add_routes(peer_file_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app
 

@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 from ..backends.base import ModelLoadError, ModelRestartingError, QueueFullError
 from ..event_stream import DONE, EventStream
 from ..serving.manager import ModelManager, UnknownModelError
-from ..swarm.payload import ModelOffer
+from ..swarm.payload import FileOffer, ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
 from .answer import Answer, AnswerBroken
@@ -105,6 +105,9 @@ class SwarmModel:
     loaded_on: tuple[str, ...]
     backend: str
     embeddings: bool
+    on_disk: tuple[str, ...] = ()
+    """Nodes that announce its file: peers can pull it from them."""
+    file: FileOffer | None = None
 
 
 class Router:
@@ -152,6 +155,8 @@ class Router:
                 loaded_on=tuple(node.id for node, offer in entries if self._loaded(node, offer)),
                 backend=entries[0][1].backend,
                 embeddings=any(offer.embeddings for _, offer in entries),
+                on_disk=tuple(node.id for node, offer in entries if offer.file is not None),
+                file=next((offer.file for _, offer in entries if offer.file is not None), None),
             )
             for name, entries in sorted(offers.items())
         ]
