@@ -70,6 +70,18 @@ def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull(args: argparse.Namespace) -> int:
+    from .model_commands import pull
+
+    return pull(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .model_commands import delete_model, list_models
+
+    return delete_model(args) if args.models_command == "delete" else list_models(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pai", description="Peer-to-peer federated inference node.")
     parser.add_argument("--version", action="version", version=f"p2pai {__version__}")
@@ -97,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--api-key", default=env_default("API_KEY"), help="the node's API key (P2PAI_API_KEY)")
     peers.add_argument("--json", action="store_true", help="print the raw /api/p2p answer")
     peers.set_defaults(run=_peers)
+
+    from .model_commands import add_node_url_arguments, add_pull_arguments
+
+    pull = commands.add_parser("pull", help="install a model on a node: from the swarm, a gallery or a URL")
+    add_pull_arguments(pull)
+    pull.set_defaults(run=_pull)
+    models = commands.add_parser("models", help="the swarm's models (list), or delete one from a node")
+    model_commands = models.add_subparsers(dest="models_command")
+    add_node_url_arguments(models)
+    delete = model_commands.add_parser("delete", help="delete a model and its file from the node")
+    delete.add_argument("name")
+    add_node_url_arguments(delete, sub=True)
+    models.set_defaults(run=_models)
     return parser
 
 

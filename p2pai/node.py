@@ -22,6 +22,8 @@ from .identity import Identity
 from .models.catalog import build_catalog
 from .models.fetch import RateLimit
 from .models.file_index import FileIndex
+from .models.gallery import Galleries, parse_gallery_flag
+from .models.installer import Installer
 from .overlay.addresses import ips
 from .routing.forward import Forwarder
 from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
@@ -63,6 +65,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         flash_attention=settings.flash_attention,
     )
     store = await Store.open(settings.data_dir)
+    await store.end_unfinished_jobs("interrupted: the node stopped; apply again to resume the download")
     files = FileIndex(store, lambda: _model_files(manager), lambda: swarm.refresh())
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint, files.digest).model_dump())
@@ -75,6 +78,13 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
     files.start()
+
+    def models_changed() -> None:
+        files.refresh()
+        swarm.refresh()
+
+    installer = Installer(manager, store, Galleries([parse_gallery_flag(g) for g in settings.galleries]),
+                          None, RateLimit(settings.pull_rate), models_changed)
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
@@ -86,6 +96,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         token=membership.token,
         limits=settings.limits,
         files=files,
+        installer=installer,
         serve_rate=RateLimit(settings.serve_rate),
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
@@ -125,11 +136,13 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         # Leave the swarm first: peers stop sending requests here at once, while the API sites
         # below still finish the requests they have.
         await swarm.stop()
+        await installer.close()
         await runner.cleanup()
         await peers.cleanup()
         await router.stop()
         await manager.close()
         await files.stop()
+        await installer.galleries.close()
         await store.close()
 
 

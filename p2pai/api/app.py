@@ -11,6 +11,7 @@ from ..serving.limits import MAX_BODY_BYTES
 from . import openapi
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
+from .localai import localai_routes
 from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
@@ -55,5 +56,6 @@ def create_app(state: NodeState) -> web.Application:
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(p2p_routes)
+    app.add_routes(localai_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))
     return app

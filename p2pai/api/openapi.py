@@ -22,6 +22,16 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..protocol.errors import ErrorResponse
+from ..protocol.localai import (
+    ApplyRequest,
+    ApplyResponse,
+    AvailableModels,
+    DeletedModel,
+    GalleryList,
+    JobList,
+    JobStatus,
+    ModelDownload,
+)
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletion,
@@ -49,7 +59,7 @@ _REF = "#/components/schemas/{model}"
 
 @dataclass(frozen=True)
 class Operation:
-    method: Literal["get", "post"]
+    method: Literal["get", "post", "delete"]
     paths: tuple[str, ...]
     """The first is the documented one; the others are aliases (OpenAI clients use both)."""
     id: str
@@ -102,6 +112,24 @@ OPERATIONS = (
     Operation("get", ("/api/p2p/token",), "swarmToken",
               "The swarm token: to callers with an API key, or on this machine when the node has none", None,
               errors=(403, 503), text=True, peer=False),
+    Operation("get", ("/models/galleries",), "listGalleries", "Model galleries (LocalAI)", GalleryList, peer=False),
+    Operation("get", ("/models/available",), "listAvailableModels",
+              "Every gallery's models, marked installed when served here (LocalAI)", AvailableModels,
+              errors=(400,), peer=False),
+    Operation("post", ("/models/apply",), "applyModel",
+              "Install a model from a gallery (`id`), a model definition (`url`) or the swarm (`name`): a job "
+              "(LocalAI)", ApplyResponse, ApplyRequest, errors=(400, 404, 409), peer=False),
+    Operation("get", ("/models/jobs",), "listModelJobs", "Every model job by uuid (LocalAI)", JobList, peer=False),
+    Operation("get", ("/models/jobs/{uuid}",), "getModelJob", "A model job's progress (LocalAI)", JobStatus,
+              errors=(404,), peer=False),
+    Operation("post", ("/models/delete/{name}",), "deleteModelJob", "Delete a model and its file (LocalAI)",
+              ApplyResponse, errors=(404, 409), peer=False),
+    Operation("delete", ("/v1/models/{model}",), "deleteModel", "Delete a model and its file (Jan, OpenAI)",
+              DeletedModel, errors=(404, 409), peer=False),
+    Operation("get", ("/v1/models/download/{model}",), "downloadModel",
+              "Install a model from a gallery or the swarm (Jan)", ModelDownload, errors=(400, 404, 409), peer=False),
+    Operation("post", ("/v1/models/download/{model}",), "downloadModelPost", "The same, as Jan's example sends it",
+              ModelDownload, errors=(400, 404, 409), peer=False),
     Operation("get", ("/p2p/files/{sha256}",), "fileRange",
               "`length` bytes from `offset` of a model file this node announces (at most 64 MiB)", None,
               errors=(400, 404, 416), binary=True, query=("offset", "length"), client=False),
@@ -217,6 +245,7 @@ _ERROR_TEXT = {
     401: "Missing or wrong API key",
     403: "Forbidden",
     404: "No such model (model_not_found), pinned node (node_not_found), job or file",
+    409: "A model of that name exists, or it cannot be deleted (built in, given with --model)",
     413: "Body larger than 16 MiB",
     416: "The range is not within the file",
     500: "The model could not be loaded, or its process died of this request (model_crashed)",

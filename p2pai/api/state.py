@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..models.fetch import RateLimit
 from ..models.file_index import FileIndex
+from ..models.installer import Installer
 from ..protocol.openai import ModelCard
 from ..routing.router import Router
 from ..serving.context import Serving
@@ -36,6 +37,8 @@ class NodeState:
     limits: Limits = field(default_factory=Limits)
     files: FileIndex | None = None
     """This node's model files that peers may pull (None: it shares none)."""
+    installer: Installer | None = None
+    """Model galleries and jobs (None: the node installs nothing)."""
     serve_rate: RateLimit = field(default_factory=lambda: RateLimit(None))
     """Bytes per second this node sends to peers pulling its models, all together."""
     serving: Serving = field(init=False)

@@ -40,8 +40,9 @@ class ModelCatalog:
 def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
     """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries.
 
-    With none of these, the built-in models whose files are installed are served, the first
-    (SmolLM2 Instruct) as the default, unless `default_model` is off (a node that only routes).
+    With none of these (models installed through the API aside), the built-in models whose files
+    are installed are served too, the first (SmolLM2 Instruct) as the default, unless
+    `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
@@ -49,11 +50,11 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], defau
         _add_loose_files(catalog)
     for entry in cli_models:
         _add_cli_model(catalog, entry)
-    if not catalog.models and default_model:
+    if default_model and all(config.origin is not None for config in catalog.models.values()):
         for builtin in BUILTINS:
-            if builtin.available(data_dir):
+            if builtin.name not in catalog.models and builtin.available(data_dir):
                 catalog.models[builtin.name] = builtin.config(data_dir)
-        catalog.default = next(iter(catalog.models), None)
+        catalog.default = next((b.name for b in BUILTINS if b.name in catalog.models), None)
     return catalog
 
 

@@ -76,6 +76,9 @@ class ModelConfig(BaseModel):
     flash_attention: Literal["auto", "on", "off"] | None = None
     """llama.cpp's flash attention; None: the node's `--flash-attention` (default auto)."""
 
+    origin: str | None = None
+    """Where p2pai installed it from (`gallery@name`, a URL, `swarm`); None: the operator's own config."""
+
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this came from, for error messages."""
     builtin: bool = Field(default=False, exclude=True)

@@ -111,6 +111,23 @@ class ModelManager:
             raise UnknownModelError(name)
         return config
 
+    def add(self, config: ModelConfig) -> None:
+        """Serve a model installed while the node runs (it loads on first use)."""
+        self.catalog.models[config.name] = config
+
+    async def remove(self, name: str) -> None:
+        """Stop serving a model: its process ends (requests on it fail) and it leaves the catalog."""
+        self.config(name)
+        self.catalog.models.pop(name)
+        if self.catalog.default == name:
+            self.catalog.default = None
+        task = self._loading.pop(name, None)
+        if task is not None:
+            task.cancel()
+        engine = self._engines.pop(name, None)
+        if engine is not None:
+            await engine.close()
+
     def loaded(self) -> list[str]:
         return list(self._engines)
 
