@@ -26,6 +26,7 @@ from .models.gallery import Galleries, parse_gallery_flag
 from .models.installer import Installer
 from .overlay.addresses import ips
 from .routing.forward import Forwarder
+from .routing.peer_files import SwarmFiles
 from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
@@ -84,7 +85,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         swarm.refresh()
 
     installer = Installer(manager, store, Galleries([parse_gallery_flag(g) for g in settings.galleries]),
-                          None, RateLimit(settings.pull_rate), models_changed)
+                          SwarmFiles(swarm, forwarder), RateLimit(settings.pull_rate), models_changed)
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
