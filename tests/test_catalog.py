@@ -67,6 +67,15 @@ def test_builtin_models_only_when_nothing_is_configured(tmp_path: Path, tiny_pat
     assert build_catalog(tmp_path / "empty", tmp_path / "data", [], default_model=False).names() == []
 
 
+def test_models_installed_through_the_api_keep_the_builtins(tmp_path: Path, tiny_path: Path) -> None:
+    """A config with `origin:` (written by a model job) is not the operator's own: the built-ins stay."""
+    (tmp_path / "pulled.yaml").write_text(f"name: pulled\norigin: swarm:pulled\nparameters:\n  model: {tiny_path}\n")
+    catalog = build_catalog(tmp_path, tmp_path / "data", [])
+    assert catalog.names() == ["pulled", SMOLLM2.name, GEMMA.name] and catalog.default == SMOLLM2.name
+    (tmp_path / "own.yaml").write_text(f"name: own\nparameters:\n  model: {tiny_path}\n")
+    assert sorted(build_catalog(tmp_path, tmp_path / "data", []).names()) == ["own", "pulled"]
+
+
 @pytest.mark.parametrize("builtin", [SMOLLM2, GEMMA], ids=lambda b: b.name)
 def test_builtin_model_file_is_assembled_verified_and_repaired(tmp_path: Path, builtin) -> None:
     config = builtin.config(tmp_path / "data")

@@ -39,6 +39,9 @@ def gallery(tmp_path_factory: pytest.TempPathFactory):
         {"name": "no-hash", "files": [{"filename": "nohash.gguf", "uri": f"{server.url}/gal-tiny.gguf"}]},
     ]
     (root / "index.yaml").write_text(yaml.safe_dump(entries))
+    definition = {"name": "defined", "config_file": "context_size: 128\nparameters:\n  temperature: 0.1\n",
+                  "files": [{"filename": "gal-tiny.gguf", "sha256": sha256, "uri": f"{server.url}/gal-tiny.gguf"}]}
+    (root / "definition.yaml").write_text(yaml.safe_dump(definition))
     yield root, server, sha256
     server.stop()
 
@@ -121,6 +124,19 @@ def test_galleries_apply_serve_and_delete(start_node, gallery, tmp_path: Path) -
     node.wait_ready()
     assert httpx.get(node.url + "/models/jobs").json() == jobs  # kept in the store
     assert "gal-tiny" in model_ids(node)
+
+
+def test_apply_a_model_definition_by_url(start_node, gallery, tmp_path: Path) -> None:
+    """LocalAI's `url`: a model definition (config_file as YAML text, files) over HTTP."""
+    _, server, _ = gallery
+    models = tmp_path / "models"
+    node = start_node("--no-default-model", "--models-dir", str(models))
+    status = apply(node, url=f"{server.url}/definition.yaml", overrides={"parameters": {"top_k": 5}})
+    assert status["error"] is None and status["gallery_element_name"] == f"{server.url}/definition.yaml", status
+    config = yaml.safe_load((models / "defined.yaml").read_text())
+    assert config["context_size"] == 128 and config["parameters"] == {
+        "model": "gal-tiny.gguf", "temperature": 0.1, "top_k": 5}
+    assert "defined" in model_ids(node)
 
 
 def test_a_wrong_or_missing_hash_never_yields_a_model(start_node, gallery, tmp_path: Path) -> None:
