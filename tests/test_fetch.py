@@ -103,6 +103,8 @@ async def test_chunks_from_two_sources_are_verified_and_placed(original, tmp_pat
     assert first.requests and second.requests and first.requests + second.requests == 6
     assert not partial_path(target.parent, digest.sha256).exists()
     assert await store.pulled_chunks(digest.sha256, SIZE, digest.chunk_size) == set()
+    stat = target.stat()  # verified whole: the node announces it without reading it again
+    assert await store.file_digest(target, stat.st_size, stat.st_mtime_ns) == digest
 
 
 async def test_corrupt_chunks_are_fetched_again_from_another_source(original, tmp_path, store, session,

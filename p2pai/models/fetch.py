@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..store import Store
-from .digests import READ_BLOCK, FileDigest, chunk_count, chunk_size_for, chunk_span
+from .digests import READ_BLOCK, FileDigest, chunk_count, chunk_size_for, chunk_span, digest_file
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,12 @@ class Fetch:
     # The end
 
     async def _verify_and_place(self) -> None:
-        sha256 = await asyncio.to_thread(_sha256_file, self.partial)
+        hashes = self.wanted.hashes
+        if hashes is None:  # the chunk hashes too, in the same pass: this node announces the file next
+            hashes = await asyncio.to_thread(digest_file, self.partial)
+            sha256 = hashes.sha256
+        else:
+            sha256 = await asyncio.to_thread(_sha256_file, self.partial)
         if sha256 != self.wanted.sha256:
             self.partial.unlink(missing_ok=True)
             await self._store.forget_pull(self.wanted.sha256)
@@ -335,6 +340,8 @@ class Fetch:
         os.replace(self.partial, self.target)
         _sync_dir(self.target.parent)
         await self._store.forget_pull(self.wanted.sha256)
+        # Verified whole, so its hash list is right: the file index need not read it again.
+        await self._store.save_file_digest(self.target, self.target.stat().st_mtime_ns, hashes)
 
 
 def partial_path(models_dir: Path, sha256: str) -> Path:
