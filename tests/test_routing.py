@@ -1,6 +1,6 @@
 """Any node answers for the swarm: real `p2pai start` processes on 127.0.0.1.
 
-A routes only (no model); B and C serve `tiny`; D serves `tiny-b`.
+A routes only (no model); B and C serve `tiny` (C also its embeddings); D serves `tiny-b`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ def token() -> str:
 
 
 @pytest.fixture
-def swarm(start_node, models_dir: Path, token: str):
+def swarm(start_node, models_dir: Path, token: str, tmp_path: Path):
+    embedding = tmp_path / "c-models"
+    embedding.mkdir()
+    (embedding / "tiny.yaml").write_text(f"name: tiny\nparameters:\n  model: {models_dir / 'tiny.gguf'}\n"
+                                         "embeddings: true\n")
     a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a")
     seed = a.bootstrap_addr()
     common = ("--token", token, "--bootstrap", seed, "--threads", "1")
     b = start_node(*common, "--model", str(models_dir / "tiny.gguf"), "--name", "b", name="b", ready=False)
-    c = start_node(*common, "--model", str(models_dir / "tiny.gguf"), "--name", "c", name="c", ready=False)
+    c = start_node(*common, "--models-dir", str(embedding), "--name", "c", name="c", ready=False)
     d = start_node(*common, "--model", str(models_dir / "tiny-b.gguf"), "--name", "d", name="d", ready=False)
     for node in (b, c, d):
         node.wait_ready()
@@ -74,6 +78,20 @@ def test_entry_node_lists_and_answers_every_model_of_the_swarm(swarm) -> None:
     direct = client(swarm["b"]).completions.create(model="tiny", prompt="the people", max_tokens=12, temperature=0)
     routed = api.completions.create(model="tiny", prompt="the people", max_tokens=12, temperature=0)
     assert routed.choices[0].text == direct.choices[0].text
+
+
+def test_a_request_goes_only_to_nodes_whose_model_serves_its_task(swarm) -> None:
+    api = client(swarm["a"])
+    assert {m.id: m.model_extra["tasks"] for m in api.models.list().data} == {
+        "tiny": ["chat", "completion", "embeddings"], "tiny-b": ["chat", "completion"]}
+    for _ in range(6):  # B has tiny too, but without embeddings
+        raw = api.embeddings.with_raw_response.create(model="tiny", input="hello")
+        assert served_by(swarm, raw) == "c" and len(raw.parse().data[0].embedding) == 64
+    for model, pin in (("tiny-b", None), ("tiny", "b")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.embeddings.create(model=model, input="hello", extra_headers={"X-P2PAI-Node": pin} if pin else None)
+        assert refused.value.code == "embeddings_not_supported"
+        assert "serves: chat, completion" in refused.value.message
 
 
 def test_load_spreads_over_the_nodes_having_the_model(swarm) -> None:

@@ -63,7 +63,7 @@ def identity(token: str) -> Credentials:
 
 @pytest.fixture(scope="module")
 def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if GEMMA.parts() is None:
+    if GEMMA.pieces() is None:
         pytest.skip("the gemma-3-270m package is not installed")
     config = GEMMA.config(tmp_path_factory.mktemp("gemma"))
     ensure_builtin_file(config)

@@ -1,5 +1,6 @@
-"""LocalAI's model management (`/models/*`) and Jan's model download and delete, on the client API
-only (never on the peer endpoint): thin handlers over models.installer."""
+"""LocalAI's API family: POST /v1/rerank (also /rerank), on both apps; its model management
+(`/models/*`) and Jan's model download and delete, on the client API only (never on the peer
+endpoint): thin handlers over serving and models.installer."""
 
 from __future__ import annotations
 
@@ -18,14 +19,29 @@ from ..protocol.localai import (
     GalleryModel,
     JobList,
     ModelDownload,
+    RerankRequest,
 )
+from ..serving import rerank as reranking
 from .errors import APIError
 from .replies import json_reply
+from .routes import dispatch, json_answer, parse_body
 from .state import NodeState
+
+localai_routes = web.RouteTableDef()
+
+
+@localai_routes.post("/v1/rerank")
+@localai_routes.post("/rerank")
+async def rerank(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, RerankRequest)
+    return await dispatch(request, body.model, "rerank", json_answer(request, body.model, "rerank", reranking.rerank,
+                                                                     body))
+
 
 T = TypeVar("T")
 
-localai_routes = web.RouteTableDef()
+model_routes = web.RouteTableDef()
+"""Client API only: the peer endpoint never installs or deletes models."""
 
 
 def _installer(request: web.Request) -> Installer:
@@ -46,12 +62,12 @@ def _job_url(request: web.Request, job_id: str) -> str:
     return f"{request.scheme}://{request.host}/models/jobs/{job_id}"
 
 
-@localai_routes.get("/models/galleries")
+@model_routes.get("/models/galleries")
 async def galleries(request: web.Request) -> web.Response:
     return json_reply(GalleryList(_installer(request).galleries.galleries))
 
 
-@localai_routes.get("/models/available")
+@model_routes.get("/models/available")
 async def available(request: web.Request) -> web.Response:
     """Every gallery's models, each marked installed when this node serves a model of that name."""
     installer = _installer(request)
@@ -64,19 +80,19 @@ async def available(request: web.Request) -> web.Response:
     return json_reply(AvailableModels(models))
 
 
-@localai_routes.post("/models/apply")
+@model_routes.post("/models/apply")
 async def apply(request: web.Request) -> web.Response:
     body = ApplyRequest.model_validate_json(await request.read())
     job_id, _ = await _call(_installer(request).apply(body))
     return json_reply(ApplyResponse(uuid=job_id, status=_job_url(request, job_id)))
 
 
-@localai_routes.get("/models/jobs")
+@model_routes.get("/models/jobs")
 async def jobs(request: web.Request) -> web.Response:
     return json_reply(JobList(await _installer(request).jobs()))
 
 
-@localai_routes.get("/models/jobs/{uuid}")
+@model_routes.get("/models/jobs/{uuid}")
 async def job(request: web.Request) -> web.Response:
     status = await _installer(request).job(request.match_info["uuid"])
     if status is None:
@@ -84,21 +100,21 @@ async def job(request: web.Request) -> web.Response:
     return json_reply(status)
 
 
-@localai_routes.post("/models/delete/{name}")
+@model_routes.post("/models/delete/{name}")
 async def delete(request: web.Request) -> web.Response:
     job_id = await _call(_installer(request).delete(request.match_info["name"]))
     return json_reply(ApplyResponse(uuid=job_id, status=_job_url(request, job_id)))
 
 
-@localai_routes.delete("/v1/models/{model}")
+@model_routes.delete("/v1/models/{model}")
 async def jan_delete(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     await _call(_installer(request).delete(name))
     return json_reply(DeletedModel(id=name, deleted=True))
 
 
-@localai_routes.get("/v1/models/download/{model}")
-@localai_routes.post("/v1/models/download/{model}")
+@model_routes.get("/v1/models/download/{model}")
+@model_routes.post("/v1/models/download/{model}")
 async def jan_download(request: web.Request) -> web.Response:
     """Jan's download (GET in its spec, POST in its example): a gallery's model, else the swarm's."""
     name = request.match_info["model"]

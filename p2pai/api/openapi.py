@@ -31,6 +31,8 @@ from ..protocol.localai import (
     JobList,
     JobStatus,
     ModelDownload,
+    RerankRequest,
+    RerankResponse,
 )
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
@@ -98,6 +100,9 @@ OPERATIONS = (
               errors=_MODEL_ERRORS, routed=True),
     Operation("post", ("/v1/embeddings", "/embeddings"), "createEmbedding", "Embeddings", EmbeddingList,
               EmbeddingRequest, errors=_MODEL_ERRORS, routed=True),
+    Operation("post", ("/v1/rerank", "/rerank"), "rerank",
+              "Documents ranked by relevance to a query by a cross-encoder (LocalAI's, Jina-compatible)",
+              RerankResponse, RerankRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("post", ("/v1/tokenize",), "tokenize", "Tokenize text with a model's tokenizer", Tokens,
               TokenizeRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("get", ("/v1/models", "/models"), "listModels", "Every model of the swarm", ModelList),

@@ -20,8 +20,9 @@ from ..routing.router import FORWARDED
 from . import openapi
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
+from .localai import localai_routes
 from .peer_files import peer_file_routes
-from .peer_site import RefusalLog
+from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -41,8 +42,7 @@ class PeerGuard:
         signed = self.verifier.check(request.headers, request.method, request.path_qs)
         if self.tls is not None:
             transport = request.transport
-            session = transport.get_extra_info("ssl_object") if transport is not None else None
-            certificate = session.getpeercert(binary_form=True) if session is not None else None
+            certificate = transport.get_extra_info(PEER_CERTIFICATE) if transport is not None else None
             # This node's own certificate: a tunnelled request replayed here (tunnel_http checked its sender).
             if certificate != self.tls.own_der and self.tls.bound_peer(certificate) != signed.sender:
                 raise Rejected("the client certificate is not the signing peer's")
@@ -77,6 +77,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)
+    app.add_routes(localai_routes)
     app.add_routes(peer_file_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app

@@ -210,12 +210,18 @@ class _Admitted(asyncio.Protocol):
             self._handler.resume_writing()
 
 
+PEER_CERTIFICATE = "p2pai_peer_certificate"
+"""Extra info of a secured connection: the client's certificate (DER), read once per connection
+rather than on every request (a fresh copy from OpenSSL cost about 14 µs per request here)."""
+
+
 class _Secured(asyncio.Transport):
     """What aiohttp's handler writes to, encrypted on its way to the TCP transport; everything else
     (flow control, reading, addresses) is the TCP transport's."""
 
     def __init__(self, raw: asyncio.Transport, tls: TLSSession, context: ssl.SSLContext) -> None:
-        self._own_extra: dict[str, Any] = {"ssl_object": tls.session, "sslcontext": context}
+        self._own_extra: dict[str, Any] = {"ssl_object": tls.session, "sslcontext": context,
+                                           PEER_CERTIFICATE: tls.peer_certificate()}
         super().__init__(self._own_extra)
         self._raw = raw
         self._tls = tls

@@ -8,6 +8,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from ..backends.tasks import Task
 from ..protocol.node import Health, LoadedModel, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletionRequest,
@@ -30,7 +31,7 @@ R = TypeVar("R", bound=BaseModel)
 routes = web.RouteTableDef()
 
 
-async def _parse(request: web.Request, model: type[R]) -> R:
+async def parse_body(request: web.Request, model: type[R]) -> R:
     return model.model_validate_json(await request.read(), strict=True)
 
 
@@ -54,36 +55,36 @@ async def _stream_or_json(
     return await send_stream(request, first, events, headers)
 
 
-async def _dispatch(request: web.Request, model: str | None, local: Callable[[], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
-    """Answer here or through the peer the router picks."""
+async def dispatch(request: web.Request, model: str | None, task: Task | None,
+                    local: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer here or through the peer the router picks among those whose model serves ``task``."""
     router = NodeState.of(request).router
     if router is None:
         return await local()
-    return await router.dispatch(request, model, local)
+    return await router.dispatch(request, model, task, local)
 
 
 @routes.post("/v1/chat/completions")
 @routes.post("/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, ChatCompletionRequest)
+    body = await parse_body(request, ChatCompletionRequest)
 
     async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model)
+        served = await NodeState.of(request).serving.model(body.model, "chat")
         return await _stream_or_json(
             request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
         )
 
-    return await _dispatch(request, body.model, local)
+    return await dispatch(request, body.model, "chat", local)
 
 
 @routes.post("/v1/completions")
 @routes.post("/completions")
 async def text_completions(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, CompletionRequest)
+    body = await parse_body(request, CompletionRequest)
 
     async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model)
+        served = await NodeState.of(request).serving.model(body.model, "completion")
         return await _stream_or_json(
             request,
             served,
@@ -92,37 +93,41 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
             lambda: completions.stream(served, body),
         )
 
-    return await _dispatch(request, body.model, local)
+    return await dispatch(request, body.model, "completion", local)
 
 
 @routes.post("/v1/edits")
 @routes.post("/edits")
 async def edits(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, EditRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, completions.edit, body))
+    body = await parse_body(request, EditRequest)
+    return await dispatch(request, body.model, "completion",
+                          json_answer(request, body.model, "completion", completions.edit, body))
 
 
 @routes.post("/v1/embeddings")
 @routes.post("/embeddings")
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, EmbeddingRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.embed, body))
+    body = await parse_body(request, EmbeddingRequest)
+    return await dispatch(request, body.model, "embeddings",
+                          json_answer(request, body.model, "embeddings", embeddings.embed, body))
 
 
 @routes.post("/v1/tokenize")
 async def tokenize(request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, TokenizeRequest)
-    return await _dispatch(request, body.model, _json_answer(request, body.model, embeddings.tokenize, body))
+    body = await parse_body(request, TokenizeRequest)
+    answer = json_answer(request, body.model, None, embeddings.tokenize, body)
+    return await dispatch(request, body.model, None, answer)  # any model with a tokenizer
 
 
-def _json_answer(
-    request: web.Request, model: str | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]], body: R
+def json_answer(
+    request: web.Request, model: str | None, task: Task | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]],
+    body: R,
 ) -> Callable[[], Awaitable[web.StreamResponse]]:
     """This node's answer to a request with a JSON (never streamed) response."""
 
     async def local() -> web.StreamResponse:
         state = NodeState.of(request)
-        served = await state.serving.model(model)
+        served = await state.serving.model(model, task)
         return json_reply(await serve(served, body), headers=_served_headers(served, state))
 
     return local
@@ -175,4 +180,5 @@ async def system(request: web.Request) -> web.Response:
 def _loaded(state: NodeState, name: str) -> LoadedModel:
     stats = state.manager.stats(name)
     return LoadedModel(id=name, in_flight=stats.in_flight, queued=stats.queued, slots=stats.slots,
-                       decode_tps=stats.decode_tps, crashes=stats.crashes, last_crash=stats.last_crash, pid=stats.pid)
+                       decode_tps=stats.decode_tps, crashes=stats.crashes, last_crash=stats.last_crash, pid=stats.pid,
+                       providers=list(stats.providers))

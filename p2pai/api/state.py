@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..backends.tasks import Task
 from ..models.fetch import RateLimit
 from ..models.file_index import FileIndex
 from ..models.installer import Installer
@@ -27,7 +28,7 @@ class NodeState:
     """Empty: the API is open. When set, admin keys are accepted too."""
     admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
     """Keys that may also read the swarm token."""
-    backends: list[str] = field(default_factory=lambda: ["llama-cpp"])
+    backends: list[str] = field(default_factory=lambda: ["llama-cpp", "onnx"])
     ready: bool = False
     swarm: Swarm | None = None
     """None only for an app built without an overlay (in-process tests)."""
@@ -54,8 +55,8 @@ class NodeState:
         """OpenAI model objects plus where each model is served (our extra fields)."""
         if swarm_wide and self.router is not None:
             return [
-                self._card(m.name, m.backend, bool(m.loaded_on), m.embeddings, list(m.nodes), list(m.loaded_on),
-                           list(m.on_disk), m.file.sha256 if m.file else None, m.file.size if m.file else None)
+                self._card(m.name, m.backend, m.tasks, list(m.nodes), list(m.loaded_on), list(m.on_disk),
+                           m.file.sha256 if m.file else None, m.file.size if m.file else None)
                 for m in self.router.models()
             ]
         cards = []
@@ -63,16 +64,16 @@ class NodeState:
             loaded = self.manager.stats(name).loaded
             config = self.manager.config(name)
             digest = self.files.digest(config.model_path(self.manager.catalog.models_dir)) if self.files else None
-            cards.append(self._card(name, "llama-cpp", loaded, config.embeddings, [self.node_id],
+            cards.append(self._card(name, config.backend_name, self.manager.tasks(name), [self.node_id],
                                     [self.node_id] if loaded else [], [self.node_id] if digest else [],
                                     digest.sha256 if digest else None, digest.size if digest else None))
         return cards
 
-    def _card(self, name: str, backend: str, loaded: bool, embeddings: bool, nodes: list[str],
-              loaded_on: list[str], on_disk: list[str], sha256: str | None, size: int | None) -> ModelCard:
-        return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=loaded,
-                         embeddings=embeddings, nodes=nodes, loaded_on=loaded_on, on_disk=on_disk,
-                         pullable=bool(on_disk), sha256=sha256, size=size)
+    def _card(self, name: str, backend: str, tasks: tuple[Task, ...], nodes: list[str], loaded_on: list[str],
+              on_disk: list[str], sha256: str | None, size: int | None) -> ModelCard:
+        return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=bool(loaded_on),
+                         tasks=list(tasks), embeddings="embeddings" in tasks, nodes=nodes, loaded_on=loaded_on,
+                         on_disk=on_disk, pullable=bool(on_disk), sha256=sha256, size=size)
 
 
 STATE = web.AppKey("p2pai_state", NodeState)

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -145,6 +147,10 @@ class ModelInfo:
     n_vocab: int
     """Token ids a request may use: [0, n_vocab)."""
     slots: int
+    providers: tuple[str, ...] = ()
+    """ONNX Runtime's execution providers in use (session.get_providers()); empty for llama.cpp."""
+    max_input_chars: int | None = None
+    """Longest text input the model takes, checked before it is tokenized; None: any (it is truncated)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ class ModelStats:
     last_crash: str | None = None
     pid: int | None = None
     """The model's process, while it runs."""
+    providers: tuple[str, ...] = ()
+    """ONNX Runtime's execution providers in use, once loaded."""
 
 
 class Engine(Protocol):
@@ -175,7 +183,13 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]: ...
+    async def embed(self, inputs: list[str]) -> tuple[np.ndarray, int]:
+        """One float32 row per input, and the tokens read."""
+        ...
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
+        """Each document's relevance to the query in [0, 1], and the tokens read."""
+        ...
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
 

@@ -1,4 +1,4 @@
-"""A model's own process: `python -m p2pai.backends.child FD`.
+"""A model's own process: `python -m p2pai.backends.child FD` (an ONNX model's: onnx/host.py).
 
 A crash in llama.cpp (an abort, a segfault, the OOM killer) ends this process,
 never the node: the node fails the requests this model was serving and starts
@@ -21,8 +21,10 @@ from ..malloc_tuning import tune_malloc
 from .base import GenerationChunk
 from .channel import BlockingChannel, EncodedError, encode_error
 from .llama.host import LlamaHost
+from .llama.loading import LlamaSettings
 from .llama.scheduler import Outbox, Scheduler, Sequence
 from .model_loop import ModelLoop
+from .onnx.settings import OnnxSettings
 from .orphan import die_with_parent
 from .process import ChildSpec
 
@@ -35,7 +37,7 @@ class ChildServer:
         self._sequences: dict[int, Sequence] = {}
         """Generations not yet finished, by the node's request id; written by both threads (GIL-atomic ops)."""
 
-    def run(self, spec: ChildSpec) -> None:
+    def run(self, spec: ChildSpec, settings: LlamaSettings) -> None:
         """Load, then serve until the node says close or goes away; on the main (model) thread."""
         if spec.workers:
             from .rpc.forwarding import connect_workers
@@ -44,7 +46,7 @@ class ChildServer:
             connect_workers(spec.workers, spec.credentials, lambda peer, reason: self._channel.send(
                 "lost", peer, reason))
         try:
-            self._host = LlamaHost(spec.name, spec.settings, self._loop, self._deliver)
+            self._host = LlamaHost(spec.name, settings, self._loop, self._deliver)
         except Exception as exc:  # noqa: BLE001 - whatever it is, the node reports it as a load failure
             self._channel.send("load_failed", encode_error(exc))
             return
@@ -117,7 +119,13 @@ def main() -> None:
     channel = BlockingChannel(socket.socket(fileno=int(sys.argv[1])))
     try:
         _, spec = channel.receive()
-        ChildServer(channel).run(spec)
+        settings = spec.settings
+        if isinstance(settings, OnnxSettings):
+            from .onnx.host import OnnxServer
+
+            OnnxServer(channel).run(spec.name, settings)
+        else:
+            ChildServer(channel).run(spec, settings)
     except (EOFError, OSError):
         pass  # the node is gone
     # Skip interpreter teardown: freeing a model whose RPC worker died aborts llama.cpp,

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .base import (
     BackendError,
     GenerationChunk,
@@ -37,6 +39,7 @@ from .base import (
 )
 from .channel import Message, MessageReader, decode_error
 from .llama.loading import LlamaSettings
+from .onnx.settings import OnnxSettings
 from .rpc.relay import Credentials, Endpoint
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class ChildSpec:
     """What the child needs to load its model."""
 
     name: str
-    settings: LlamaSettings
+    settings: LlamaSettings | OnnxSettings
     workers: tuple[Endpoint, ...] = ()
     """RPC workers holding some of its layers, in device order."""
     credentials: Credentials | None = None
@@ -138,8 +141,11 @@ class ModelProcess:
     async def detokenize(self, tokens: list[int]) -> str:
         return await self._call("detokenize", tokens)
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[str]) -> tuple[np.ndarray, int]:
         return await self._call("embed", inputs)
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
+        return await self._call("rerank", query, documents)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Queue the request (QueueFullError when this model's queue is full) and stream its chunks.

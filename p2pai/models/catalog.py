@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .builtin import BUILTINS
+from . import builtin
 from .config import ModelConfig, SamplingDefaults
 
 log = logging.getLogger(__name__)
@@ -38,23 +38,27 @@ class ModelCatalog:
 
 
 def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], default_model: bool = True) -> ModelCatalog:
-    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries.
+    """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries (a path, or the name
+    of a configured or built-in model).
 
     With none of these (models installed through the API aside), the built-in models whose files
-    are installed are served too, the first (SmolLM2 Instruct) as the default, unless
-    `default_model` is off (a node that only routes).
+    are installed are served too: the GGUF ones, the first (SmolLM2 Instruct) as the default, and
+    the ONNX ones once fetched (builtin.py); unless `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
         _add_yaml_configs(catalog)
         _add_loose_files(catalog)
     for entry in cli_models:
-        _add_cli_model(catalog, entry)
+        _add_cli_model(catalog, entry, data_dir)
     if default_model and all(config.origin is not None for config in catalog.models.values()):
-        for builtin in BUILTINS:
-            if builtin.name not in catalog.models and builtin.available(data_dir):
-                catalog.models[builtin.name] = builtin.config(data_dir)
-        catalog.default = next((b.name for b in BUILTINS if b.name in catalog.models), None)
+        for gguf in builtin.BUILTIN_GGUF:
+            if gguf.name not in catalog.models and gguf.available(data_dir):
+                catalog.models[gguf.name] = gguf.config(data_dir)
+        for model in builtin.BUILTIN_MODELS:
+            if model.name not in catalog.models and model.present():
+                catalog.models[model.name] = builtin_onnx_config(model)
+        catalog.default = next((g.name for g in builtin.BUILTIN_GGUF if g.name in catalog.models), None)
     return catalog
 
 
@@ -84,8 +88,22 @@ def _add_loose_files(catalog: ModelCatalog) -> None:
             catalog.models.setdefault(path.name, _file_config(path.name, path))
 
 
-def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
+def _add_cli_model(catalog: ModelCatalog, entry: str, data_dir: Path) -> None:
     if entry in catalog.models:
+        return
+    gguf = next((g for g in builtin.BUILTIN_GGUF if g.name == entry), None)
+    if gguf is not None:
+        if not gguf.available(data_dir):
+            raise ModelsError(f"--model {entry}: this built-in model's files are not installed; "
+                              "run ./scripts/install.sh")
+        catalog.models[entry] = gguf.config(data_dir)
+        return
+    model = builtin.BY_NAME.get(entry)
+    if model is not None:
+        if not model.present():
+            raise ModelsError(f"--model {entry}: this built-in model's files are not installed; "
+                              "run `p2pai models fetch`")
+        catalog.models[entry] = builtin_onnx_config(model)
         return
     path = Path(entry).expanduser()
     if not path.is_file():
@@ -99,6 +117,30 @@ def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
 
 def _file_config(name: str, path: Path) -> ModelConfig:
     return ModelConfig(name=name, parameters=SamplingDefaults(model=str(path)))
+
+
+def builtin_onnx_config(model: builtin.BuiltinModel) -> ModelConfig:
+    directory = model.directory()
+    return ModelConfig(
+        name=model.name,
+        backend="onnx",
+        description=model.description,
+        parameters=SamplingDefaults(model=str(directory / "model.onnx")),
+        tokenizer=str(directory / "tokenizer.json"),
+        task=model.task,
+        pooling=model.pooling,
+        max_length=model.max_length,
+        builtin=True,
+    )
+
+
+def prepare_builtin(config: ModelConfig) -> None:
+    """Before a built-in model loads: its files checked (ONNX), or assembled (GGUF)."""
+    model = builtin.BY_NAME.get(config.name)
+    if model is not None:
+        builtin.verify(model)
+    else:
+        builtin.ensure_builtin_file(config)
 
 
 def _one_line(exc: Exception) -> str:

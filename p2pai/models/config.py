@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SamplingDefaults(BaseModel):
@@ -40,11 +40,17 @@ class TemplateConfig(BaseModel):
     use_tokenizer_template: bool = True
 
 
+ONNX_BACKENDS = ("onnx", "onnxruntime")
+
+
 class ModelConfig(BaseModel):
+    """A model: llama.cpp (GGUF, the default backend) or ONNX Runtime (`backend: onnx`: an encoder
+    for embeddings or a cross-encoder for rerank, with a tokenizer.json)."""
+
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(min_length=1)
-    backend: Literal["llama-cpp", "llama.cpp", "llama"] = "llama-cpp"
+    backend: Literal["llama-cpp", "llama.cpp", "llama", "onnx", "onnxruntime"] = "llama-cpp"
     description: str | None = None
     parameters: SamplingDefaults
     context_size: int | None = Field(default=None, ge=64)
@@ -53,12 +59,29 @@ class ModelConfig(BaseModel):
     """Requests decoded together in one batch (slots), LocalAI's name; None: automatic
     (up to 4 while their KV cache stays under 1 GiB, see backends/llama/loading.py)."""
     threads: int | None = Field(default=None, ge=1)
-    batch: int = Field(default=512, ge=1)
-    """Most tokens per decode step, shared by all slots; long prompts are read in chunks of this."""
+    batch: int | None = Field(default=None, ge=1)
+    """llama.cpp: most tokens per decode step, shared by all slots; long prompts are read in chunks of
+    this (default 512). ONNX: most inputs per run (default 32)."""
     f16: bool = True
     mmap: bool = True
     embeddings: bool = False
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    """How token vectors become one embedding; ONNX: mean (auto) or cls."""
+    task: Literal["embeddings", "rerank"] | None = None
+    """ONNX: what the model is, an embedding model (the default) or a cross-encoder reranker."""
+    tokenizer: str | None = None
+    """ONNX: the model's tokenizer.json (default: tokenizer.json beside the model file)."""
+    normalize: bool = True
+    """ONNX embeddings: scale each vector to length 1 (cosine similarity becomes a dot product)."""
+    max_length: int | None = Field(default=None, ge=8, le=65536)
+    """ONNX: most tokens per input, special tokens included (default 512); longer inputs are refused,
+    and for rerank the document is cut to fit."""
+    providers: list[str] | None = None
+    """ONNX Runtime execution providers in order of preference: cuda, cpu, ... (default: the best
+    available); /system shows the ones in use."""
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    """ONNX: how long a run may wait for more concurrent requests to join it (only while requests
+    come concurrently: a lone client never waits)."""
     gpu_layers: int | None = Field(default=None, ge=0)
     """Layers to offload (to RPC workers when `rpc` is set); default: none locally, all with `rpc`.
 
@@ -71,8 +94,9 @@ class ModelConfig(BaseModel):
     chat_format: str | None = None
     """Shorthand for `template.chat_format`."""
     template: TemplateConfig = Field(default_factory=TemplateConfig)
-    max_queue: int = Field(default=64, ge=1)
-    """Requests that may wait for a free slot; more get 503 with Retry-After."""
+    max_queue: int | None = Field(default=None, ge=1)
+    """llama.cpp: requests that may wait for a free slot (default 64). ONNX: inputs (texts or documents)
+    that may wait (default 1024). More get 503 with Retry-After."""
     flash_attention: Literal["auto", "on", "off"] | None = None
     """llama.cpp's flash attention; None: the node's `--flash-attention` (default auto)."""
 
@@ -88,6 +112,29 @@ class ModelConfig(BaseModel):
     @classmethod
     def _stopwords_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fits_its_backend(self) -> ModelConfig:
+        if self.backend_name == "onnx":
+            if self.rpc is not None:
+                raise ValueError("rpc: is for llama.cpp models; an ONNX model runs on this node")
+            if self.pooling == "last":
+                raise ValueError("pooling: last is for llama.cpp models; an ONNX model pools mean or cls")
+        elif self.task == "rerank":
+            raise ValueError("task: rerank needs backend: onnx (a cross-encoder)")
+        return self
+
+    @property
+    def backend_name(self) -> str:
+        """The backend's one name (the config accepts LocalAI's spellings)."""
+        return "onnx" if self.backend in ONNX_BACKENDS else "llama-cpp"
+
+    def tokenizer_path(self, models_dir: Path) -> Path:
+        """An ONNX model's tokenizer.json."""
+        if self.tokenizer is None:
+            return self.model_path(models_dir).parent / "tokenizer.json"
+        path = Path(self.tokenizer).expanduser()
+        return path if path.is_absolute() else models_dir / path
 
     def model_path(self, models_dir: Path) -> Path:
         path = Path(self.parameters.model).expanduser()

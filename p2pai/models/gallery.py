@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..protocol.localai import Gallery, GalleryFile
-from .builtin import BUILTINS, BuiltinModel
+from .builtin import BUILTIN_GGUF, BuiltinGGUF
 
 BUILTIN_GALLERY = "p2pai"
 MAX_INDEX_BYTES = 16 << 20
@@ -76,7 +76,7 @@ def safe_name(name: str) -> str:
     return name
 
 
-def builtin_entry(builtin: BuiltinModel) -> GalleryEntry:
+def builtin_entry(builtin: BuiltinGGUF) -> GalleryEntry:
     config = builtin.config(Path("."))
     overrides = config.model_dump(include={"context_size", "embeddings", "template"}, exclude_none=True)
     overrides["parameters"] = {"max_tokens": config.parameters.max_tokens}
@@ -150,7 +150,7 @@ class Galleries:
 
     async def _index(self, gallery: Gallery) -> list[GalleryEntry]:
         if gallery.url == "builtin":
-            return [builtin_entry(builtin) for builtin in BUILTINS]
+            return [builtin_entry(builtin) for builtin in BUILTIN_GGUF]
         cached = self._cache.get(gallery.name)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from ..protocol.localai import ApplyRequest, GalleryFile, JobStatus
 from ..store import Store
-from .builtin import BUILTINS
+from .builtin import BUILTIN_GGUF
 from .catalog import ModelCatalog
 from .config import ModelConfig
 from .digests import SHA256_HEX, FileDigest
@@ -334,7 +334,7 @@ class Installer:
         if main is None:
             return False
         if config.builtin:  # assembled (on first use) checksum verified
-            return any(b.file_name == path.name and b.sha256 == main.sha256 for b in BUILTINS)
+            return any(b.file_name == path.name and b.sha256 == main.sha256 for b in BUILTIN_GGUF)
         return path.is_file() and _sha256_file(path) == main.sha256
 
     # Running a job
@@ -378,8 +378,8 @@ class Installer:
     async def _sources(self, file: PlannedFile) -> tuple[Wanted, list[Source]]:
         sources: list[Source] = []
         size = file.size
-        builtin = next((b for b in BUILTINS if b.sha256 == file.sha256), None)
-        parts = builtin.parts() if builtin is not None else None
+        builtin = next((b for b in BUILTIN_GGUF if b.sha256 == file.sha256), None)
+        parts = builtin.pieces() if builtin is not None else None
         if builtin is not None and parts is not None:
             sources.append(PiecesSource(parts))
             size = builtin.size

@@ -27,6 +27,9 @@ class LoadedModel(BaseModel):
     last_crash: str | None
     pid: int | None
     """The model's process, while it runs."""
+    providers: list[str]
+    """ONNX Runtime's execution providers in use (CUDAExecutionProvider, CPUExecutionProvider...); empty
+    for llama.cpp models."""
 
 
 class SystemInfo(BaseModel):

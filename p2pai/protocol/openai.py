@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..backends.tasks import Task
 from ..serving.limits import (
     MAX_LOGIT_BIAS,
     MAX_METADATA,
@@ -424,7 +425,10 @@ class ModelCard(BaseModel):
     owned_by: str
     backend: str
     loaded: bool
+    tasks: list[Task]
+    """What the model serves (on at least one node): chat, completion, embeddings, rerank, transcription..."""
     embeddings: bool
+    """"embeddings" in tasks."""
     nodes: list[str]
     """Ids of the nodes that serve this model."""
     loaded_on: list[str]

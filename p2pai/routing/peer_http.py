@@ -73,11 +73,14 @@ class _TLSSocket:
     Like a plain recv(), one call returns all that arrived: every whole record in the bytes
     received, decrypted and joined (usually one record, one event). Records hold at most
     16 KiB, less than a read asks for, so the session never keeps decrypted data back.
+    The bytes received go through a buffer of its own into the session: a fresh 64 KiB object
+    per read cost about 5 µs of the 60 a relayed TLS event costs here.
     """
 
     def __init__(self, sock: socket.socket, tls: TLSSession) -> None:
         self._sock = sock
         self._tls = tls
+        self._buffer = memoryview(bytearray(RECV_BYTES))
 
     def recv(self, size: int) -> bytes:
         incoming, session, outgoing = self._tls.incoming, self._tls.session, self._tls.outgoing
@@ -86,10 +89,10 @@ class _TLSSocket:
             if not incoming.pending:
                 if data:
                     break
-                raw = self._sock.recv(size)
-                if not raw:
+                received = self._sock.recv_into(self._buffer)
+                if not received:
                     return b""
-                incoming.write(raw)
+                incoming.write(self._buffer[:received])
             try:
                 data += session.read(size)
             except ssl.SSLWantReadError:  # a partial record, now inside the session
@@ -158,14 +161,23 @@ class BodyReader:
                 return
 
     def close(self) -> None:
-        """Give the socket back to the event loop's care (non-blocking again) and close the duplicate."""
+        """Give the socket back to the event loop's care: non-blocking again (settle() closes the duplicate)."""
         self._sock.setblocking(False)
-        self._sock.close()
 
-    # On the event loop, after close()
+    # On the event loop
+
+    def wake(self) -> None:
+        """Wake the thread blocked reading: the connection is shut down under it."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected, or settled and closed
 
     def settle(self, error: AnswerBroken | None) -> None:
-        """The answer ends (broken if ``error``); a complete one's connection may serve another request."""
+        """After close(): the answer ends (broken if ``error``); a complete one's connection may serve
+        another request. The duplicate is closed here, on the event loop, so that wake() never meets a
+        descriptor the thread has just closed (and the system has given to another connection)."""
+        self._sock.close()
         self._settled(self, error)
 
 
@@ -234,7 +246,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         if self._reader is not None:  # wake the thread blocked on the socket
             self._reader.stopped = True
-            self._shutdown()
+            self._reader.wake()
         if self._transport is not None:
             self._transport.abort()
         self._lost(AnswerBroken("the connection was closed"))
@@ -273,14 +285,6 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._transport.resume_reading()
         self._response.finish()
-
-    def _shutdown(self) -> None:
-        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already disconnected
 
     # asyncio.Protocol
 

@@ -27,7 +27,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from ..backends.base import ModelLoadError, ModelRestartingError, QueueFullError
+from ..backends.base import InvalidRequestError, ModelLoadError, ModelRestartingError, QueueFullError
+from ..backends.tasks import TASKS, Task, task_not_served
 from ..event_stream import DONE, EventStream
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import FileOffer, ModelOffer
@@ -104,7 +105,8 @@ class SwarmModel:
     nodes: tuple[str, ...]
     loaded_on: tuple[str, ...]
     backend: str
-    embeddings: bool
+    tasks: tuple[Task, ...]
+    """What at least one of its nodes serves."""
     on_disk: tuple[str, ...] = ()
     """Nodes that announce its file: peers can pull it from them."""
     file: FileOffer | None = None
@@ -146,23 +148,23 @@ class Router:
                 offers[offer.name].append((node, offer))
         me = nodes[0]  # Swarm.nodes() lists this node first
         for name in self._manager.names():  # live, not the last announcement
-            if all(node.id != me.id for node, _ in offers.get(name, [])):
-                offers[name].insert(0, (me, ModelOffer(name=name)))
+            entries = [(node, offer) for node, offer in offers.get(name, []) if node.id != me.id]
+            offers[name] = [(me, self._own_offer(name)), *entries]
         return [
             SwarmModel(
                 name=name,
                 nodes=tuple(node.id for node, _ in entries),
                 loaded_on=tuple(node.id for node, offer in entries if self._loaded(node, offer)),
                 backend=entries[0][1].backend,
-                embeddings=any(offer.embeddings for _, offer in entries),
+                tasks=tuple(task for task in TASKS if any(task in offer.tasks for _, offer in entries)),
                 on_disk=tuple(node.id for node, offer in entries if offer.file is not None),
                 file=next((offer.file for _, offer in entries if offer.file is not None), None),
             )
             for name, entries in sorted(offers.items())
         ]
 
-    def targets(self, model: str, pin: str | None = None) -> list[Target]:
-        """Where ``model`` can be served now, best first."""
+    def targets(self, model: str, task: Task | None, pin: str | None = None) -> list[Target]:
+        """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first."""
         nodes = self._serving_nodes(include_offline=True)
         if pin:
             nodes = [node for node in nodes if pin in (node.id, node.name)]
@@ -172,15 +174,25 @@ class Router:
         me = next((node for node in nodes if node.is_self), None)
         if me is not None and model in self._manager.names():  # live, not the last announcement
             having = [(node, offer) for node, offer in having if not node.is_self]
-            having.append((me, ModelOffer(name=model)))
+            having.append((me, self._own_offer(model)))
         if not having:
             raise UnknownModelError(model)
+        if task is not None:
+            serving = [(node, offer) for node, offer in having if task in offer.tasks]
+            if not serving:
+                raise task_not_served(model, task, [t for t in TASKS if any(t in o.tasks for _, o in having)])
+            having = serving
         online = [(node, offer) for node, offer in having if node.online]
         if not online:
             raise NoNodeAvailable(f"every node serving {model!r} is offline")
         candidates = {node.id: (node, self._candidate(node, offer)) for node, offer in online}
         ranked = rank([c for _, c in candidates.values()], self._policy, self._rng)
         return [Target(c, tuple(candidates[c.node_id][0].endpoint_urls())) for c in ranked]
+
+    def _own_offer(self, name: str) -> ModelOffer:
+        """What this node would announce for its model now (routing needs only the name and tasks)."""
+        return ModelOffer(name=name, backend=self._manager.config(name).backend_name,
+                          tasks=list(self._manager.tasks(name)))
 
     def _serving_nodes(self, include_offline: bool = False) -> list[SwarmNode]:
         return [n for n in self._swarm.nodes() if n.federated and (include_offline or n.online)]
@@ -205,11 +217,13 @@ class Router:
 
     # Serving a request
 
-    async def dispatch(self, request: web.Request, model: str | None, local: Local) -> web.StreamResponse:
-        """Answer locally or through a peer. Requests from peers are always answered here (one hop)."""
+    async def dispatch(self, request: web.Request, model: str | None, task: Task | None, local: Local
+                       ) -> web.StreamResponse:
+        """Answer locally or through a peer whose model serves ``task``. Requests from peers are
+        always answered here (one hop)."""
         if FORWARDED in request or not model:
             return await local()
-        targets = self.targets(model, request.headers.get(PIN_HEADER))
+        targets = self.targets(model, task, request.headers.get(PIN_HEADER))
         failures = []
         journey = Journey()
         for target in targets[:MAX_ATTEMPTS]:
@@ -342,8 +356,8 @@ class Router:
             await writer.write(DONE)
             return True
         try:
-            targets = self.targets(model)
-        except (UnknownModelError, NoNodeAvailable):
+            targets = self.targets(model, "chat" if path in CHAT_PATHS else "completion")
+        except (UnknownModelError, NoNodeAvailable, InvalidRequestError):
             return False
         for target in [t for t in targets if t.candidate.node_id != failed][:MAX_ATTEMPTS]:
             node = target.candidate.node_id

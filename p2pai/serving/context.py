@@ -18,6 +18,7 @@ from ..backends.base import (
     TokenLogprob,
     Usage,
 )
+from ..backends.tasks import Task, task_not_served
 from ..models.config import ModelConfig
 from ..protocol.openai import CompletionUsage, PromptTokensDetails
 from .chat_prompt import ChatTemplate, chat_template
@@ -80,12 +81,14 @@ class Serving:
         self.limits = limits or Limits()
         self._templates: dict[str, ChatTemplate] = {}
 
-    async def model(self, name: str | None) -> ServedModel:
-        """The model asked for; with none named, the only one served (as LocalAI does) or the default."""
+    async def model(self, name: str | None, task: Task | None) -> ServedModel:
+        """The model asked for, if it serves ``task`` (None: any); with none named, the one model here
+        serving the task (as LocalAI does with its only model), or the default (the built-in chat model)."""
+        manager = self.manager
         if not name:
-            names = self.manager.names()
-            if len(names) != 1 and self.manager.catalog.default is not None:
-                names = [self.manager.catalog.default]
+            names = [n for n in manager.names() if task is None or task in manager.tasks(n)]
+            if len(names) != 1 and manager.catalog.default in names:
+                names = [manager.catalog.default]
             if len(names) != 1:
                 raise InvalidRequestError(
                     "you must provide a model parameter" + (f" (one of: {', '.join(names)})" if names else ""),
@@ -93,8 +96,10 @@ class Serving:
                     param="model",
                 )
             name = names[0]
-        config = self.manager.config(name)
-        engine = await self.manager.engine(name)
+        config = manager.config(name)
+        if task is not None and task not in (served := manager.tasks(name)):
+            raise task_not_served(name, task, served)
+        engine = await manager.engine(name)
         template = self._templates.get(name)
         if template is None:
             info = engine.info

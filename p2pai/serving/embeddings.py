@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 
 import numpy as np
 
@@ -17,17 +16,17 @@ from ..protocol.openai import (
     Tokens,
 )
 from .context import ServedModel
-from .validation import check_count, check_token_prompt
+from .validation import check_count, check_text_lengths, check_token_prompt
 
 
 async def embed(served: ServedModel, request: EmbeddingRequest) -> EmbeddingList:
     texts = await _texts(served, request.input)
+    check_text_lengths(texts, served.engine.info.max_input_chars, "input")
     vectors, tokens = await served.engine.embed(texts)
-    data = []
-    for index, vector in enumerate(vectors):
-        if request.dimensions is not None:
-            vector = _shorten(vector, request.dimensions)
-        data.append(Embedding(index=index, embedding=_encode(vector, request.encoding_format)))
+    if request.dimensions is not None:
+        vectors = _shorten(vectors, request.dimensions)
+    data = [Embedding(index=index, embedding=_encode(vector, request.encoding_format))
+            for index, vector in enumerate(vectors)]
     return EmbeddingList(data=data, model=served.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
@@ -49,21 +48,21 @@ async def _texts(served: ServedModel, given: str | list[str] | list[int] | list[
     return list(given)  # type: ignore[arg-type]
 
 
-def _shorten(vector: list[float], dimensions: int) -> list[float]:
-    """OpenAI's `dimensions`: keep the first N components and renormalise."""
-    if dimensions > len(vector):
+def _shorten(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """OpenAI's `dimensions`: keep the first N components of each vector and renormalise."""
+    if dimensions > vectors.shape[1]:
         raise InvalidRequestError(
-            f"dimensions is {dimensions} but the model's embeddings have {len(vector)}", param="dimensions"
+            f"dimensions is {dimensions} but the model's embeddings have {vectors.shape[1]}", param="dimensions"
         )
-    head = vector[:dimensions]
-    norm = math.sqrt(sum(x * x for x in head)) or 1.0
-    return [x / norm for x in head]
+    head = vectors[:, :dimensions]
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    return head / np.where(norms > 0, norms, 1.0)
 
 
-def _encode(vector: list[float], encoding: str) -> list[float] | str:
+def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 async def tokenize(served: ServedModel, request: TokenizeRequest) -> Tokens:

@@ -53,6 +53,7 @@ class Limits:
     max_prompts: int = field(default=2048, metadata={
         "help": "prompts of one /v1/completions request and inputs of one /v1/embeddings request"})
     max_messages: int = field(default=2048, metadata={"help": "messages of one chat request"})
+    max_documents: int = field(default=1024, metadata={"help": "documents of one /v1/rerank request"})
     max_grammar_bytes: int = field(default=256 * 1024, metadata={
         "help": "size of a GBNF grammar: the `grammar` field, or what a JSON schema converts to"})
     max_grammar_branches: int = field(default=1024, metadata={

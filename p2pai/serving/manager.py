@@ -11,14 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
-from ..backends.llama import LlamaSettings
+from ..backends.llama import LlamaSettings, llama_tasks
 from ..backends.llama.loading import FlashAttention
+from ..backends.onnx import OnnxSettings, onnx_tasks
+from ..backends.onnx.process import OnnxProcess
 from ..backends.process import ChildSpec, ModelProcess
 from ..backends.rpc.loader import load_rpc_model
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
-from ..models.builtin import ensure_builtin_file
-from ..models.catalog import ModelCatalog
+from ..backends.tasks import Task
+from ..models.catalog import ModelCatalog, prepare_builtin
 from ..models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,13 @@ class ModelManager:
             raise UnknownModelError(name)
         return config
 
+    def tasks(self, name: str) -> tuple[Task, ...]:
+        """What the model serves, as its backend declares it from its config (known before it loads)."""
+        config = self.config(name)
+        if config.backend_name == "onnx":
+            return onnx_tasks(config.task or "embeddings")
+        return llama_tasks(config.embeddings)
+
     def add(self, config: ModelConfig) -> None:
         """Serve a model installed while the node runs (it loads on first use)."""
         self.catalog.models[config.name] = config
@@ -170,7 +179,7 @@ class ModelManager:
         self._on_load(LoadEvent(config.name, "start"))
         try:
             if config.builtin:
-                await asyncio.to_thread(ensure_builtin_file, config)
+                await asyncio.to_thread(prepare_builtin, config)
             engine = await self._start_engine(config)
         except ModelLoadError as exc:
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
@@ -193,6 +202,8 @@ class ModelManager:
                 log.error("model %r crashed (%d times so far); %s", config.name, crashes.count,
                           f"it may restart in {delay:.0f} s" if delay else "it restarts on the next request")
 
+        if config.backend_name == "onnx":
+            return await OnnxProcess.start(ChildSpec(config.name, self._onnx_settings(config)), forget)
         if config.rpc is None:
             return await ModelProcess.start(ChildSpec(config.name, self._settings(config)), forget)
         return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
@@ -204,13 +215,29 @@ class ModelManager:
             context_size=config.context_size or self._context_size or 4096,
             parallel=config.parallel or self._parallel,
             threads=config.threads or self._threads or 0,
-            batch=config.batch,
+            batch=config.batch or 512,
             mmap=config.mmap,
             embeddings=config.embeddings,
             pooling=config.pooling,
             gpu_layers=config.gpu_layers or 0,
-            max_queue=config.max_queue,
+            max_queue=config.max_queue or 64,
             flash_attention=config.flash_attention or self._flash_attention,
+        )
+
+    def _onnx_settings(self, config: ModelConfig) -> OnnxSettings:
+        models_dir = self.catalog.models_dir
+        return OnnxSettings(
+            path=str(config.model_path(models_dir)),
+            tokenizer=str(config.tokenizer_path(models_dir)),
+            task=config.task or "embeddings",
+            pooling="cls" if config.pooling == "cls" else "mean",
+            normalize=config.normalize,
+            max_length=config.max_length or 512,
+            threads=config.threads or self._threads or 0,
+            providers=tuple(config.providers or ()),
+            max_batch=config.batch or 32,
+            batch_wait=config.batch_wait_ms / 1000,
+            max_queue=config.max_queue or 1024,
         )
 
     async def close(self) -> None:

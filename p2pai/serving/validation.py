@@ -35,3 +35,15 @@ def check_logit_bias(bias: dict[str, float] | None, n_vocab: int) -> None:
     """The protocol checked that keys are decimal ids and biases lie in [-100, 100]."""
     if bias:
         check_token_ids((int(key) for key in bias), n_vocab, "logit_bias")
+
+
+def check_text_lengths(texts: Sequence[str], max_chars: int | None, param: str) -> None:
+    """Texts for a model that refuses over-long inputs: one far too long to fit is refused before it is
+    tokenized (which costs about 1 s per million characters)."""
+    if max_chars is None:
+        return
+    for index, text in enumerate(texts):
+        if len(text) > max_chars:
+            where = f"{param} {index}" if len(texts) > 1 else f"the {param}"
+            raise InvalidRequestError(f"{where} has {len(text)} characters, far more than this model takes "
+                                      f"(at most {max_chars})", code="context_length_exceeded", param=param)

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..backends.llama import llama_tasks
+from ..backends.tasks import TASKS, Task
 from ..models.digests import MAX_CHUNKS, MAX_RANGE, FileDigest, chunk_size_for
 from ..overlay.announcement import MAX_PAYLOAD_BYTES
 from ..serving.manager import ModelManager
@@ -81,15 +83,35 @@ class ModelOffer(_Lenient):
     size: Bytes = 0
     """Bytes of the weights file (0 when unknown, e.g. not yet assembled)."""
     loaded: bool = False
+    tasks: list[Task] = Field(default_factory=list)
+    """What it serves there; a request goes only to nodes whose model serves its task."""
     embeddings: bool = False
+    """"embeddings" in tasks, still sent for nodes that predate tasks."""
     slots: Count = 1
     in_flight: Count = 0
     queued: Count = 0
     decode_tps: Rate | None = None
     crashes: Count = 0
     """Times this model's process died on that node since it started."""
+    providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
+    """ONNX Runtime's execution providers in use there (once loaded)."""
     file: FileOffer | None = None
     """Its weights file, which peers may pull; None until hashed (or malformed: only it is dropped)."""
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _known_tasks(cls, value: Any) -> Any:
+        """Tasks this version does not know (announced by a newer node) are left out, not fatal."""
+        if isinstance(value, list):  # bounded: the whole payload is at most 32 KiB
+            return list(dict.fromkeys(task for task in value if isinstance(task, str) and task in TASKS))
+        return value
+
+    @model_validator(mode="after")
+    def _tasks_of_older_nodes(self) -> ModelOffer:
+        """A node that predates tasks serves llama.cpp models: text, and embeddings when it says so."""
+        if "tasks" not in self.model_fields_set:
+            self.tasks = list(llama_tasks(self.embeddings))
+        return self
 
     @field_validator("file", mode="wrap")
     @classmethod
@@ -166,19 +188,24 @@ def model_offers(manager: ModelManager, files: FileDigests | None = None) -> lis
     for name in manager.names()[:MAX_ANNOUNCED_MODELS]:
         config = manager.config(name)
         stats = manager.stats(name)
+        tasks = manager.tasks(name)
         path = config.model_path(manager.catalog.models_dir)
-        digest = files(path) if files is not None else None
+        # A GGUF is the whole model; an ONNX model also needs its tokenizer, so it is not offered for pulls.
+        digest = files(path) if files is not None and config.backend_name == "llama-cpp" else None
         offers.append(
             ModelOffer(
                 name=name,
+                backend=config.backend_name,
                 size=_file_size(path),
                 loaded=stats.loaded,
-                embeddings=config.embeddings,
+                tasks=list(tasks),
+                embeddings="embeddings" in tasks,
                 slots=stats.slots,
                 in_flight=stats.in_flight,
                 queued=stats.queued,
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
                 crashes=stats.crashes,
+                providers=list(stats.providers),
                 file=FileOffer.of(digest) if digest is not None else None,
             )
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..base import FimTokens, InvalidRequestError, ModelInfo
 from ..model_loop import ModelLoop
 from .loading import LlamaSettings, load_embedder, load_generator
@@ -70,7 +72,7 @@ class LlamaHost:
         ids = check_token_ids(tokens, self.n_vocab, "tokens")
         return self._model.detokenize(ids).decode("utf-8", errors="replace")
 
-    def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+    def embed(self, inputs: list[str]) -> tuple[np.ndarray, int]:
         """Each input's vector and the number of tokens read."""
         if not self.settings.embeddings:
             raise InvalidRequestError(
@@ -80,7 +82,7 @@ class LlamaHost:
         if self._embedder is None:
             self._embedder = load_embedder(self.settings)
         vectors, count = self._embedder.embed(inputs, normalize=True, truncate=True, return_count=True)
-        return vectors, count
+        return np.asarray(vectors, dtype=np.float32), count
 
     def close(self) -> None:
         self.scheduler.close()
