@@ -167,8 +167,10 @@ def _peer_tls(settings: NodeSettings, ca_seed: bytes, identity: Identity) -> Pee
 
 
 def _model_files(manager: ModelManager) -> list[Path]:
-    """The weights files of this node's models, which peers may pull."""
-    return [manager.config(name).model_path(manager.catalog.models_dir) for name in manager.names()]
+    """The files of this node's models that peers may pull: a GGUF is a whole model (an ONNX model's
+    tokenizer is another file, so those are not offered; swarm/payload.py announces the same)."""
+    return [config.model_path(manager.catalog.models_dir) for name in manager.names()
+            if (config := manager.config(name)).backend_name == "llama-cpp"]
 
 
 def _loopback_for(bound_host: str) -> str:
