@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -73,6 +74,14 @@ def test_every_runtime_import_is_installed_by_the_install_command() -> None:
         if not distributions & installed:
             missing.append(f"{module} (imported by {', '.join(sorted(files))}; from {distributions or 'nothing'})")
     assert not missing, "not installed by ./scripts/install.sh: " + "; ".join(missing)
+
+
+def test_the_readme_installs_the_extras_checked_here() -> None:
+    """The quick start runs ./scripts/install.sh without arguments, which installs INSTALL_EXTRAS."""
+    quick_start = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "\n./scripts/install.sh && .venv/bin/p2pai start\n" in quick_start
+    default = re.search(r'^extras="\$\{1:-([a-z,]+)\}"$', (ROOT / "scripts" / "install.sh").read_text(), re.M)
+    assert default is not None and tuple(default.group(1).split(",")) == INSTALL_EXTRAS
 
 
 def test_the_closure_leaves_out_the_test_extra() -> None:
