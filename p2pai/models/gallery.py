@@ -187,7 +187,8 @@ class Galleries:
 
 def resolve(location: str, base: str | None = None) -> str:
     """LocalAI's shorthands (`github:owner/repo/path@branch`, `huggingface://owner/repo/path`) as
-    HTTPS URLs; a relative location against the index that names it."""
+    HTTPS URLs; a relative location against the index that names it (an index served over HTTP(S)
+    names only URLs of its own server or others, never a path on this machine)."""
     if location.startswith("github:"):
         path, _, branch = location.removeprefix("github:").partition("@")
         owner, repo, rest = [*path.split("/", 2), "", ""][:3]
@@ -195,10 +196,12 @@ def resolve(location: str, base: str | None = None) -> str:
     if location.startswith("huggingface://"):
         owner, repo, rest = [*location.removeprefix("huggingface://").split("/", 2), "", ""][:3]
         return f"https://huggingface.co/{owner}/{repo}/resolve/main/{rest}"
-    if "://" in location or base is None or Path(location).is_absolute():
+    if "://" in location or base is None:
         return location
-    if base.startswith(("http://", "https://")):
+    if base.startswith(("http://", "https://")):  # never a path on this machine
         return urljoin(base, location)
+    if Path(location).is_absolute():
+        return location
     return str(Path(base).expanduser().parent / location)
 
 
