@@ -21,8 +21,8 @@ sends at most `--rate` bytes/s (the HTTP server with the same token bucket as th
 `--serve-rate`), as peers behind a LAN link would: this shows what several sources give.
 
 The file is random bytes (a node reads a model's file only when it loads it), by default in a
-tmpfs (`--workdir`), so that the disk's write-back speed, not the transfer, is not what is
-measured; `--workdir` on a disk measures that too. Run `python bench/bench_pull.py --help`;
+tmpfs (`--workdir`), so that what is measured is the transfer, not the disk's write-back
+speed; `--workdir` on a disk measures that too. Run `python bench/bench_pull.py --help`;
 results in bench/README.md.
 """
 
