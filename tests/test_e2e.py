@@ -74,12 +74,12 @@ def test_sigterm_stops_the_node_cleanly(start_node, tiny_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_builtin_gemma_default_model(start_node) -> None:
-    """No model configured: the built-in gemma-3-270m is assembled, loaded and answers."""
+def test_builtin_gemma_model(start_node) -> None:
+    """No model configured: the built-in gemma-3-270m (beside the default SmolLM2) is assembled, loaded and answers."""
     node = start_node("--threads", "2")
     client = client_for(node)
     onnx = {model.name for model in BUILTIN_MODELS if model.present()}  # once fetched (p2pai models fetch)
-    assert {m.id for m in client.models.list()} == {"gemma-3-270m", *onnx}
+    assert {m.id for m in client.models.list()} == {"gemma-3-270m", "smollm2-135m-instruct", *onnx}
     reply = client.chat.completions.create(
         model="gemma-3-270m", messages=[{"role": "user", "content": "What is the capital of France?"}],
         max_tokens=16, temperature=0)

@@ -7,6 +7,7 @@ with no model process lost on the way.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
@@ -18,8 +19,10 @@ from p2pai.token import new_token
 
 pytestmark = pytest.mark.e2e
 
-def _fuzzed_node(start_node, models_dir: Path, token: str):
-    return start_node("--models-dir", str(models_dir), "--token", token, *NODE_FLAGS)
+def _fuzzed_node(start_node, models_dir: Path, token: str, tmp_path: Path):
+    """A node on its own copy of the models: the fuzzer may delete a model (DELETE /v1/models/{model})."""
+    copy = shutil.copytree(models_dir, tmp_path / "fuzzed-models")
+    return start_node("--models-dir", str(copy), "--token", token, *NODE_FLAGS)
 
 
 def _still_serving(url: str) -> None:
@@ -30,8 +33,8 @@ def _still_serving(url: str) -> None:
         assert all(model["crashes"] == 0 for model in system["loaded_models"]), system
 
 
-def test_fuzz_the_client_api(start_node, models_dir: Path) -> None:
-    node = _fuzzed_node(start_node, models_dir, new_token())
+def test_fuzz_the_client_api(start_node, models_dir: Path, tmp_path: Path) -> None:
+    node = _fuzzed_node(start_node, models_dir, new_token(), tmp_path)
     session = requests.Session()
     figures = campaign(load(node.url, session), node.url, session, MODELS, examples=25, seconds=100)
     assert figures.requests > 300
@@ -42,7 +45,7 @@ def test_fuzz_the_client_api(start_node, models_dir: Path) -> None:
 
 def test_fuzz_the_peer_endpoint_with_signed_requests(start_node, models_dir: Path, tmp_path: Path) -> None:
     token = new_token()
-    node = _fuzzed_node(start_node, models_dir, token)
+    node = _fuzzed_node(start_node, models_dir, token, tmp_path)
     peer_url = node.swarm()["self"]["address"]
     session = member_session(token, node.peer_id(), tmp_path / "member")
     figures = campaign(load(peer_url, session), peer_url, session, MODELS, examples=15, seconds=50)

@@ -23,7 +23,8 @@ from p2pai.backends.rpc.relay import Credentials, Endpoint, RelayRefused, probe
 from p2pai.backends.rpc.server import RpcServerProcess, rpc_hello
 from p2pai.backends.rpc.workers import WorkerInfo
 from p2pai.identity import Identity
-from p2pai.models.catalog import build_catalog, default_model_config, ensure_default_model_file
+from p2pai.models.builtin import GEMMA, ensure_builtin_file
+from p2pai.models.catalog import build_catalog
 from p2pai.serving.manager import ModelManager
 from p2pai.token import derive_keys, new_token, parse_token
 from rpc_helpers import Impostor, WorkerProcess, announced_workers, listening_address, rpc_server
@@ -62,10 +63,10 @@ def identity(token: str) -> Credentials:
 
 @pytest.fixture(scope="module")
 def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = default_model_config(tmp_path_factory.mktemp("gemma"))
-    if config is None:
+    if GEMMA.pieces() is None:
         pytest.skip("the gemma-3-270m package is not installed")
-    ensure_default_model_file(config)
+    config = GEMMA.config(tmp_path_factory.mktemp("gemma"))
+    ensure_builtin_file(config)
     return Path(config.parameters.model)
 
 

@@ -11,7 +11,7 @@ from ..serving.limits import MAX_BODY_BYTES, MAX_UPLOAD_BODY_BYTES
 from . import openapi
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
-from .localai import localai_routes
+from .localai import localai_routes, model_routes
 from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
@@ -69,5 +69,6 @@ def create_app(state: NodeState) -> web.Application:
     app.add_routes(routes)
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
+    app.add_routes(model_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))
     return app

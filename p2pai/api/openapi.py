@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +29,18 @@ from ..protocol.audio import (
     TranslationRequest,
 )
 from ..protocol.errors import ErrorResponse
-from ..protocol.localai import RerankRequest, RerankResponse
+from ..protocol.localai import (
+    ApplyRequest,
+    ApplyResponse,
+    AvailableModels,
+    DeletedModel,
+    GalleryList,
+    JobList,
+    JobStatus,
+    ModelDownload,
+    RerankRequest,
+    RerankResponse,
+)
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletion,
@@ -46,6 +58,7 @@ from ..protocol.openai import (
     Tokens,
 )
 from ..protocol.p2p import P2PNodesResponse
+from ..protocol.pull import SharedModel
 from ..routing import peer_auth
 from ..routing.router import PIN_HEADER
 
@@ -55,7 +68,7 @@ _REF = "#/components/schemas/{model}"
 
 @dataclass(frozen=True)
 class Operation:
-    method: Literal["get", "post"]
+    method: Literal["get", "post", "delete"]
     paths: tuple[str, ...]
     """The first is the documented one; the others are aliases (OpenAI clients use both)."""
     id: str
@@ -70,10 +83,16 @@ class Operation:
     """A text/plain answer (beside the JSON one, if any)."""
     form: bool = False
     """The request is a multipart/form-data upload (its model's bytes fields are files)."""
+    binary: bool = False
+    """An application/octet-stream answer."""
+    query: tuple[str, ...] = ()
+    """Required integer query parameters."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
     """Also served on the peer endpoint."""
+    client: bool = True
+    """Served on the client API (False: on the peer endpoint only)."""
     public: bool = False
     """No API key needed."""
 
@@ -114,6 +133,32 @@ OPERATIONS = (
     Operation("get", ("/api/p2p/token",), "swarmToken",
               "The swarm token: to callers with an API key, or on this machine when the node has none", None,
               errors=(403, 503), text=True, peer=False),
+    Operation("get", ("/models/galleries",), "listGalleries", "Model galleries (LocalAI)", GalleryList, peer=False),
+    Operation("get", ("/models/available",), "listAvailableModels",
+              "Every gallery's models, marked installed when served here (LocalAI)", AvailableModels,
+              errors=(400,), peer=False),
+    Operation("post", ("/models/apply",), "applyModel",
+              "Install a model from a gallery (`id`), a model definition (`url`) or the swarm (`name`): a job "
+              "(LocalAI)", ApplyResponse, ApplyRequest, errors=(400, 404, 409), peer=False),
+    Operation("get", ("/models/jobs",), "listModelJobs", "Every model job by uuid (LocalAI)", JobList, peer=False),
+    Operation("get", ("/models/jobs/{uuid}",), "getModelJob", "A model job's progress (LocalAI)", JobStatus,
+              errors=(404,), peer=False),
+    Operation("post", ("/models/delete/{name}",), "deleteModelJob", "Delete a model and its file (LocalAI)",
+              ApplyResponse, errors=(404, 409), peer=False),
+    Operation("delete", ("/v1/models/{model}",), "deleteModel", "Delete a model and its file (Jan, OpenAI)",
+              DeletedModel, errors=(404, 409), peer=False),
+    Operation("get", ("/v1/models/download/{model}",), "downloadModel",
+              "Install a model from a gallery or the swarm (Jan)", ModelDownload, errors=(400, 404, 409), peer=False),
+    Operation("post", ("/v1/models/download/{model}",), "downloadModelPost", "The same, as Jan's example sends it",
+              ModelDownload, errors=(400, 404, 409), peer=False),
+    Operation("get", ("/p2p/files/{sha256}",), "fileRange",
+              "`length` bytes from `offset` of a model file this node announces (at most 64 MiB)", None,
+              errors=(400, 404, 416), binary=True, query=("offset", "length"), client=False),
+    Operation("get", ("/p2p/files/{sha256}/chunks",), "fileChunkHashes",
+              "The file's chunk hashes, 32 bytes each, whose SHA-256 is the announced root", None, errors=(404,),
+              binary=True, client=False),
+    Operation("get", ("/p2p/models/{name}",), "sharedModel", "A model's config and file, for a peer installing it",
+              SharedModel, errors=(404,), client=False),
     Operation("get", ("/openapi.json",), "openapi", "This document", None),
 )
 
@@ -124,14 +169,15 @@ def document(kind: Document) -> dict[str, Any]:
 
 @functools.cache
 def _document_bytes(kind: Document) -> bytes:
-    operations = [op for op in OPERATIONS if kind == "client" or op.peer]
+    operations = [op for op in OPERATIONS if (op.client if kind == "client" else op.peer)]
     refs, schemas = _schemas(operations)
     paths: dict[str, Any] = {}
     for op in operations:
         for number, path in enumerate(op.paths):
             item = paths.setdefault(path, {})
-            if "{model}" in path:
-                item["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+            if "{" in path:
+                item["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                      for name in re.findall(r"\{(\w+)\}", path)]
             item[op.method] = _operation(op, kind, refs, alias=number > 0)
     doc = {
         "openapi": "3.1.0",
@@ -167,6 +213,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if alias:
         out["description"] = f"The same as {op.paths[0]}."
     parameters = [*_PEER_HEADERS] if kind == "peer" else []
+    parameters += [{"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
+                   for name in op.query]
     if op.routed and kind == "client":
         parameters.append({"name": PIN_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
                            "description": "Pin the request to this node (id or name)."})
@@ -182,6 +230,9 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
 
 
 def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
+    if op.binary:
+        return {"description": "OK", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
     if op.answer is None and not op.text:  # this document
         return {"description": "OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}
     content: dict[str, Any] = {}
@@ -216,8 +267,10 @@ _ERROR_TEXT = {
     400: "Invalid request (OpenAI's error shape, `param` names the field)",
     401: "Missing or wrong API key",
     403: "Forbidden",
-    404: "No such model (model_not_found) or pinned node (node_not_found)",
+    404: "No such model (model_not_found), pinned node (node_not_found), job or file",
+    409: "A model of that name exists, or it cannot be deleted (built in, given with --model)",
     413: "Body larger than 16 MiB (an uploaded audio file: 25 MiB)",
+    416: "The range is not within the file",
     500: "The model could not be loaded, or its process died of this request (model_crashed)",
     502: "An RPC worker of the model was lost",
     503: "Overloaded or no node available: retry after Retry-After seconds",
@@ -256,7 +309,8 @@ _DESCRIPTIONS = {
     "client": "OpenAI-compatible API of a p2pai node, with LocalAI's extensions. Errors are OpenAI's JSON "
               "({\"error\": {\"message\", \"type\", \"param\", \"code\"}}). Request bounds: README.md, Limits.",
     "peer": "The endpoint nodes of one swarm send each other requests on: the client API's model operations, "
-            "answered by this node only, for requests signed with the swarm's key.",
+            "answered by this node only, and the model files it announces, for requests signed with the swarm's "
+            "key.",
 }
 
 

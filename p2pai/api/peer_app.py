@@ -21,6 +21,7 @@ from . import openapi
 from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .localai import localai_routes
+from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .routes import routes
 from .state import STATE, NodeState
@@ -77,6 +78,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[GUARD] = guard
     app.add_routes(routes)
     app.add_routes(localai_routes)
+    app.add_routes(peer_file_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..backends.tasks import Task
+from ..models.fetch import RateLimit
+from ..models.file_index import FileIndex
+from ..models.installer import Installer
 from ..protocol.openai import ModelCard
 from ..routing.router import Router
 from ..serving.context import Serving
@@ -33,6 +36,12 @@ class NodeState:
     token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
     limits: Limits = field(default_factory=Limits)
+    files: FileIndex | None = None
+    """This node's model files that peers may pull (None: it shares none)."""
+    installer: Installer | None = None
+    """Model galleries and jobs (None: the node installs nothing)."""
+    serve_rate: RateLimit = field(default_factory=lambda: RateLimit(None))
+    """Bytes per second this node sends to peers pulling its models, all together."""
     serving: Serving = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,19 +54,26 @@ class NodeState:
     def model_cards(self, swarm_wide: bool = True) -> list[ModelCard]:
         """OpenAI model objects plus where each model is served (our extra fields)."""
         if swarm_wide and self.router is not None:
-            return [self._card(m.name, m.backend, m.tasks, list(m.nodes), list(m.loaded_on))
-                    for m in self.router.models()]
+            return [
+                self._card(m.name, m.backend, m.tasks, list(m.nodes), list(m.loaded_on), list(m.on_disk),
+                           m.file.sha256 if m.file else None, m.file.size if m.file else None)
+                for m in self.router.models()
+            ]
         cards = []
         for name in self.manager.names():
             loaded = self.manager.stats(name).loaded
-            cards.append(self._card(name, self.manager.config(name).backend_name, self.manager.tasks(name),
-                                    [self.node_id], [self.node_id] if loaded else []))
+            config = self.manager.config(name)
+            digest = self.files.digest(config.model_path(self.manager.catalog.models_dir)) if self.files else None
+            cards.append(self._card(name, config.backend_name, self.manager.tasks(name), [self.node_id],
+                                    [self.node_id] if loaded else [], [self.node_id] if digest else [],
+                                    digest.sha256 if digest else None, digest.size if digest else None))
         return cards
 
-    def _card(self, name: str, backend: str, tasks: tuple[Task, ...], nodes: list[str], loaded_on: list[str]
-              ) -> ModelCard:
+    def _card(self, name: str, backend: str, tasks: tuple[Task, ...], nodes: list[str], loaded_on: list[str],
+              on_disk: list[str], sha256: str | None, size: int | None) -> ModelCard:
         return ModelCard(id=name, created=self.started, owned_by="p2pai", backend=backend, loaded=bool(loaded_on),
-                         tasks=list(tasks), embeddings="embeddings" in tasks, nodes=nodes, loaded_on=loaded_on)
+                         tasks=list(tasks), embeddings="embeddings" in tasks, nodes=nodes, loaded_on=loaded_on,
+                         on_disk=on_disk, pullable=bool(on_disk), sha256=sha256, size=size)
 
 
 STATE = web.AppKey("p2pai_state", NodeState)

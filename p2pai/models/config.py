@@ -108,6 +108,9 @@ class ModelConfig(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """CTranslate2: where the model runs."""
 
+    origin: str | None = None
+    """Where p2pai installed it from (`gallery@name`, a URL, `swarm`); None: the operator's own config."""
+
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this came from, for error messages."""
     builtin: bool = Field(default=False, exclude=True)

@@ -1,10 +1,11 @@
-"""LocalAI's extensions: POST /v1/rerank in its Jina-compatible shape."""
+"""LocalAI's extensions: POST /v1/rerank in its Jina-compatible shape; its model management
+(`/models/*`: galleries, apply, jobs, delete) and Jan's model download and delete answers."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from ..serving.limits import MAX_MODEL_NAME
 from .openai import INTEGRAL
@@ -46,3 +47,117 @@ class RerankResponse(BaseModel):
     usage: RerankUsage
     results: list[RerankResult]
     """Most relevant first."""
+
+
+class Gallery(BaseModel):
+    """config.Gallery: a gallery index by name and location (a path or an HTTP(S) URL)."""
+
+    name: str
+    url: str
+
+
+class GalleryFile(BaseModel):
+    """gallery.File: one file of a model, checked against its SHA-256."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    filename: str = Field(min_length=1, max_length=255)
+    sha256: str = ""
+    uri: str = ""
+
+
+class GalleryModel(BaseModel):
+    """gallery.Metadata, one entry of GET /models/available, plus its `id` for /models/apply."""
+
+    id: str
+    """`gallery@name`."""
+    name: str
+    description: str = ""
+    license: str = ""
+    urls: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    icon: str = ""
+    url: str = ""
+    files: list[GalleryFile] = Field(default_factory=list)
+    gallery: Gallery
+    installed: bool
+
+
+class GalleryList(RootModel[list[Gallery]]):
+    """GET /models/galleries."""
+
+
+class AvailableModels(RootModel[list[GalleryModel]]):
+    """GET /models/available."""
+
+
+class ApplyRequest(BaseModel):
+    """localai.GalleryModel as POST /models/apply takes it: which model (`id` from a gallery, `url` of a
+    model definition, or `name`: a gallery's, else the swarm's), optional `files` and config `overrides`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = Field(default=None, max_length=512)
+    url: str | None = Field(default=None, max_length=4096)
+    name: str | None = Field(default=None, max_length=128)
+    """With `id` or `url`: the name to install the model under."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    files: list[GalleryFile] = Field(default_factory=list, max_length=16)
+
+
+class ApplyResponse(BaseModel):
+    """schema.GalleryResponse: the job's id and where to follow it."""
+
+    uuid: str
+    status: str
+    """The URL of the job's status (GET /models/jobs/{uuid})."""
+
+
+class JobStatus(BaseModel):
+    """galleryop.OpStatus: a model job's progress (sizes as text, as LocalAI gives them), plus exact figures."""
+
+    processed: bool = False
+    progress: float = 0.0
+    """Percent."""
+    message: str = ""
+    file_name: str = ""
+    file_size: str = ""
+    downloaded_size: str = ""
+    error: str | None = None
+    cancelled: bool = False
+    cancellable: bool = False
+    deletion: bool = False
+    gallery_element_name: str = ""
+    model: str = ""
+    """The name the model is (or will be) served under."""
+    total_bytes: int = 0
+    downloaded_bytes: int = 0
+    resumed_bytes: int = 0
+    """Of downloaded_bytes, those already verified on disk from an earlier, interrupted attempt."""
+    bytes_per_second: float = 0.0
+    corrupt_chunks: int = 0
+    """Chunks that arrived with the wrong hash and were fetched again."""
+    sources: list[str] = Field(default_factory=list)
+    """Where the file is being fetched from: peer names, URLs or the built-in package."""
+
+
+class JobList(RootModel[dict[str, JobStatus]]):
+    """GET /models/jobs: every job by uuid."""
+
+
+class DeletedModel(BaseModel):
+    """Jan's (and OpenAI's) DeleteModelResponse."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
+class ModelDownload(BaseModel):
+    """Jan's DownloadModelResponse, plus the job that follows the download."""
+
+    id: str
+    object: Literal["model"] = "model"
+    state: Literal["downloading", "downloaded"]
+    job: str | None = None
+    """The uuid of the job (GET /models/jobs/{uuid}); None when the model was already there."""

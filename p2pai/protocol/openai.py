@@ -433,6 +433,12 @@ class ModelCard(BaseModel):
     """Ids of the nodes that serve this model."""
     loaded_on: list[str]
     """Ids of the nodes that have it loaded now."""
+    on_disk: list[str] = Field(default_factory=list)
+    """Ids of the nodes that announce its file: a node can pull it from them (`p2pai pull`)."""
+    pullable: bool = False
+    sha256: str | None = None
+    size: int | None = None
+    """Bytes of its file."""
 
 
 class ModelList(BaseModel):

@@ -31,7 +31,7 @@ from ..backends.base import InvalidRequestError, ModelLoadError, ModelRestarting
 from ..backends.tasks import TASKS, Task, task_not_served
 from ..event_stream import DONE, EventStream
 from ..serving.manager import ModelManager, UnknownModelError
-from ..swarm.payload import ModelOffer
+from ..swarm.payload import FileOffer, ModelOffer
 from ..swarm.swarm import Swarm
 from ..swarm.view import SwarmNode
 from .answer import Answer, AnswerBroken
@@ -107,6 +107,9 @@ class SwarmModel:
     backend: str
     tasks: tuple[Task, ...]
     """What at least one of its nodes serves."""
+    on_disk: tuple[str, ...] = ()
+    """Nodes that announce its file: peers can pull it from them."""
+    file: FileOffer | None = None
 
 
 class Router:
@@ -154,6 +157,8 @@ class Router:
                 loaded_on=tuple(node.id for node, offer in entries if self._loaded(node, offer)),
                 backend=entries[0][1].backend,
                 tasks=tuple(task for task in TASKS if any(task in offer.tasks for _, offer in entries)),
+                on_disk=tuple(node.id for node, offer in entries if offer.file is not None),
+                file=next((offer.file for _, offer in entries if offer.file is not None), None),
             )
             for name, entries in sorted(offers.items())
         ]

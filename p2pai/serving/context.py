@@ -82,11 +82,13 @@ class Serving:
         self._templates: dict[str, ChatTemplate] = {}
 
     async def model(self, name: str | None, task: Task | None) -> ServedModel:
-        """The model asked for, if it serves ``task`` (None: any); with none named and exactly one
-        model here serving the task, that one (as LocalAI does with its only model)."""
+        """The model asked for, if it serves ``task`` (None: any); with none named, the one model here
+        serving the task (as LocalAI does with its only model), or the default (the built-in chat model)."""
         manager = self.manager
         if not name:
             names = [n for n in manager.names() if task is None or task in manager.tasks(n)]
+            if len(names) != 1 and manager.catalog.default in names:
+                names = [manager.catalog.default]
             if len(names) != 1:
                 raise InvalidRequestError(
                     "you must provide a model parameter" + (f" (one of: {', '.join(names)})" if names else ""),

@@ -134,6 +134,23 @@ class ModelManager:
                 return ()  # not a model (yet): it serves nothing, and says why when asked to load
         return llama_tasks(config.embeddings)
 
+    def add(self, config: ModelConfig) -> None:
+        """Serve a model installed while the node runs (it loads on first use)."""
+        self.catalog.models[config.name] = config
+
+    async def remove(self, name: str) -> None:
+        """Stop serving a model: its process ends (requests on it fail) and it leaves the catalog."""
+        self.config(name)
+        self.catalog.models.pop(name)
+        if self.catalog.default == name:
+            self.catalog.default = None
+        task = self._loading.pop(name, None)
+        if task is not None:
+            task.cancel()
+        engine = self._engines.pop(name, None)
+        if engine is not None:
+            await engine.close()
+
     def loaded(self) -> list[str]:
         return list(self._engines)
 

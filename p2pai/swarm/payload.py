@@ -6,9 +6,11 @@ version, or a broken one, must not be able to break this node's view.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +27,8 @@ from pydantic import (
 
 from ..backends.llama import llama_tasks
 from ..backends.tasks import TASKS, Task
+from ..models.digests import MAX_CHUNKS, MAX_RANGE, FileDigest, chunk_size_for
+from ..overlay.announcement import MAX_PAYLOAD_BYTES
 from ..serving.manager import ModelManager
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,29 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class FileOffer(_Lenient):
+    """A model file that a node sends to peers in chunks (models/digests.py): peers check the
+    chunks they pull against the list whose hash is `root`, and the whole file against `sha256`."""
+
+    sha256: Sha256
+    size: int = Field(ge=1, le=MAX_CHUNKS * MAX_RANGE)
+    chunk_size: int
+    root: Sha256
+
+    @model_validator(mode="after")
+    def _chunking(self) -> FileOffer:
+        if self.chunk_size != chunk_size_for(self.size):
+            raise ValueError(f"chunk_size {self.chunk_size} is not the one for {self.size} bytes")
+        return self
+
+    @classmethod
+    def of(cls, digest: FileDigest) -> FileOffer:
+        return cls(sha256=digest.sha256, size=digest.size, chunk_size=digest.chunk_size, root=digest.root)
+
+
 class ModelOffer(_Lenient):
     """One model a node can serve, with the live figures routing weighs."""
 
@@ -68,6 +95,8 @@ class ModelOffer(_Lenient):
     """Times this model's process died on that node since it started."""
     providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
     """ONNX Runtime's execution providers in use there (once loaded)."""
+    file: FileOffer | None = None
+    """Its weights file, which peers may pull; None until hashed (or malformed: only it is dropped)."""
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -83,6 +112,14 @@ class ModelOffer(_Lenient):
         if "tasks" not in self.model_fields_set:
             self.tasks = list(llama_tasks(self.embeddings))
         return self
+
+    @field_validator("file", mode="wrap")
+    @classmethod
+    def _file_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> FileOffer | None:
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
 
 class Capacity(_Lenient):
@@ -142,13 +179,19 @@ class NodePayload(_Lenient):
             return cls()
 
 
-def model_offers(manager: ModelManager) -> list[ModelOffer]:
+FileDigests = Callable[[Path], FileDigest | None]
+"""The digest of a model file, if this node has hashed it (models/file_index.py)."""
+
+
+def model_offers(manager: ModelManager, files: FileDigests | None = None) -> list[ModelOffer]:
     offers = []
     for name in manager.names()[:MAX_ANNOUNCED_MODELS]:
         config = manager.config(name)
         stats = manager.stats(name)
         tasks = manager.tasks(name)
         path = config.model_path(manager.catalog.models_dir)
+        # A GGUF is the whole model; an ONNX model also needs its tokenizer, so it is not offered for pulls.
+        digest = files(path) if files is not None and config.backend_name == "llama-cpp" else None
         offers.append(
             ModelOffer(
                 name=name,
@@ -163,6 +206,7 @@ def model_offers(manager: ModelManager) -> list[ModelOffer]:
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
                 crashes=stats.crashes,
                 providers=list(stats.providers),
+                file=FileOffer.of(digest) if digest is not None else None,
             )
         )
     return offers
@@ -183,14 +227,15 @@ def _file_size(path: Path) -> int:
     return size
 
 
-def local_payload(manager: ModelManager, endpoint: DataEndpoint | None) -> NodePayload:
+def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: FileDigests | None = None
+                  ) -> NodePayload:
     """This node's payload now. Figures are rounded so that noise alone does not
     trigger an announcement (every change is announced within 0.1 s)."""
-    offers = model_offers(manager)
+    offers = model_offers(manager, files)
     loaded = [offer for offer in offers if offer.loaded]
     memory = psutil.virtual_memory()
     mib = 1 << 20
-    return NodePayload(
+    return _within_limit(NodePayload(
         endpoint=endpoint,
         models=offers,
         capacity=Capacity(
@@ -204,4 +249,13 @@ def local_payload(manager: ModelManager, endpoint: DataEndpoint | None) -> NodeP
             rss=psutil.Process().memory_info().rss // (16 * mib) * 16 * mib,
         ),
         cpus=os.cpu_count() or 1,
-    )
+    ))
+
+
+def _within_limit(payload: NodePayload) -> NodePayload:
+    """Leave out the file digests of the last models while the payload is too large to announce
+    (64 models with long names): those models stay routable, only not pullable."""
+    with_file = [offer for offer in payload.models if offer.file is not None]
+    while with_file and len(json.dumps(payload.model_dump()).encode()) > MAX_PAYLOAD_BYTES:  # as the overlay counts
+        with_file.pop().file = None
+    return payload

@@ -1,0 +1,192 @@
+"""Pulling a model from peers over the swarm's data plane, with real `p2pai start` processes on
+loopback: one source, two at once, a source SIGKILLed mid-transfer (the pull goes on from the
+other; or, alone, it resumes once the source is back), the puller itself killed and restarted,
+a source whose disk rotted (corrupt chunks fetched again elsewhere)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from p2pai.models.digests import MIN_CHUNK
+from p2pai.token import new_token
+from tiny_gguf import write_tiny_gguf
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "big"
+SERVE_RATE = "12M"  # bytes/s per source: a 59 MB pull takes seconds, long enough to kill a source midway
+JOB_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 59 MB random-weight GGUF (15 chunks), served by the sources under the name `big`."""
+    path = write_tiny_gguf(tmp_path_factory.mktemp("big") / f"{MODEL}.gguf", seed=7, n_layers=6, n_embd=512)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def token() -> str:
+    return new_token()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def card(node, model: str = MODEL) -> dict | None:
+    models = httpx.get(node.url + "/v1/models", timeout=5).json()["data"]
+    return next((m for m in models if m["id"] == model), None)
+
+
+def announced_by(node, sources) -> bool:
+    """``node`` sees the file of MODEL announced by every one of ``sources``."""
+    found = card(node)
+    return found is not None and {s.peer_id() for s in sources} <= set(found["on_disk"])
+
+
+def job(node, job_id: str) -> dict:
+    return httpx.get(f"{node.url}/models/jobs/{job_id}", timeout=5).json()
+
+
+def start_pull(node) -> str:
+    reply = httpx.post(node.url + "/models/apply", json={"name": MODEL}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["uuid"]
+
+
+def finished(node, job_id: str) -> dict:
+    return wait_for(lambda: (status := job(node, job_id))["processed"] and status, JOB_TIMEOUT, "the pull to end")
+
+
+def source(start_node, token: str, name: str, path: Path, *extra: str):
+    return start_node("--token", token, "--model", str(path), "--serve-rate", SERVE_RATE, *extra, name=name)
+
+
+def puller(start_node, token: str, bootstrap) -> object:
+    return start_node("--token", token, "--no-default-model", "--bootstrap", bootstrap.bootstrap_addr(), name="puller")
+
+
+def only_from(status: dict, node) -> bool:
+    """The job's sources are ``node`` alone (labels end with the peer id's last 8 characters)."""
+    return len(status["sources"]) == 1 and status["sources"][0].endswith(f"({node.peer_id()[-8:]})")
+
+
+def check_installed(node, sha256: str) -> None:
+    path = node.data_dir / "models" / f"{MODEL}.gguf"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    assert not list((node.data_dir / "models" / ".pulls").iterdir())
+    reply = httpx.post(node.url + "/v1/completions", headers={"X-P2PAI-Node": node.peer_id()}, timeout=30,
+                       json={"model": MODEL, "prompt": "hello", "max_tokens": 3})
+    assert reply.status_code == 200 and reply.headers["X-P2PAI-Served-By"] == node.peer_id()
+
+
+def test_pull_from_one_peer(start_node, big, token: str) -> None:
+    path, sha256 = big
+    a = start_node("--token", token, "--model", str(path), name="a")
+    b = puller(start_node, token, a)
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement of the file")
+    status = finished(b, start_pull(b))
+    assert status["error"] is None, status
+    assert status["downloaded_bytes"] == status["total_bytes"] == path.stat().st_size
+    assert only_from(status, a)
+    check_installed(b, sha256)
+    # Every node now sees the file on both disks.
+    wait_for(lambda: announced_by(a, [b]), 30, "the puller's announcement")
+    assert card(a)["sha256"] == sha256 and card(a)["pullable"]
+
+
+def test_pull_from_two_peers_goes_on_when_one_is_killed(start_node, big, token: str) -> None:
+    path, sha256 = big
+    c = source(start_node, token, "c", path)
+    a = source(start_node, token, "a", path, "--bootstrap", c.bootstrap_addr())
+    b = puller(start_node, token, c)
+    wait_for(lambda: announced_by(b, [a, c]), 30, "both announcements")
+    job_id = start_pull(b)
+    status = wait_for(lambda: (s := job(b, job_id))["downloaded_bytes"] >= 3 * MIN_CHUNK and s, JOB_TIMEOUT,
+                      "a quarter of the file")
+    assert len(status["sources"]) == 2, status
+    os.kill(a.proc.pid, signal.SIGKILL)
+    status = finished(b, job_id)
+    assert status["error"] is None, status
+    assert only_from(status, c)
+    check_installed(b, sha256)
+
+
+def test_a_pull_resumes_when_its_only_source_comes_back(start_node, big, token: str) -> None:
+    path, sha256 = big
+    a = source(start_node, token, "a", path)
+    b = puller(start_node, token, a)
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+    job_id = start_pull(b)
+    wait_for(lambda: job(b, job_id)["downloaded_bytes"] >= 4 * MIN_CHUNK, JOB_TIMEOUT, "a third of the file")
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait(5)
+    stopped_at = job(b, job_id)["downloaded_bytes"]
+    time.sleep(1.0)
+    a.restart()
+    a.wait_ready()
+    status = finished(b, job_id)
+    assert status["error"] is None, status
+    assert status["downloaded_bytes"] == status["total_bytes"] and stopped_at >= 4 * MIN_CHUNK
+    check_installed(b, sha256)
+
+
+def test_a_killed_puller_resumes_where_it_stopped(start_node, big, token: str) -> None:
+    path, sha256 = big
+    a = source(start_node, token, "a", path)
+    b = puller(start_node, token, a)
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+    first = start_pull(b)
+    wait_for(lambda: job(b, first)["downloaded_bytes"] >= 6 * MIN_CHUNK, JOB_TIMEOUT, "40 % of the file")
+    time.sleep(1.5)  # the verified chunks are recorded every second
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    assert not (b.data_dir / "models" / f"{MODEL}.gguf").exists()  # a partial file is never a model
+    b.restart()
+    b.wait_ready()
+    assert job(b, first)["error"].startswith("interrupted")
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+    status = finished(b, start_pull(b))
+    assert status["error"] is None, status
+    assert status["resumed_bytes"] >= 5 * MIN_CHUNK, status
+    check_installed(b, sha256)
+
+
+def test_corrupt_chunks_from_a_rotten_disk_are_fetched_again(start_node, big, token: str, tmp_path: Path) -> None:
+    path, sha256 = big
+    rotten = tmp_path / "rotten" / f"{MODEL}.gguf"
+    rotten.parent.mkdir()
+    rotten.write_bytes(path.read_bytes())
+    c = source(start_node, token, "c", path)
+    a = source(start_node, token, "a", rotten, "--bootstrap", c.bootstrap_addr())
+    b = puller(start_node, token, c)
+    wait_for(lambda: announced_by(b, [a, c]), 30, "both announcements")
+    # Bit rot after a hashed the file: one byte of every chunk, modification time kept, so a still
+    # announces (and serves) it as the good file.
+    stat = rotten.stat()
+    with rotten.open("r+b") as file:
+        for offset in range(0, stat.st_size, MIN_CHUNK):
+            file.seek(offset)
+            byte = file.read(1)
+            file.seek(offset)
+            file.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(rotten, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    status = finished(b, start_pull(b))
+    assert status["error"] is None, status
+    assert status["corrupt_chunks"] >= 1
+    assert only_from(status, c)  # a was dropped
+    check_installed(b, sha256)
