@@ -136,9 +136,10 @@ class GeneratorHost:
         finally:
             steps.close()
         rest = ""
-        if finish != "cancelled":
-            text.push(detokenizer.finish().encode())
-            rest = text.finish().text
+        if finish != "cancelled":  # the last token's text, if it ended inside a character, then all that is held
+            last = text.push(detokenizer.finish().encode())
+            rest = last.text if last.stopped else last.text + text.finish().text
+            finish = "stop" if last.stopped else finish
         yield GenerationChunk(text=rest, finish_reason=finish, usage=Usage(len(prompt), produced))
 
     def _end_tokens(self, stop: tuple[str, ...]) -> list[str]:
