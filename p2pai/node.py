@@ -58,6 +58,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
     )
+    manager.detect_devices()  # in the background: the announcement shows the GPUs once known
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
     try:
