@@ -64,8 +64,9 @@ def test_expected_memory_counts_weights_output_and_headroom() -> None:
     placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_size=512, slots=1)
     assert placement.bytes["a"] == int(8 * 10 * MiB * 1.10)
     assert placement.bytes[LOCAL] == int(20 * MiB * 1.10) + 20 * MiB  # output layer + input embeddings
-    assert placement.explain({"a": "w1"}) == ("this node (CPU): no layers + output, ~42 MiB; "
-                                              "w1 (CPU worker): layers 0-7 (8), ~88 MiB; predicted decode ~87 tok/s (rough)")
+    assert placement.explain({"a": "w1"}) == (
+        "this node (CPU): no layers + output, ~42 MiB; w1 (CPU worker): layers 0-7 (8), ~88 MiB; "
+        "predicted decode ~87 tok/s (rough)")
 
 
 def test_a_model_that_does_not_fit_is_refused_with_the_numbers() -> None:
@@ -91,7 +92,7 @@ def test_kv_cache_logits_and_compute_buffers_are_counted() -> None:
     layout = ModelLayout((MiB,), output_bytes=MiB, input_bytes=MiB, kv_bytes_per_token_layer=1024, vocab_size=1000)
     placement = place(layout, [Capacity("a", 10**9)], context_size=256, slots=4)
     assert placement.bytes["a"] == int((MiB + 1024 * 1024) * 1.10)
-    # the output layer's compute buffer holds the logits of a whole batch (256 tokens), the output buffer one row per slot
+    # the output layer's compute buffer holds a whole batch's logits (256 tokens), the output buffer a row per slot
     assert placement.bytes[LOCAL] == int((MiB + 256 * 1000 * 4) * 1.10) + MiB + 4 * 1000 * 4
 
 
