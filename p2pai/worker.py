@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from . import event_loop
-from .backends.llama.devices import Device, detect
+from .backends.llama.devices import Device, detect, gpus
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
@@ -68,7 +68,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 def served_device(devices: list[Device]) -> Device | None:
     """The GPU with the most free memory; None: the CPU."""
-    return max((device for device in devices if device.is_gpu), key=lambda device: device.free, default=None)
+    return max(gpus(devices), key=lambda device: device.free, default=None)
 
 
 def memory(limit_mb: int, gpu: Device | None = None) -> tuple[int, int]:

@@ -58,6 +58,9 @@ def test_memory_estimate_of_a_real_gguf(tiny_path: Path) -> None:
     model = gguf_layout(str(tiny_path))
     assert model.embedding_length > 0 and model.head_count > 0 and model.feed_forward_length > 0
     one, two = estimate(model, 512, 1), estimate(model, 512, 2)
-    assert one.weights > 0 and one.kv_cache_per_slot == model.kv_bytes_per_token_layer * model.n_layer * 512
-    assert two.total - one.total == one.kv_cache_per_slot
+    assert one.weights == sum(model.layer_bytes) + model.input_bytes + model.output_bytes > 0
+    assert one.kv_cache_per_slot == two.kv_cache_per_slot == model.kv_bytes_per_token_layer * model.n_layer * 512
+    assert two.total > one.total > one.weights + one.kv_cache_per_slot + one.compute
     assert one.compute >= 4 * 512 * model.vocab_size  # a batch's logits
+    flash = estimate(model, 512, 1, flash_attention=True)
+    assert one.compute - flash.compute == 4 * 512 * model.head_count * 512  # no attention scores

@@ -59,7 +59,8 @@ DEVICE_LIST: TypeAdapter[list[Device]] = TypeAdapter(list[Device])
 
 
 def gpus(devices: list[Device]) -> list[Device]:
-    return [device for device in devices if device.is_gpu]
+    """The GPUs llama.cpp offloads to: the discrete ones, else the integrated ones (llama.cpp's rule)."""
+    return [device for device in devices if device.type == "gpu"] or [d for d in devices if d.type == "igpu"]
 
 
 def enumerate_here() -> list[Device]:

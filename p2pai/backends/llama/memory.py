@@ -1,8 +1,15 @@
-"""How much memory a GGUF model needs, estimated from its header before loading it.
+"""How much memory a GGUF model needs: weights, KV cache per slot, compute buffers.
 
-Weights per layer come from the tensor table; the KV cache and compute buffers
-from the architecture's shape. Placement (backends/rpc/placement.py) sums these
-per device; `estimate` gives the whole model on one device.
+Read from the file's header and tensor table only (no load), so a node can
+tell before loading whether a model fits, and announce it. The same reader
+gives layer placement (backends/rpc/placement.py) its per-layer sizes, and
+`ModelLayout.compute_bytes` the compute buffer of each device.
+
+Public API (pure, no llama.cpp):
+- `gguf_layout(path)` -> ModelLayout: sizes read from the file.
+- `estimate(layout, context_per_slot, slots, batch)` -> MemoryEstimate with
+  `weights`, `kv_cache_per_slot`, `compute` and `total`.
+- `estimate_file(path, ...)`: both in one call.
 """
 
 from __future__ import annotations
@@ -17,6 +24,44 @@ import numpy as np
 from ..base import ModelLoadError
 
 F32 = 4
+HEADROOM = 1.10
+"""Allocator slack and what the estimate leaves out (tokenizer, process): ask for 10% more."""
+PROCESS_BYTES = 160 << 20
+"""The model's child process itself (Python, llama.cpp's code), measured as RSS before any model is loaded."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model needs once loaded with `slots` sequences, all on one device."""
+
+    weights: int
+    kv_cache_per_slot: int
+    """f16 K and V of every layer for one slot's full context (sliding-window layers counted in full)."""
+    compute: int
+    """llama.cpp's compute buffer for one batch, the logits of its every token included."""
+    slots: int
+
+    @property
+    def total(self) -> int:
+        return int((self.weights + self.kv_cache_per_slot * self.slots + self.compute) * HEADROOM) + PROCESS_BYTES
+
+
+def estimate(layout: ModelLayout, context_per_slot: int, slots: int, batch: int = 512,
+             flash_attention: bool = False) -> MemoryEstimate:
+    """What llama.cpp allocates for `layout` with `slots` sequences of `context_per_slot` tokens."""
+    slots = max(slots, 1)
+    return MemoryEstimate(
+        weights=sum(layout.layer_bytes) + layout.output_bytes + layout.input_bytes,
+        kv_cache_per_slot=layout.kv_bytes_per_token_layer * layout.n_layer * context_per_slot,
+        compute=layout.compute_bytes(min(batch, context_per_slot * slots), context_per_slot, output=True,
+                                     flash_attention=flash_attention),
+        slots=slots,
+    )
+
+
+def estimate_file(path: str, context_per_slot: int, slots: int, batch: int = 512,
+                  flash_attention: bool = False) -> MemoryEstimate:
+    return estimate(gguf_layout(path), context_per_slot, slots, batch, flash_attention)
 
 
 @dataclass(frozen=True)
@@ -30,8 +75,8 @@ class ModelLayout:
     kv_bytes_per_token_layer: int
     vocab_size: int
     embedding_length: int = 0
-    feed_forward_length: int = 0
     head_count: int = 0
+    feed_forward_length: int = 0
     tied_output: bool = False
     """The output projection is the embedding matrix: a device holding the output needs a copy of it."""
 
@@ -45,37 +90,14 @@ class ModelLayout:
         the embedding matrix (llama.cpp puts a copy of it on the device)."""
         return self.output_bytes + (self.input_bytes if self.tied_output else 0)
 
-    def compute_bytes(self, ubatch: int, context_slot: int, output: bool) -> int:
-        """One device's compute buffer: a layer's activations for `ubatch` tokens (attention scores
-        over a slot's context counted in full, as without flash attention), plus the logits of
-        every token of the batch where the output layer runs (llama.cpp reserves the worst case)."""
-        activations = 4 * self.embedding_length + 2 * self.feed_forward_length + self.head_count * context_slot
-        return F32 * ubatch * (activations + (self.vocab_size if output else 0))
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """A model's memory on one device, before loading it."""
-
-    weights: int
-    kv_cache_per_slot: int
-    """f16 K and V of every layer for one slot's full context (sliding-window layers counted in full)."""
-    compute: int
-    slots: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.kv_cache_per_slot * self.slots + self.compute
-
-
-def estimate(layout: ModelLayout, context_size: int, slots: int, ubatch: int = 512) -> MemoryEstimate:
-    """The whole model, its KV cache for `slots` slots of `context_size` and its compute buffer."""
-    return MemoryEstimate(
-        weights=sum(layout.layer_bytes) + layout.input_bytes + layout.output_bytes,
-        kv_cache_per_slot=layout.kv_bytes_per_token_layer * layout.n_layer * context_size,
-        compute=layout.compute_bytes(min(ubatch, context_size), context_size, output=True),
-        slots=slots,
-    )
+    def compute_bytes(self, batch: int, context_per_slot: int, output: bool, flash_attention: bool = False) -> int:
+        """One device's compute buffer for a batch of `batch` tokens: a layer's activations, the
+        attention scores over a slot's context unless flash attention, and where the output layer
+        runs the logits of every token of the batch (llama.cpp reserves that worst case: 514.5 MiB
+        for gemma-3-270m's 262,144-word vocabulary at batch 512, estimated here as 557 MiB)."""
+        scores = 0 if flash_attention else self.head_count * context_per_slot
+        activations = 4 * self.embedding_length + 2 * self.feed_forward_length + scores
+        return F32 * batch * (activations + (self.vocab_size if output else 0))
 
 
 def gguf_layout(path: str) -> ModelLayout:

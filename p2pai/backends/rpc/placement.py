@@ -30,13 +30,11 @@ import numpy as np
 
 from ..base import ModelLoadError
 from ..llama import LlamaSettings
-from ..llama.memory import F32, ModelLayout
+from ..llama.memory import F32, HEADROOM, ModelLayout
 
 LOCAL = "local"
 OUTPUT_TENSORS = (r"^(output|output_norm|token_embd)\.",)
 """The output layer's tensors (a tied model's output is `token_embd`, already local for the input)."""
-HEADROOM = 1.10
-"""Weights, KV cache and compute buffers are estimates; ask for 10% more than they add up to."""
 CPU_BYTES_PER_S = 10e9
 """Decode reads every weight once per token: gemma-3-270m (253 MB) runs at ~40 tok/s on this 2-core CPU."""
 GPU_BYTES_PER_S = 200e9
