@@ -98,7 +98,7 @@ def test_a_cpu_only_node_announces_no_gpus_and_serves_as_before(start_node, mode
 def test_gpus_fed_in_are_announced_shown_and_placed(start_node, models_dir: Path) -> None:
     fed = json.dumps([CPU, RTX])
     node = start_node("--models-dir", str(models_dir), "--threads", "1", "--no-default-model",
-                      env={DEVICES_ENV: fed})
+                      env={DEVICES_ENV: fed, "COLUMNS": "1000"})  # log lines unwrapped
     assert [d["name"] for d in wait_devices(node)] == ["CPU", "CUDA0"]
     for _ in range(50):  # announced within the payload interval
         if node.swarm()["self"]["gpus"]:
@@ -113,7 +113,7 @@ def test_gpus_fed_in_are_announced_shown_and_placed(start_node, models_dir: Path
         model="tiny", prompt="hello", max_tokens=4)
     assert answer.usage.completion_tokens == 4
     log = node.log.read_text()
-    assert "placement: GPU CUDA0 (NVIDIA GeForce RTX 4090): layers 0-1 (2) + output" in log
+    assert "GPU CUDA0 (NVIDIA GeForce RTX 4090): layers 0-1 (2) + output" in log
     assert "predicted decode" in log
 
 
@@ -132,7 +132,8 @@ def test_a_gpu_worker_announces_its_gpu_and_takes_the_layers_first(start_node, t
         (models / "spread.yaml").write_text(f"name: spread\nparameters:\n  model: {tiny_path}\ncontext_size: 256\n"
                                             "threads: 1\nrpc: auto\n")
         node = start_node("--token", token, "--models-dir", str(models), "--threads", "1", "--no-default-model",
-                          *[arg for worker in workers for arg in ("--bootstrap", worker.bootstrap)], name="node")
+                          *[arg for worker in workers for arg in ("--bootstrap", worker.bootstrap)], name="node",
+                          env={"COLUMNS": "1000"})
         for _ in range(100):
             if {n["name"] for n in node.swarm()["llama_cpp_nodes"] if n["online"]} == {"gpu-w", "cpu-w"}:
                 break

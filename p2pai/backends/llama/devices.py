@@ -15,6 +15,7 @@ fewer devices offered than the machine has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -103,6 +104,10 @@ async def detect() -> list[Device]:
         await process.wait()
         log.warning("device detection did not finish in %.0f s; announcing no devices", DETECT_TIMEOUT)
         return []
+    except asyncio.CancelledError:  # the node stops: leave no child behind
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise
     try:
         if process.returncode != 0:
             raise ValueError(err.decode(errors="replace").strip()[-500:] or f"exit status {process.returncode}")
