@@ -165,6 +165,7 @@ class Worker:
         supervisor = asyncio.create_task(self.rpc.supervise())
         overlay = build_overlay(self.settings.node, self.keys, [WORKER_ROLE])
         await overlay.start()
+        measuring: asyncio.Task[None] | None = None
         try:
             credentials = Credentials(overlay.identity, self.keys.rpc_key)
             self.relay = RelayServer(credentials, self.rpc.connect, self._publish_soon, self._admits,
@@ -177,11 +178,18 @@ class Worker:
                      "in a network namespace of its own" if self.rpc.isolated else "on this machine's loopback",
                      f"GPU {self.gpu.name} ({self.gpu.description}, {self.gpu.free / 2**30:.1f} GiB free)"
                      if self.gpu else "the CPU")
+            holder = self.relay.lease.holder
             while not stop.is_set():
+                idle = measuring is None or measuring.done()
+                if self.gpu is not None and self.relay.lease.holder != holder and idle:
+                    holder = self.relay.lease.holder  # a node took or left the GPU: measure its free memory again
+                    measuring = asyncio.create_task(self._measure_gpu())
                 self._publish()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
         finally:
+            if measuring is not None:
+                measuring.cancel()
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
@@ -189,6 +197,12 @@ class Worker:
                 await self.relay.stop()
             await overlay.stop()
             await self.rpc.stop()
+
+    async def _measure_gpu(self) -> None:
+        """The served GPU's free memory now (detection runs in a child process)."""
+        assert self.gpu is not None
+        served = self.gpu.name
+        self.gpu = next((device for device in await detect() if device.name == served), self.gpu)
 
     def _admits(self, peer_id: str) -> bool:
         """Whether --allow-node names this node: by its peer id, or by the name it announces (any
