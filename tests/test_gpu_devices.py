@@ -145,6 +145,9 @@ def test_a_gpu_worker_announces_its_gpu_and_takes_the_layers_first(start_node, t
         assert answer.usage.completion_tokens == 4
         placed = next(line for line in node.log.read_text().splitlines() if "placement:" in line)
         assert "gpu-w (GPU worker): layers 0-1 (2)" in placed and "cpu-w" not in placed  # GPU memory first
+        node_id = node.peer_id()
+        workers[0].wait_status(lambda status: status["worker"]["in_use_by"] == node_id)
+        assert workers[1].status["worker"]["in_use_by"] is None  # a worker without layers is not leased
         assert "no device 'CUDA0'; serving the CPU" in workers[0].stderr_path.read_text()
     finally:
         for worker in workers:

@@ -92,16 +92,24 @@ async def load_rpc_model(
     if tensor_split is not None and len(usable) != len(candidates):
         tensor_split = None  # the shares named workers that are gone; split by memory instead
     layout = await asyncio.to_thread(gguf_layout, settings.path)
-    placement: Placement = place(
-        layout,
-        [Capacity(worker.peer_id, worker.free_memory, gpu=worker.gpu) for worker, _ in usable] + local_gpus(gpus),
-        settings.context_size,
-        settings.parallel or MAX_AUTO_PARALLEL,  # automatic: at most this many
-        gpu_layers,
-        tensor_split,
-        psutil.virtual_memory().available,
-        settings.batch,
-    )
+
+    def place_on(workers: list[WorkerInfo]) -> Placement:
+        return place(
+            layout,
+            [Capacity(worker.peer_id, worker.free_memory, gpu=worker.gpu) for worker in workers] + local_gpus(gpus),
+            settings.context_size,
+            settings.parallel or MAX_AUTO_PARALLEL,  # automatic: at most this many
+            gpu_layers,
+            tensor_split,
+            psutil.virtual_memory().available,
+            settings.batch,
+        )
+
+    placement = place_on([worker for worker, _ in usable])
+    used = [(worker, endpoint) for worker, endpoint in usable if placement.layers[worker.peer_id]]
+    if tensor_split is None and len(used) < len(usable):  # a worker left without layers is not leased
+        usable = used
+        placement = place_on([worker for worker, _ in usable])
     log.info("model %r placement: %s", name,
              placement.explain({**{w.peer_id: w.name for w, _ in usable}, **gpu_names(gpus)}))
     spec = ChildSpec(
