@@ -34,7 +34,8 @@ def test_layers_go_to_gpus_first_as_far_as_they_fit(case: dict) -> None:
     model = layout(FIXTURES["models"][case["model"]])
     devices = [Capacity(d["id"], d["free_mib"] * MiB, gpu=d["gpu"], local=d.get("local", False))
                for d in case["devices"]]
-    placement = place(model, devices, case["context_size"], case["slots"], tensor_split=case.get("tensor_split"))
+    placement = place(model, devices, case["context_size"], case["slots"], tensor_split=case.get("tensor_split"),
+                      flash_attention=case.get("flash_attention", False))
     n = model.n_layer
     placed = {where: _describe(indices, n) for where, indices in placement.layers.items() if indices or where == LOCAL}
     assert placed == case["expect"]

@@ -55,7 +55,8 @@ async def place_locally(name: str, settings: LlamaSettings, gpus: list[Device], 
         return dataclasses.replace(settings, gpu_layers=gpu_layers or 0, tensor_split=split)
     layout = await asyncio.to_thread(gguf_layout, settings.path)
     placement = place(layout, local_gpus(gpus), settings.context_size, settings.parallel or MAX_AUTO_PARALLEL,
-                      tensor_split=tensor_split, ubatch=settings.batch)
+                      tensor_split=tensor_split, ubatch=settings.batch,
+                      flash_attention=settings.flash_attention != "off")
     log.info("model %r placement: %s", name, placement.explain(gpu_names(gpus)))
     return placement.configure(settings)
 
@@ -103,6 +104,7 @@ async def load_rpc_model(
             tensor_split,
             psutil.virtual_memory().available,
             settings.batch,
+            settings.flash_attention != "off",  # "auto" turns it on where the backend supports it
         )
 
     placement = place_on([worker for worker, _ in usable])

@@ -116,6 +116,7 @@ def place(
     tensor_split: list[float] | None = None,
     local_free: int | None = None,
     ubatch: int = 512,
+    flash_attention: bool = False,
 ) -> Placement:
     """Split `layout` over `devices`; raise PlacementError if it cannot fit.
 
@@ -124,7 +125,8 @@ def place(
     ones (default: all that fit); tensor_split: relative shares per device in
     llama.cpp's order (default: by free memory, GPUs first); local_free: this
     node's available memory, if it is to be checked. context_size: KV cells per
-    slot; slots: sequences decoded together (one row of logits each).
+    slot; slots: sequences decoded together (one row of logits each);
+    flash_attention: no attention scores in the compute buffers.
     """
     devices = [device for device in devices if not device.local] + [device for device in devices if device.local]
     n = layout.n_layer
@@ -133,7 +135,7 @@ def place(
     budget = 0 if not devices else n if gpu_layers is None else min(gpu_layers, n)
     kv = layout.kv_bytes_per_token_layer * context_size * slots
     ubatch = min(ubatch, context_size)
-    compute = layout.compute_bytes(ubatch, context_size, output=False)
+    compute = layout.compute_bytes(ubatch, context_size, output=False, flash_attention=flash_attention)
     if tensor_split is not None:
         if len(tensor_split) != len(devices):
             raise PlacementError(f"tensor_split has {len(tensor_split)} entries for {len(devices)} devices")
@@ -173,7 +175,8 @@ def place(
         if not indices:
             return 0
         weights = sum(layout.output_weights if i == n else layout.layer_bytes[i] + kv for i in indices)
-        return int((weights + layout.compute_bytes(ubatch, context_size, output=n in indices)) * HEADROOM)
+        buffer = layout.compute_bytes(ubatch, context_size, output=n in indices, flash_attention=flash_attention)
+        return int((weights + buffer) * HEADROOM)
 
     output_on_gpu = on_devices == n and devices[-1].local
     layers = assign(output_on_gpu)
@@ -183,7 +186,7 @@ def place(
     local = layers[LOCAL]
     sizes[LOCAL] = int((sum(layout.layer_bytes[i] + kv for i in local if i < n)
                         + (layout.output_bytes if n in local else 0)
-                        + layout.compute_bytes(ubatch, context_size, output=n in local)) * HEADROOM) \
+                        + layout.compute_bytes(ubatch, context_size, n in local, flash_attention)) * HEADROOM) \
         + layout.input_bytes + layout.vocab_size * slots * F32  # embeddings (mmapped) and the logits buffer
     for device in devices:
         if sizes[device.id] > device.free_memory:
