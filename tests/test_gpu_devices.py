@@ -107,7 +107,7 @@ def test_gpus_fed_in_are_announced_shown_and_placed(start_node, models_dir: Path
     assert node.swarm()["self"]["gpus"] == [RTX]
     table = subprocess.run([sys.executable, "-m", "p2pai", "peers", "--url", node.url], capture_output=True,
                            text=True, timeout=30, env={**os.environ, "COLUMNS": "250"})
-    assert "NVIDIA GeForce RTX 4090" in table.stdout
+    assert "CUDA0 NVIDIA GeForce RTX 4090 (CUDA): 20.0 / 24.0 GiB free" in table.stdout + table.stderr
     # llama.cpp has no CUDA0 here, so the layers placed on it stay on the CPU: the model still answers.
     answer = OpenAI(base_url=node.url + "/v1", api_key="none", max_retries=0).completions.create(
         model="tiny", prompt="hello", max_tokens=4)
