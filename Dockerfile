@@ -10,7 +10,10 @@ COPY p2pai ./p2pai
 COPY tokens ./tokens
 COPY scripts ./scripts
 ENV VIRTUAL_ENV=/opt/venv
-RUN python -m venv "$VIRTUAL_ENV" && ./scripts/install.sh all
+# The accelerator llama.cpp is built for: here the CPU (no GPU toolchain in this image; see
+# Dockerfile.cuda for NVIDIA GPUs). P2PAI_ACCEL forces one, as for scripts/install.sh.
+ARG P2PAI_ACCEL=
+RUN python -m venv "$VIRTUAL_ENV" && P2PAI_ACCEL="$P2PAI_ACCEL" ./scripts/install.sh all
 ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
     P2PAI_DATA_DIR=/data \
     P2PAI_LISTEN=0.0.0.0:8080 \

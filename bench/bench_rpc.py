@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from p2pai.backends.base import GenerationRequest, SamplingParams
 from p2pai.backends.llama import LlamaSettings
 from p2pai.backends.llama.loading import MAX_AUTO_PARALLEL
+from p2pai.backends.llama.memory import gguf_layout
 from p2pai.backends.process import ChildSpec, ModelProcess
-from p2pai.backends.rpc.placement import Capacity, gguf_layout, place
+from p2pai.backends.rpc.placement import Capacity, place
 from p2pai.backends.rpc.relay import MAX_FRAME, Credentials, Endpoint, Forwarder, RelayServer, _Sealer
 from p2pai.backends.rpc.server import RpcServerProcess
 from p2pai.identity import Identity
@@ -78,7 +79,7 @@ async def rpc_engine(
     """output_local=False drops the override: llama.cpp's own layout, output layer on the last worker."""
     layout = gguf_layout(settings.path)
     capacities = [Capacity(w.relay.peer_id, 8 << 30) for w in workers]
-    placement = place(layout, capacities, settings.context_size * MAX_AUTO_PARALLEL, MAX_AUTO_PARALLEL)
+    placement = place(layout, capacities, settings.context_size, MAX_AUTO_PARALLEL)
     configured = placement.configure(settings)
     if not output_local:
         configured = dataclasses.replace(configured, cpu_tensors=())

@@ -68,6 +68,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     store = await Store.open(settings.data_dir)
     await store.end_unfinished_jobs("interrupted: the node stopped; apply again to resume the download")
     files = FileIndex(store, lambda: _model_files(manager), lambda: swarm.refresh())
+    manager.detect_devices()  # in the background: the announcement shows the GPUs once known
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint, files.digest).model_dump())
     try:

@@ -37,21 +37,32 @@ def fetch_swarm(url: str, api_key: str | None) -> dict[str, Any]:
 def swarm_table(swarm: dict[str, Any], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title="Swarm", title_justify="left")
-    for column in ("", "name", "id", "role", "address", "models (loaded in bold)", "load", "last seen"):
+    for column in ("", "name", "id", "role", "address", "models (loaded in bold)", "load", "GPUs", "last seen"):
         table.add_column(column)
     for node in swarm.get("federated_nodes", []):
         loaded = set(node.get("loaded", []))
         models = ", ".join(f"[bold]{m}[/]" if m in loaded else m for m in node.get("models", [])) or "-"
         capacity = node.get("capacity", {})
         load = f"{capacity.get('in_flight', 0)} running, {capacity.get('queued', 0)} queued"
+        gpus = "\n".join(_device(gpu) for gpu in node.get("gpus", [])) or "-"
         table.add_row(_state(node), _name(node), _short(node["id"]), "node", node.get("address", ""), models,
-                      load, _age(node, now))
+                      load, gpus, _age(node, now))
     for node in swarm.get("llama_cpp_nodes", []):
         free = node.get("free_memory", 0) / (1 << 30)
         user = node.get("in_use_by")
+        device = node.get("device") or {}
         table.add_row(_state(node), _name(node), _short(node["id"]), "llama.cpp worker", node.get("tunnelAddress", ""),
-                      f"{free:.1f} GiB free", f"used by {_short(user)}" if user else "idle", _age(node, now))
+                      f"{free:.1f} GiB free", f"used by {_short(user)}" if user else "idle",
+                      _device(device) if device.get("type") in ("gpu", "igpu") else "-", _age(node, now))
     return table
+
+
+def _device(device: dict[str, Any]) -> str:
+    """"CUDA0 NVIDIA GeForce RTX 4090 (CUDA): 20.1 / 24.0 GiB free"."""
+    name = " ".join(part for part in (device.get("name"), device.get("description")) if part)
+    gib = 1 << 30
+    return (f"{name} ({device.get('backend', '?')}): "
+            f"{device.get('free', 0) / gib:.1f} / {device.get('total', 0) / gib:.1f} GiB free")
 
 
 def _state(node: dict[str, Any]) -> str:

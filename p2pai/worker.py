@@ -1,6 +1,7 @@
 """`p2pai worker`: lend this machine's memory and compute to the swarm as a llama.cpp RPC worker.
 
-It runs llama.cpp's RPC server in a network namespace of its own where the
+It runs llama.cpp's RPC server on this machine's GPU when it has one (the
+one with the most free memory), else on its CPU, in a network namespace of its own where the
 system allows it, else on loopback (restarted if it dies), exposes it only
 through the token-authenticated relay, and announces itself over the overlay
 with role `llama-cpp-worker` and a `worker` payload that nodes use to place
@@ -27,6 +28,7 @@ from typing import Any
 import psutil
 
 from . import event_loop
+from .backends.llama.devices import Device, detect, gpus
 from .backends.rpc.relay import Credentials, RelayServer
 from .backends.rpc.server import RpcServerProcess
 from .overlay.addresses import ips
@@ -64,10 +66,18 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
 
 
-def memory(limit_mb: int) -> tuple[int, int]:
-    """(free, total) bytes to advertise: available and total memory, capped by --memory."""
-    measured = psutil.virtual_memory()
-    free, total = measured.available, measured.total
+def served_device(devices: list[Device]) -> Device | None:
+    """The GPU with the most free memory; None: the CPU."""
+    return max(gpus(devices), key=lambda device: device.free, default=None)
+
+
+def memory(limit_mb: int, gpu: Device | None = None) -> tuple[int, int]:
+    """(free, total) bytes to advertise: the served GPU's, else available and total memory; capped by --memory."""
+    if gpu is not None:
+        free, total = gpu.free, gpu.total
+    else:
+        measured = psutil.virtual_memory()
+        free, total = measured.available, measured.total
     if limit_mb:
         cap = limit_mb * 2**20
         free, total = min(free, cap), min(total, cap)
@@ -111,6 +121,9 @@ class Worker:
         self.keys = derive_keys(parse_token(token))
         self.data_dir = settings.node.data_dir
         self.threads = settings.threads or os.cpu_count() or 1
+        self.devices: list[Device] = []
+        self.gpu: Device | None = None
+        """The GPU its RPC server computes on; None: the CPU."""
         self.rpc = RpcServerProcess(self.threads, settings.cache_dir)
         self.relay: RelayServer | None = None
         self.hosts: list[str] = []
@@ -120,7 +133,9 @@ class Worker:
     def payload(self) -> dict[str, Any]:
         """The announced `worker` payload; GET /api/p2p shows it under llama_cpp_nodes."""
         assert self.relay is not None
-        free, total = memory(self.settings.memory_mb)
+        free, total = memory(self.settings.memory_mb, self.gpu)
+        cpu = next((device for device in self.devices if device.type == "cpu"), None)
+        device = self.gpu or cpu
         return {
             "rpc": {"port": self.port, "hosts": self.hosts},
             "free_memory": free,
@@ -130,6 +145,7 @@ class Worker:
             "in_use_by": self.relay.lease.holder,
             "cache": bool(self.settings.cache_dir),
             "isolated": self.rpc.isolated,
+            "device": device.model_copy(update={"free": free, "total": total}).model_dump() if device else None,
             "served": {
                 "sessions": self.relay.traffic.sessions,
                 "bytes_in": self.relay.traffic.bytes_in,
@@ -142,10 +158,14 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         listen_ip = _listen_ip(self.settings.node.p2p_listen[0])
         prepare_data_dir(self.data_dir)
+        self.devices = await detect()
+        self.gpu = served_device(self.devices)
+        self.rpc.device = self.gpu.name if self.gpu else None
         await self.rpc.start()
         supervisor = asyncio.create_task(self.rpc.supervise())
         overlay = build_overlay(self.settings.node, self.keys, [WORKER_ROLE])
         await overlay.start()
+        measuring: asyncio.Task[None] | None = None
         try:
             credentials = Credentials(overlay.identity, self.keys.rpc_key)
             self.relay = RelayServer(credentials, self.rpc.connect, self._publish_soon, self._admits,
@@ -153,14 +173,23 @@ class Worker:
             self.port = await self.relay.start(listen_ip, self.settings.rpc_port)
             self.hosts = ips(overlay.self_member().addrs)  # the relay listens on the overlay's IP
             self._overlay = overlay
-            log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d (%s)",
+            log.info("worker %s: RPC relay on %s port %d, llama.cpp RPC v%s on 127.0.0.1:%d (%s), computing on %s",
                      overlay.peer_id, ",".join(self.hosts), self.port, self.rpc.protocol, self.rpc.port,
-                     "in a network namespace of its own" if self.rpc.isolated else "on this machine's loopback")
+                     "in a network namespace of its own" if self.rpc.isolated else "on this machine's loopback",
+                     f"GPU {self.gpu.name} ({self.gpu.description}, {self.gpu.free / 2**30:.1f} GiB free)"
+                     if self.gpu else "the CPU")
+            holder = self.relay.lease.holder
             while not stop.is_set():
+                idle = measuring is None or measuring.done()
+                if self.gpu is not None and self.relay.lease.holder != holder and idle:
+                    holder = self.relay.lease.holder  # a node took or left the GPU: measure its free memory again
+                    measuring = asyncio.create_task(self._measure_gpu())
                 self._publish()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
         finally:
+            if measuring is not None:
+                measuring.cancel()
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
@@ -168,6 +197,12 @@ class Worker:
                 await self.relay.stop()
             await overlay.stop()
             await self.rpc.stop()
+
+    async def _measure_gpu(self) -> None:
+        """The served GPU's free memory now (detection runs in a child process)."""
+        assert self.gpu is not None
+        served = self.gpu.name
+        self.gpu = next((device for device in await detect() if device.name == served), self.gpu)
 
     def _admits(self, peer_id: str) -> bool:
         """Whether --allow-node names this node: by its peer id, or by the name it announces (any

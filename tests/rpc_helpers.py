@@ -27,8 +27,8 @@ ROOT = Path(__file__).parent.parent
 class WorkerProcess:
     """One worker; its JSON status lines are collected by a reader thread."""
 
-    def __init__(self, token: str, data_dir: Path, name: str, memory_mb: int = 4096, extra: tuple[str, ...] = ()
-                 ) -> None:
+    def __init__(self, token: str, data_dir: Path, name: str, memory_mb: int = 4096, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.p2p_port = free_port()
         self.statuses: list[dict[str, Any]] = []
@@ -39,7 +39,7 @@ class WorkerProcess:
                    "--threads", "1", "--memory", str(memory_mb), "--log-level", "warning", *extra]
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
-                                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

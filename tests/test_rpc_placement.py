@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from p2pai.backends.llama.memory import ModelLayout, gguf_layout
 from p2pai.backends.rpc.placement import (
     LOCAL,
     Capacity,
-    ModelLayout,
     PlacementError,
     _cut,
     _split_at,
-    gguf_layout,
     place,
 )
 from p2pai.backends.rpc.workers import WorkerInfo, select_workers
@@ -45,13 +44,13 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
 def test_layers_go_where_llama_cpp_puts_them(case: dict) -> None:
     workers = [Capacity(name, mib * MiB) for name, mib in case["workers"].items()]
-    placement = place(LAYOUT, workers, context_tokens=512, outputs=1,
+    placement = place(LAYOUT, workers, context_size=512, slots=1,
                       gpu_layers=case.get("gpu_layers"), tensor_split=case.get("tensor_split"))
     assert placement.layers == case["expect"]
     assert abs(sum(placement.tensor_split) - 1) < 1e-6 or not workers
     assert placement.bytes[LOCAL] >= LAYOUT.input_bytes
     for worker in workers:
-        assert placement.bytes[worker.worker_id] <= worker.free_memory
+        assert placement.bytes[worker.id] <= worker.free_memory
 
 
 @pytest.mark.parametrize("counts", [[1], [80], [3, 0, 5], [0, 7], [7, 0], [1, 1, 1, 1], [40, 41, 39], [0, 0, 1]])
@@ -62,10 +61,12 @@ def test_the_split_passed_to_llama_cpp_lands_each_layer_where_counted(counts: li
 
 
 def test_expected_memory_counts_weights_output_and_headroom() -> None:
-    placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_tokens=512, outputs=1)
+    placement = place(LAYOUT, [Capacity("a", 1000 * MiB)], context_size=512, slots=1)
     assert placement.bytes["a"] == int(8 * 10 * MiB * 1.10)
     assert placement.bytes[LOCAL] == int(20 * MiB * 1.10) + 20 * MiB  # output layer + input embeddings
-    assert placement.explain({"a": "w1"}) == "local: no layers + output, ~42 MiB; w1: layers 0-7 (8), ~88 MiB"
+    assert placement.explain({"a": "w1"}) == (
+        "this node (CPU): no layers + output, ~42 MiB; w1 (CPU worker): layers 0-7 (8), ~88 MiB; "
+        "predicted decode ~87 tok/s (rough)")
 
 
 def test_a_model_that_does_not_fit_is_refused_with_the_numbers() -> None:
@@ -80,18 +81,19 @@ def test_a_node_without_memory_for_its_part_is_refused_with_the_numbers() -> Non
         place(LAYOUT, [Capacity("a", 1000 * MiB)], 512, 1, local_free=30 * MiB)
 
 
-@pytest.mark.parametrize("split, message", [([1], "tensor_split has 1 entries for 2 workers"),
+@pytest.mark.parametrize("split, message", [([1], "tensor_split has 1 entries for 2 devices"),
                                             ([0, 0], "positive sum"), ([-1, 2], "non-negative")])
 def test_impossible_tensor_split_is_refused(split: list[float], message: str) -> None:
     with pytest.raises(PlacementError, match=message):
         place(LAYOUT, [Capacity("a", MiB), Capacity("b", MiB)], 512, 1, tensor_split=split)
 
 
-def test_kv_cache_and_logits_buffer_are_counted() -> None:
+def test_kv_cache_logits_and_compute_buffers_are_counted() -> None:
     layout = ModelLayout((MiB,), output_bytes=MiB, input_bytes=MiB, kv_bytes_per_token_layer=1024, vocab_size=1000)
-    placement = place(layout, [Capacity("a", 10**9)], context_tokens=1024, outputs=4)
+    placement = place(layout, [Capacity("a", 10**9)], context_size=256, slots=4)
     assert placement.bytes["a"] == int((MiB + 1024 * 1024) * 1.10)
-    assert placement.bytes[LOCAL] == int((MiB + 1000 * 4 * 4 * 2) * 1.10) + MiB
+    # the output layer's compute buffer holds a whole batch's logits (256 tokens), the output buffer a row per slot
+    assert placement.bytes[LOCAL] == int((MiB + 256 * 1000 * 4) * 1.10) + MiB + 4 * 1000 * 4
 
 
 def test_layout_of_a_real_gguf(tiny_path: Path) -> None:

@@ -219,6 +219,7 @@ async def system(request: web.Request) -> web.Response:
         loaded_models=[_loaded(state, name) for name in state.manager.loaded()],
         version=state.version,
         node_id=state.node_id,
+        devices=state.manager.devices,
     ))
 
 

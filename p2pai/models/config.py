@@ -87,13 +87,15 @@ class ModelConfig(BaseModel):
     """ONNX: how long a run may wait for more concurrent requests to join it (only while requests
     come concurrently: a lone client never waits)."""
     gpu_layers: int | None = Field(default=None, ge=0)
-    """Layers to offload (to RPC workers when `rpc` is set); default: none locally, all with `rpc`.
+    """Layers to offload to GPUs (and RPC workers when `rpc` is set); default: as many as fit, GPU
+    memory first (see backends/rpc/placement.py). Without `rpc` it goes to llama.cpp as is (`-ngl`).
 
-    With `rpc` these are the last repeating layers; the output layer always stays on the node."""
+    These are the last repeating layers; with `rpc` the output layer always stays on the node."""
     rpc: Literal["auto"] | list[str] | None = None
     """Spread the model over the swarm's llama.cpp RPC workers: "auto" or worker peer ids / names."""
     tensor_split: list[float] | None = None
-    """Relative share of the offloaded layers per worker, in the order of `rpc`."""
+    """Relative share of the offloaded layers per device: the workers in the order of `rpc`, then this
+    node's GPUs (default: by free memory)."""
     stopwords: list[str] = Field(default_factory=list)
     chat_format: str | None = None
     """Shorthand for `template.chat_format`."""

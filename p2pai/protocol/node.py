@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ..backends.llama.devices import Device
+
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
@@ -37,3 +39,5 @@ class SystemInfo(BaseModel):
     loaded_models: list[LoadedModel]
     version: str
     node_id: str
+    devices: list[Device]
+    """What llama.cpp can compute on here (the CPU, and GPUs with free and total memory)."""

@@ -6,10 +6,9 @@ announced them: the swarm payload's own models.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..backends.llama.devices import Device
 from ..swarm.payload import Capacity, Memory, ModelOffer
 
 
@@ -73,7 +72,8 @@ class ServingNode(NodeData):
     capacity: Capacity
     memory: Memory
     cpus: int
-    gpus: list[dict[str, Any]]
+    gpus: list[Device]
+    """Its GPUs: name, backend (CUDA, ROCm, Metal, Vulkan), free and total memory."""
 
 
 class FederatedNode(ServingNode):
@@ -100,6 +100,8 @@ class WorkerNode(NodeData):
     isolated: bool
     """Its llama.cpp RPC server is unreachable from other local processes."""
     served: dict[str, int]
+    device: Device | None
+    """What its RPC server computes on: a GPU when it has one, else the CPU (None: an older worker)."""
 
 
 class P2PNodesResponse(BaseModel):

@@ -15,11 +15,12 @@ from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRest
 from ..backends.ct2 import Ct2Settings, ct2_tasks
 from ..backends.ct2.files import Ct2FilesError, model_kind, whisper_multilingual
 from ..backends.llama import LlamaSettings, llama_tasks
+from ..backends.llama.devices import Device, detect, gpus
 from ..backends.llama.loading import FlashAttention
 from ..backends.onnx import OnnxSettings, onnx_tasks
 from ..backends.onnx.process import OnnxProcess
 from ..backends.process import ChildSpec, ModelProcess
-from ..backends.rpc.loader import load_rpc_model
+from ..backends.rpc.loader import load_rpc_model, place_locally
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
 from ..backends.tasks import Task
@@ -96,9 +97,11 @@ class ModelManager:
         workers: Callable[[], list[WorkerInfo]] | None = None,
         rpc_credentials: Credentials | None = None,
         flash_attention: FlashAttention = "auto",
+        devices: list[Device] | None = None,
     ) -> None:
         """`workers` lists the swarm's RPC workers and `rpc_credentials` is how this node
-        authenticates to them; both are needed only by models configured with `rpc:`."""
+        authenticates to them; both are needed only by models configured with `rpc:`.
+        `devices`: this machine's, for placing layers on its GPUs (None: detected, see `detect_devices`)."""
         self.catalog = catalog
         self._threads = threads
         self._context_size = context_size
@@ -110,6 +113,28 @@ class ModelManager:
         self._engines: dict[str, Engine] = {}
         self._loading: dict[str, asyncio.Task[Engine]] = {}
         self._crashes: dict[str, Crashes] = {}
+        self._devices = devices
+        self._detecting: asyncio.Task[list[Device]] | None = None
+
+    def detect_devices(self) -> asyncio.Task[list[Device]]:
+        """Detect this machine's devices in the background (once at a time); the result is `devices`."""
+        if self._detecting is None or self._detecting.done():
+            self._detecting = asyncio.create_task(self._detect())
+        return self._detecting
+
+    async def _detect(self) -> list[Device]:
+        self._devices = await detect()
+        return self._devices
+
+    @property
+    def devices(self) -> list[Device]:
+        """The devices known so far ([] until the first detection ends)."""
+        return self._devices or []
+
+    async def _gpus(self) -> list[Device]:
+        if self._devices is None:
+            await asyncio.shield(self.detect_devices())
+        return gpus(self.devices)
 
     def names(self) -> list[str]:
         return self.catalog.names()
@@ -203,6 +228,8 @@ class ModelManager:
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
         self._engines[config.name] = engine
         self._on_load(LoadEvent(config.name, "done", time.perf_counter() - started))
+        if gpus(self.devices):
+            self.detect_devices()  # announce the GPU memory the model left free
         return engine
 
     async def _start_engine(self, config: ModelConfig) -> Engine:
@@ -220,10 +247,13 @@ class ModelManager:
             return await OnnxProcess.start(ChildSpec(config.name, self._onnx_settings(config)), forget)
         if config.backend_name == "ctranslate2":
             return await ModelProcess.start(ChildSpec(config.name, self._ct2_settings(config)), forget)
+        local_gpus = await self._gpus()
         if config.rpc is None:
-            return await ModelProcess.start(ChildSpec(config.name, self._settings(config)), forget)
+            settings = await place_locally(config.name, self._settings(config), local_gpus, config.gpu_layers,
+                                           config.tensor_split)
+            return await ModelProcess.start(ChildSpec(config.name, settings), forget)
         return await load_rpc_model(config.name, self._settings(config), config.rpc, config.tensor_split,
-                                    config.gpu_layers, self._workers(), self._rpc_credentials, forget)
+                                    config.gpu_layers, self._workers(), self._rpc_credentials, forget, local_gpus)
 
     def _settings(self, config: ModelConfig) -> LlamaSettings:
         return LlamaSettings(
@@ -235,7 +265,6 @@ class ModelManager:
             mmap=config.mmap,
             embeddings=config.embeddings,
             pooling=config.pooling,
-            gpu_layers=config.gpu_layers or 0,
             max_queue=config.max_queue or 64,
             flash_attention=config.flash_attention or self._flash_attention,
         )

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from ..backends.llama import llama_tasks
+from ..backends.llama.devices import Device, gpus
 from ..backends.tasks import TASKS, Task
 from ..models.digests import MAX_CHUNKS, MAX_RANGE, FileDigest, chunk_size_for
 from ..overlay.announcement import MAX_PAYLOAD_BYTES
@@ -156,7 +157,17 @@ class NodePayload(_Lenient):
     capacity: Capacity = Field(default_factory=Capacity)
     memory: Memory = Field(default_factory=Memory)
     cpus: Count = 0
-    gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
+    gpus: list[Device] = Field(default_factory=list, max_length=16)
+    """Its GPUs as llama.cpp sees them (empty on a CPU-only node)."""
+
+    @field_validator("gpus", mode="wrap")
+    @classmethod
+    def _gpus_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> list[Device]:
+        """A malformed device list costs the member only its device list."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return []
 
     @field_validator("endpoint", mode="wrap")
     @classmethod
@@ -249,6 +260,7 @@ def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: F
             rss=psutil.Process().memory_info().rss // (16 * mib) * 16 * mib,
         ),
         cpus=os.cpu_count() or 1,
+        gpus=[gpu.model_copy(update={"free": gpu.free // (64 * mib) * 64 * mib}) for gpu in gpus(manager.devices)],
     ))
 
 

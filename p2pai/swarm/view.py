@@ -6,8 +6,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
+from ..backends.llama.devices import Device
 from ..backends.rpc.workers import WorkerInfo
 from ..overlay import Member
 from .payload import (
@@ -37,6 +38,16 @@ class WorkerOffer(_Lenient):
     served: dict[Annotated[str, Field(max_length=32)], Annotated[int, Field(ge=0, le=1 << 63)]] = Field(
         default_factory=dict, max_length=16)
     """Sessions, bytes and restarts so far: shows from the outside that a worker is used."""
+    device: Device | None = None
+    """The device its RPC server computes on (a GPU when it has one); free_memory is that device's."""
+
+    @field_validator("device", mode="wrap")
+    @classmethod
+    def _device_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Device | None:
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     @classmethod
     def parse(cls, raw: Any, rejected: Counter[str] | None = None) -> WorkerOffer | None:
@@ -102,7 +113,8 @@ class SwarmNode:
         if not self.llama_worker or worker is None or not worker.rpc.port or not worker.rpc.hosts:
             return None
         return WorkerInfo(self.id, self.name, tuple(worker.rpc.hosts), worker.rpc.port, worker.free_memory,
-                          worker.protocol, worker.in_use_by, self.online)
+                          worker.protocol, worker.in_use_by, self.online,
+                          gpu=worker.device is not None and worker.device.is_gpu)
 
     def endpoint_urls(self) -> list[str]:
         """Base URLs of this node's peer (data-plane) HTTP endpoint, best first."""

@@ -6,6 +6,7 @@ Loaded next to the ggml of `..llama.ggml` (see there why the `.so.0` names).
 from __future__ import annotations
 
 import ctypes
+import sys
 from functools import cache
 
 from ..llama import ggml
@@ -24,9 +25,12 @@ def _rpc() -> ctypes.CDLL:
     return rpc
 
 
-def serve_forever(host: str, port: int, threads: int, cache_dir: str | None) -> None:
-    """Run llama.cpp's RPC server on the CPU device; returns only if it cannot start."""
-    devices = (ctypes.c_void_p * 1)(ggml.cpu_device())
+def serve_forever(host: str, port: int, threads: int, cache_dir: str | None, device: str | None = None) -> None:
+    """Run llama.cpp's RPC server on the named device (default: the CPU); returns only if it cannot start."""
+    handle = ggml.device_by_name(device) if device else None
+    if device and handle is None:
+        print(f"llama.cpp has no device {device!r}; serving the CPU", file=sys.stderr, flush=True)
+    devices = (ctypes.c_void_p * 1)(handle or ggml.cpu_device())
     _rpc().ggml_backend_rpc_start_server(
         f"{host}:{port}".encode(), cache_dir.encode() if cache_dir else None, threads, 1, devices
     )

@@ -1,6 +1,7 @@
 """llama.cpp's RPC server on 127.0.0.1, as its own process, in a network of its own.
 
-    python -m p2pai.backends.rpc.server --port P --control FD [--threads N] [--cache-dir D] [--shared-network]
+    python -m p2pai.backends.rpc.server --port P --control FD [--threads N] [--cache-dir D] [--device NAME]
+                                        [--shared-network]
 
 It has no authentication, so it never binds anything but loopback, and where
 the kernel allows unprivileged user namespaces (most Linux systems) not even
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control", type=int, required=True, help="the worker's end of a SOCK_SEQPACKET pair")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache-dir")
+    parser.add_argument("--device", help="ggml's name of the device to serve (default: the CPU)")
     parser.add_argument("--shared-network", action="store_true", help="stay in the machine's network namespace")
     args = parser.parse_args(argv)
     die_with_parent()
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The C server never returns; a daemon thread lets SIGTERM end the process.
     thread = threading.Thread(
-        target=native.serve_forever, args=(HOST, args.port, args.threads, args.cache_dir), daemon=True
+        target=native.serve_forever, args=(HOST, args.port, args.threads, args.cache_dir, args.device), daemon=True
     )
     thread.start()
     stop = threading.Event()
@@ -146,10 +148,12 @@ class RpcServerProcess:
     """Keeps one RPC server process running, restarting it if it dies; `connect()` is the only
     way to reach it (see the module docstring)."""
 
-    def __init__(self, threads: int, cache_dir: str | None, isolate: bool = True) -> None:
-        """``isolate=False`` skips the network namespace (what happens where namespaces are not allowed)."""
+    def __init__(self, threads: int, cache_dir: str | None, isolate: bool = True, device: str | None = None) -> None:
+        """``isolate=False`` skips the network namespace (what happens where namespaces are not allowed);
+        ``device``: ggml's name of the device to serve (default: the CPU)."""
         self.threads = threads
         self.cache_dir = cache_dir
+        self.device = device
         self.port = 0
         self.protocol = ""
         self.restarts = 0
@@ -176,6 +180,7 @@ class RpcServerProcess:
                     sys.executable, "-m", "p2pai.backends.rpc.server", "--port", str(self.port),
                     "--control", str(theirs.fileno()), "--threads", str(self.threads),
                     *(["--cache-dir", self.cache_dir] if self.cache_dir else []),
+                    *(["--device", self.device] if self.device else []),
                     *(["--shared-network"] if self._shared else []),
                     stdout=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
                 )

@@ -15,6 +15,8 @@ class WorkerInfo:
     protocol: str
     in_use_by: str | None = None
     online: bool = True
+    gpu: bool = False
+    """It serves a GPU (free_memory is that GPU's)."""
 
 
 def select_workers(wanted: str | list[str], workers: list[WorkerInfo], self_id: str, protocol: str) -> list[WorkerInfo]:
