@@ -9,6 +9,7 @@ from aiohttp import web
 from ..routing.peer_auth import is_peer_request
 from ..serving.limits import MAX_BODY_BYTES
 from . import openapi
+from .anthropic import anthropic_routes, is_anthropic
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes
@@ -23,13 +24,13 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error, ours or aiohttp's (404 route, 405, 413), leaves as OpenAI JSON."""
+    """Every error, ours or aiohttp's (404 route, 405, 413), leaves as OpenAI JSON (Anthropic's on its paths)."""
     try:
         return await handler(request)
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - converted into the response
-        return from_exception(exc).response()
+        return from_exception(exc).response(anthropic_shape=is_anthropic(request.path))
 
 
 @web.middleware
@@ -55,6 +56,7 @@ def create_app(state: NodeState) -> web.Application:
     app = web.Application(middlewares=[openai_errors, no_peer_requests, api_keys], client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
+    app.add_routes(anthropic_routes)
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))

@@ -18,6 +18,7 @@ from ..routing.peer_auth import Rejected, Signed, Verifier
 from ..routing.peer_tls import PeerTLS
 from ..routing.router import FORWARDED
 from . import openapi
+from .anthropic import anthropic_routes
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
 from .localai import localai_routes
@@ -76,6 +77,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)
+    app.add_routes(anthropic_routes)
     app.add_routes(localai_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app

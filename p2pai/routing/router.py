@@ -56,6 +56,8 @@ MAX_ATTEMPTS = 3
 MAX_LOST = 2
 """Nodes a request may be lost with (they died or froze working on it): the first, and one more."""
 CRASHED = "model_crashed"
+ERROR_CODE_HEADER = "X-P2PAI-Error-Code"
+"""Where a node puts an error's code, in every API family's error shape (api/errors.py)."""
 REFUSED = 401
 """A peer's refusal of this node's signature (clocks too far apart, say): a problem between this
 node and that peer, never the client's, so another node is tried."""
@@ -400,10 +402,12 @@ async def _error_answer(upstream: Answer) -> ErrorAnswer:
         body = await upstream.read()
     except AnswerBroken as exc:
         raise PeerUnavailable(f"answered {upstream.status}, then its body broke off: {exc}", lost=True) from exc
-    try:
-        code = json.loads(body)["error"]["code"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        code = None
+    code = upstream.headers.get(ERROR_CODE_HEADER)
+    if code is None:  # an older node: the code is in OpenAI's error body
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            code = None
     return ErrorAnswer(code if isinstance(code, str) else None, body[:300].decode(errors="replace"))
 
 

@@ -31,8 +31,11 @@ async def prepare(served: ServedModel, request: CompletionRequest) -> list[tuple
         if not isinstance(item, str):
             check_token_prompt(item, engine.info.n_vocab, engine.info.n_ctx, "prompt")
     check_logit_bias(request.logit_bias, engine.info.n_vocab)
-    constraint = Constraint("grammar", grammar=request.grammar)
-    grammar = await build_grammar([constraint], [], served.limits, engine.info.n_vocab)
+    constraints = [Constraint("grammar", grammar=request.grammar),
+                   Constraint("grammar_json_functions", schema=request.grammar_json_functions)]
+    schemas = [] if request.grammar_json_functions is None else [(request.grammar_json_functions,
+                                                                 "grammar_json_functions")]
+    grammar = await build_grammar(constraints, schemas, served.limits, engine.info.n_vocab)
     sampling = served.sampling(request, grammar)
     max_tokens = served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS)
     stop = tuple(served.config.stopwords) + request.stop_list()
