@@ -26,6 +26,7 @@ from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
 from .settings import NodeSettings, prepare_data_dir
+from .store import Store
 from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
 from .swarm.payload import FEDERATED_ROLE, DataEndpoint, local_payload
@@ -67,6 +68,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
+    store = await Store.open(settings.data_dir)
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
@@ -77,7 +79,9 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         router=router,
         token=membership.token,
         limits=settings.limits,
+        store=store,
     )
+    await state.responses.recover()
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     guard = peer_guard(membership.keys.http_key, swarm.peer_id, tls)
     peers = peer_runner(create_peer_app(state, guard))
@@ -118,7 +122,9 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await runner.cleanup()
         await peers.cleanup()
         await router.stop()
+        await state.responses.close()
         await manager.close()
+        await store.close()
 
 
 async def _listen(site: web.BaseSite, host: str, port: int) -> None:

@@ -14,6 +14,7 @@ from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes
 from .p2p import p2p_routes
+from .responses import responses_routes
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -57,6 +58,7 @@ def create_app(state: NodeState) -> web.Application:
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(anthropic_routes)
+    app.add_routes(responses_routes)
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))

@@ -19,6 +19,7 @@ from ..protocol import anthropic
 from ..protocol.errors import ErrorDetail, ErrorResponse
 from ..routing.router import ERROR_CODE_HEADER, NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
+from ..serving.responses import ResponseNotFound
 from .replies import json_reply, sse_event
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ def from_exception(exc: BaseException) -> APIError:
         return from_validation(exc)
     if isinstance(exc, UnknownModelError):
         return APIError(404, f"The model `{exc.name}` does not exist", code="model_not_found", param="model")
+    if isinstance(exc, ResponseNotFound):
+        return APIError(404, str(exc), code="response_not_found", param="response_id")
     if isinstance(exc, UnknownNodeError):
         return APIError(404, str(exc), code="node_not_found", param="X-P2PAI-Node")
     if isinstance(exc, NoNodeAvailable):

@@ -23,6 +23,7 @@ from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
 from .localai import localai_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
+from .responses import responses_routes
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -78,6 +79,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[GUARD] = guard
     app.add_routes(routes)
     app.add_routes(anthropic_routes)
+    app.add_routes(responses_routes)
     app.add_routes(localai_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app

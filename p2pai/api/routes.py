@@ -57,12 +57,13 @@ async def stream_or_json(
 
 
 async def dispatch(request: web.Request, model: str | None, task: Task | None,
-                    local: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Answer here or through the peer the router picks among those whose model serves ``task``."""
+                   local: Callable[[], Awaitable[web.StreamResponse]], pin: str | None = None) -> web.StreamResponse:
+    """Answer here or through the peer the router picks among those whose model serves ``task``
+    (on node ``pin`` if given)."""
     router = NodeState.of(request).router
     if router is None:
         return await local()
-    return await router.dispatch(request, model, task, local)
+    return await router.dispatch(request, model, task, local, pin)
 
 
 @routes.post("/v1/chat/completions")

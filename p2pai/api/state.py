@@ -13,6 +13,8 @@ from ..routing.router import Router
 from ..serving.context import Serving
 from ..serving.limits import Limits
 from ..serving.manager import ModelManager
+from ..serving.responses import Responses
+from ..store import Store
 from ..swarm.swarm import Swarm
 
 
@@ -33,10 +35,14 @@ class NodeState:
     token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
     limits: Limits = field(default_factory=Limits)
+    store: Store | None = None
+    """None only for an app built without a data dir (in-process tests): responses are then kept in memory."""
     serving: Serving = field(init=False)
+    responses: Responses = field(init=False)
 
     def __post_init__(self) -> None:
         self.serving = Serving(self.manager, self.limits)
+        self.responses = Responses(self.store, self.node_id)
 
     @staticmethod
     def of(request: web.Request) -> NodeState:

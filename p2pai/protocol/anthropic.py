@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from ..serving.limits import MAX_METADATA, MAX_MODEL_NAME, MAX_STOP, MAX_STOP_LENGTH, MAX_TOOLS
 from .openai import INTEGRAL, omitted
@@ -219,6 +219,10 @@ class MessageStop(BaseModel):
 
 StreamEvent = (MessageStart | ContentBlockStart | Ping | ContentBlockDelta | ContentBlockStop | MessageDelta
                | MessageStop)
+
+
+class AnthropicStreamEvent(RootModel[StreamEvent]):
+    """One event of a stream (its `event:` line names its type), for the OpenAPI document."""
 
 
 # Errors
