@@ -59,16 +59,17 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
     )
+    store = await Store.open(settings.data_dir)
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())
     try:
         await swarm.start()
     except Exception as exc:
+        await store.close()
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
     forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
     router = Router(manager, swarm, forwarder, settings.routing)
     await router.start()
-    store = await Store.open(settings.data_dir)
     state = NodeState(
         manager=manager,
         node_id=swarm.peer_id,
@@ -122,7 +123,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await runner.cleanup()
         await peers.cleanup()
         await router.stop()
-        await state.responses.close()
+        await state.responses.close()  # background responses end (and are stored) while their models run
         await manager.close()
         await store.close()
 
