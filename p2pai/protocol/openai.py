@@ -111,6 +111,8 @@ class _LocalAI(_Request):
     (calls come back as `tool_calls`); ignored elsewhere."""
     function_call: Literal["none", "auto"] | LegacyFunctionCall | None = None
     """The legacy `tool_choice`: on chat, mapped to it; ignored elsewhere."""
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
+    """Accepted and ignored (OpenAI's and LocalAI's)."""
     grammar_json_functions: dict[str, Any] | None = None
     """LocalAI's JSON schema (oneOf/anyOf of function objects, $defs) the output must follow, on chat
     and completions (like `grammar`); ignored by edits and embeddings."""
@@ -269,7 +271,6 @@ class ChatCompletionRequest(_Sampling):
     continue_final_message: bool = False
     """vLLM's extension: the last (assistant) message is a beginning to continue, not a turn to answer."""
     store: bool | None = None
-    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
     service_tier: str | None = None
 
     @model_validator(mode="after")
@@ -302,14 +303,12 @@ class CompletionRequest(_Sampling):
         return self
 
 
-class EditRequest(_LocalAI):
+class EditRequest(_Sampling):
+    """The sampling fields of completions apply (LocalAI's edits take them); an edit is not streamed."""
+
     instruction: Annotated[str, Field(min_length=1)]
     input: str = ""
-    n: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] = 1
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
-    seed: Seed | None = None
+    stream: Literal[False] = False
 
 
 class EmbeddingRequest(_LocalAI):
