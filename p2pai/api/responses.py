@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 from aiohttp import web
 
@@ -46,8 +47,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         if body.stream:
             return await send_stream(request, await anext(events), events, headers, STREAM)
         if not body.background:
-            async for _ in events:
-                pass
+            async with aclosing(events):
+                async for _ in events:
+                    pass
             if run.error is not None:
                 raise run.error  # its own status and code, as chat would answer it
         return json_reply(run.response, headers=headers)

@@ -221,27 +221,27 @@ class Deleted(BaseModel):
 # Stream events, each with its sequence number (from 0), in the order a stream sends them
 
 
-class _Event(BaseModel):
+class SequencedEvent(BaseModel):
     sequence_number: int
 
 
-class ResponseCreated(_Event):
+class ResponseCreated(SequencedEvent):
     type: Literal["response.created"] = "response.created"
     response: Response
 
 
-class ResponseInProgress(_Event):
+class ResponseInProgress(SequencedEvent):
     type: Literal["response.in_progress"] = "response.in_progress"
     response: Response
 
 
-class OutputItemAdded(_Event):
+class OutputItemAdded(SequencedEvent):
     type: Literal["response.output_item.added"] = "response.output_item.added"
     output_index: int
     item: OutputItem
 
 
-class ContentPartAdded(_Event):
+class ContentPartAdded(SequencedEvent):
     type: Literal["response.content_part.added"] = "response.content_part.added"
     item_id: str
     output_index: int
@@ -249,7 +249,7 @@ class ContentPartAdded(_Event):
     part: OutputText
 
 
-class OutputTextDelta(_Event):
+class OutputTextDelta(SequencedEvent):
     type: Literal["response.output_text.delta"] = "response.output_text.delta"
     item_id: str
     output_index: int
@@ -258,7 +258,7 @@ class OutputTextDelta(_Event):
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class OutputTextDone(_Event):
+class OutputTextDone(SequencedEvent):
     type: Literal["response.output_text.done"] = "response.output_text.done"
     item_id: str
     output_index: int
@@ -267,7 +267,7 @@ class OutputTextDone(_Event):
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class ContentPartDone(_Event):
+class ContentPartDone(SequencedEvent):
     type: Literal["response.content_part.done"] = "response.content_part.done"
     item_id: str
     output_index: int
@@ -275,14 +275,14 @@ class ContentPartDone(_Event):
     part: OutputText
 
 
-class FunctionCallArgumentsDelta(_Event):
+class FunctionCallArgumentsDelta(SequencedEvent):
     type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
     item_id: str
     output_index: int
     delta: str
 
 
-class FunctionCallArgumentsDone(_Event):
+class FunctionCallArgumentsDone(SequencedEvent):
     type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
     item_id: str
     output_index: int
@@ -290,28 +290,28 @@ class FunctionCallArgumentsDone(_Event):
     arguments: str
 
 
-class OutputItemDone(_Event):
+class OutputItemDone(SequencedEvent):
     type: Literal["response.output_item.done"] = "response.output_item.done"
     output_index: int
     item: OutputItem
 
 
-class ResponseCompleted(_Event):
+class ResponseCompleted(SequencedEvent):
     type: Literal["response.completed"] = "response.completed"
     response: Response
 
 
-class ResponseIncomplete(_Event):
+class ResponseIncomplete(SequencedEvent):
     type: Literal["response.incomplete"] = "response.incomplete"
     response: Response
 
 
-class ResponseFailed(_Event):
+class ResponseFailed(SequencedEvent):
     type: Literal["response.failed"] = "response.failed"
     response: Response
 
 
-class ErrorEvent(_Event):
+class ErrorEvent(SequencedEvent):
     """A failure after the stream began that is not the response's own (the stream's delivery)."""
 
     type: Literal["error"] = "error"

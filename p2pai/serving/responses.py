@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter
@@ -91,7 +91,7 @@ class Run:
         self.finished = True
         self._changed.set()
 
-    async def follow(self, after: int = -1) -> AsyncIterator[r.StreamEvent]:
+    async def follow(self, after: int = -1) -> AsyncGenerator[r.StreamEvent, None]:
         """Its events from sequence number ``after`` + 1, as they come, until it ends."""
         index = after + 1
         while True:
@@ -125,16 +125,18 @@ class Responses:
                                              finished=True)
 
     async def close(self) -> None:
-        for run in list(self._runs.values()):
-            if run.task is not None:
-                run.task.cancel()
+        """Cancel the background responses still running, and store them and every finished one."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None and not run.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     # Creating
 
     async def start(self, served: ServedModel, request: r.ResponsesRequest
-                    ) -> tuple[Run, AsyncIterator[r.StreamEvent]]:
+                    ) -> tuple[Run, AsyncGenerator[r.StreamEvent, None]]:
         """Map, check and start generating; everything that can refuse the request does so here.
         The events are generated as they are read, or in a task of their own for a background response."""
         if request.background and not request.store:
@@ -168,12 +170,12 @@ class Responses:
         return _CONVERSATION.validate_json(stored.conversation)
 
     async def _generate(self, run: Run, parts: AsyncIterator[str | Outcome], store: bool
-                        ) -> AsyncIterator[r.StreamEvent]:
+                        ) -> AsyncGenerator[r.StreamEvent, None]:
         """Read the turn, telling it as events (each one also kept in ``run``)."""
         response = run.response
         seq = 0
 
-        def emit(event_type: type[r._Event], **fields: object) -> r.StreamEvent:
+        def emit(event_type: type[r.SequencedEvent], **fields: object) -> r.StreamEvent:
             nonlocal seq
             event = event_type(sequence_number=seq, **fields)
             seq += 1
