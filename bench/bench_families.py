@@ -1,6 +1,6 @@
 """Anthropic's /v1/messages and OpenAI's /v1/responses against /v1/chat/completions, for the same generation.
 
-One `p2pai start --preload` node serves the model (default: the built-in gemma-3-270m). Each round
+One `p2pai start --preload` node serves the model (default: the built-in gemma-3-270m, Q4_K_M). Each round
 streams the same conversation (one user message, greedy, `--max-tokens` tokens) once through each
 family, in a rotating order, each after the machine is quiet; `/v1/responses` runs with its defaults
 (`store` true: every response is written to the node's SQLite store). Per family: time to first
@@ -34,7 +34,6 @@ from bench_single_node import (
     HOST,
     CpuMeter,
     ServerProcess,
-    default_model,
     free_port,
     machine,
     markdown_table,
@@ -42,6 +41,8 @@ from bench_single_node import (
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 TARGET = 0.98
+BUILT_IN = "gemma-3-270m"
+"""The default model, with its config (chat_format gemma: the GGUF has no chat template)."""
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "families.json"
 
 
@@ -107,11 +108,13 @@ async def stream(session: aiohttp.ClientSession, url: str, family: str, model: s
     first = last = None
     parts: list[str] = []
     tokens = None
+    seen: list[bytes] = []
     async with session.post(url + path, json={"model": model, **body(max_tokens)}) as resp:
         if resp.status != 200:
             raise RuntimeError(f"{family} answered {resp.status}: {(await resp.text())[:500]}")
         async for raw in resp.content:
             line = raw.strip()
+            seen.append(line)
             if not line.startswith(b"data: {"):
                 continue
             text, count = read(json.loads(line[6:]))
@@ -122,24 +125,23 @@ async def stream(session: aiohttp.ClientSession, url: str, family: str, model: s
                 parts.append(text)
             tokens = count if count is not None else tokens
     if first is None or last is None or tokens is None:
-        raise RuntimeError(f"{family}: no text or no token count in the stream")
+        raise RuntimeError(f"{family}: no text or no token count in the stream: {b''.join(seen)[:800]!r}")
     return Run(family, first - start, last - first, tokens, "".join(parts), meter.others_cores(since))
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    model = args.model or default_model(workdir)
     port = free_port()
     argv = [str(Path(sys.executable).with_name("p2pai")), "start", "--listen", f"{HOST}:{port}",
-            "--data-dir", str(workdir / "data"), "--model", model, "--threads", str(args.threads),
-            "--preload", "--no-mdns", "--p2p-listen", f"/ip4/{HOST}/tcp/{free_port()}", "--peer-listen", f"{HOST}:0"]
+            "--data-dir", str(workdir / "data"), *(["--model", args.model] if args.model else []),
+            "--threads", str(args.threads), "--preload", "--no-mdns", "--p2p-listen", f"/ip4/{HOST}/tcp/{free_port()}",
+            "--peer-listen", f"{HOST}:0"]
     server = ServerProcess("p2pai", argv, port, "/readyz", workdir / "node.log")
-    name = Path(model).stem
+    served = Path(args.model).stem if args.model else BUILT_IN
     runs: list[Run] = []
     try:
         server.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
             await server.wait_ready(session)
-            served = (await (await session.get(server.url + "/v1/models")).json())["data"][0]["id"]
             meter = CpuMeter([os.getpid()])
             for family in FAMILIES:  # warm-up, not counted
                 await stream(session, server.url, family, served, args.max_tokens, meter)
@@ -151,7 +153,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 print(f"  round {round_ + 1}/{args.repeat}", file=sys.stderr, flush=True)
     finally:
         server.stop()
-    return {"model": name, "runs": runs}
+    return {"model": served, "runs": runs}
 
 
 def summarise(runs: list[Run]) -> dict[str, dict[str, float]]:
@@ -182,7 +184,7 @@ def table(summary: dict[str, dict[str, float]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="GGUF file (default: the built-in gemma-3-270m Q4_K_M)")
+    parser.add_argument("--model", help="GGUF file with a chat template (default: the built-in gemma-3-270m)")
     parser.add_argument("--repeat", type=int, default=15, help="rounds (one stream per family each); medians")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
