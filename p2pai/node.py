@@ -100,7 +100,9 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         files=files,
         installer=installer,
         serve_rate=RateLimit(settings.serve_rate),
+        store=store,
     )
+    await state.responses.recover()
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)
     guard = peer_guard(membership.keys.http_key, swarm.peer_id, tls)
     peers = peer_runner(create_peer_app(state, guard))
@@ -142,6 +144,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await runner.cleanup()
         await peers.cleanup()
         await router.stop()
+        await state.responses.close()  # background responses end (and are stored) while their models run
         await manager.close()
         await files.stop()
         await installer.galleries.close()

@@ -9,10 +9,12 @@ from aiohttp import web
 from ..routing.peer_auth import is_peer_request
 from ..serving.limits import MAX_BODY_BYTES, MAX_UPLOAD_BODY_BYTES
 from . import openapi
+from .anthropic import anthropic_routes, is_anthropic
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes, model_routes
 from .p2p import p2p_routes
+from .responses import responses_routes
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -25,13 +27,13 @@ UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/audio/transcriptions", "
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error, ours or aiohttp's (404 route, 405, 413), leaves as OpenAI JSON."""
+    """Every error, ours or aiohttp's (404 route, 405, 413), leaves as OpenAI JSON (Anthropic's on its paths)."""
     try:
         return await handler(request)
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - converted into the response
-        return from_exception(exc).response()
+        return from_exception(exc).response(anthropic_shape=is_anthropic(request.path))
 
 
 @web.middleware
@@ -67,6 +69,8 @@ def create_app(state: NodeState) -> web.Application:
                           client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
+    app.add_routes(anthropic_routes)
+    app.add_routes(responses_routes)
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
     app.add_routes(model_routes)

@@ -15,12 +15,20 @@ from ..backends.base import (
     QueueFullError,
     WorkerLostError,
 )
+from ..protocol import anthropic
 from ..protocol.errors import ErrorDetail, ErrorResponse
-from ..routing.router import NoNodeAvailable, UnknownNodeError
+from ..routing.router import ERROR_CODE_HEADER, NoNodeAvailable, UnknownNodeError
 from ..serving.manager import UnknownModelError
+from ..serving.responses import ResponseNotFound
 from .replies import json_reply, sse_event
 
 log = logging.getLogger(__name__)
+
+_ANTHROPIC_TYPES: dict[int, anthropic.ErrorType] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 413: "request_too_large", 421: "api_error", 429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 class APIError(Exception):
@@ -44,8 +52,15 @@ class APIError(Exception):
     def body(self) -> ErrorResponse:
         return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
-    def response(self) -> web.Response:
-        return json_reply(self.body(), status=self.status, headers=self.headers)
+    def anthropic_body(self) -> anthropic.ErrorResponse:
+        """Anthropic's shape: its error types follow from the status."""
+        kind = _ANTHROPIC_TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "api_error")
+        return anthropic.ErrorResponse(error=anthropic.ErrorDetail(type=kind, message=self.message))
+
+    def response(self, anthropic_shape: bool = False) -> web.Response:
+        headers = {**self.headers, ERROR_CODE_HEADER: self.code} if self.code else self.headers
+        body = self.anthropic_body() if anthropic_shape else self.body()
+        return json_reply(body, status=self.status, headers=headers)
 
 
 def from_validation(exc: ValidationError) -> APIError:
@@ -68,6 +83,8 @@ def from_exception(exc: BaseException) -> APIError:
         return from_validation(exc)
     if isinstance(exc, UnknownModelError):
         return APIError(404, f"The model `{exc.name}` does not exist", code="model_not_found", param="model")
+    if isinstance(exc, ResponseNotFound):
+        return APIError(404, str(exc), code="response_not_found", param="response_id")
     if isinstance(exc, UnknownNodeError):
         return APIError(404, str(exc), code="node_not_found", param="X-P2PAI-Node")
     if isinstance(exc, NoNodeAvailable):

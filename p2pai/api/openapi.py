@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..protocol import anthropic, responses
 from ..protocol.audio import (
     TranscriptionAnswer,
     TranscriptionRequest,
@@ -85,8 +86,6 @@ class Operation:
     """The request is a multipart/form-data upload (its model's bytes fields are files)."""
     binary: bool = False
     """An application/octet-stream answer."""
-    query: tuple[str, ...] = ()
-    """Required integer query parameters."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
@@ -95,9 +94,17 @@ class Operation:
     """Served on the client API (False: on the peer endpoint only)."""
     public: bool = False
     """No API key needed."""
+    error: type[BaseModel] = ErrorResponse
+    """The shape of its errors (Anthropic's on Anthropic's paths)."""
+    named_events: bool = False
+    """Its stream's events have an `event:` line and end with the last one, not [DONE]."""
+    query: tuple[dict[str, Any], ...] = ()
+    """Its query parameters (OpenAPI parameter objects)."""
 
 
 _MODEL_ERRORS = (400, 404, 413, 500, 502, 503)
+_RANGE = tuple({"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
+               for name in ("offset", "length"))
 OPERATIONS = (
     Operation("post", ("/v1/chat/completions", "/chat/completions"), "createChatCompletion",
               "Chat completion (OpenAI), streamed as server-sent events with `stream`", ChatCompletion,
@@ -121,6 +128,27 @@ OPERATIONS = (
               TranscriptTextDelta, _MODEL_ERRORS, text=True, form=True, routed=True),
     Operation("post", ("/v1/tokenize",), "tokenize", "Tokenize text with a model's tokenizer", Tokens,
               TokenizeRequest, errors=_MODEL_ERRORS, routed=True),
+    Operation("post", ("/v1/messages", "/messages"), "createMessage",
+              "Message (Anthropic's Messages API), streamed as Anthropic's events with `stream`", anthropic.Message,
+              anthropic.MessagesRequest, anthropic.AnthropicStreamEvent, _MODEL_ERRORS, routed=True,
+              error=anthropic.ErrorResponse, named_events=True),
+    Operation("post", ("/v1/messages/count_tokens", "/messages/count_tokens"), "countMessageTokens",
+              "The tokens a Messages request's prompt takes (Anthropic)", anthropic.TokenCount,
+              anthropic.CountTokensRequest, errors=_MODEL_ERRORS, routed=True, error=anthropic.ErrorResponse),
+    Operation("post", ("/v1/responses", "/responses"), "createResponse",
+              "Response (OpenAI's Responses API), stored by default; streamed as its events with `stream`",
+              responses.Response, responses.ResponsesRequest, responses.ResponseStreamEvent, _MODEL_ERRORS,
+              routed=True, named_events=True),
+    Operation("get", ("/v1/responses/{id}", "/responses/{id}"), "retrieveResponse",
+              "A stored (or running) response, from the node that has it; with `stream=true` its events again, "
+              "after `starting_after`", responses.Response, None, responses.ResponseStreamEvent, (400, 404),
+              named_events=True, query=(
+                  {"name": "stream", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                  {"name": "starting_after", "in": "query", "required": False, "schema": {"type": "integer"}})),
+    Operation("post", ("/v1/responses/{id}/cancel", "/responses/{id}/cancel"), "cancelResponse",
+              "Cancel a background response", responses.Response, errors=(400, 404)),
+    Operation("delete", ("/v1/responses/{id}", "/responses/{id}"), "deleteResponse", "Delete a stored response",
+              responses.Deleted, errors=(404,)),
     Operation("get", ("/v1/models", "/models"), "listModels", "Every model of the swarm", ModelList),
     Operation("get", ("/v1/models/{model}", "/models/{model}"), "retrieveModel", "One model of the swarm",
               ModelCard, errors=(404,)),
@@ -153,7 +181,7 @@ OPERATIONS = (
               ModelDownload, errors=(400, 404, 409), peer=False),
     Operation("get", ("/p2p/files/{sha256}",), "fileRange",
               "`length` bytes from `offset` of a model file this node announces (at most 64 MiB)", None,
-              errors=(400, 404, 416), binary=True, query=("offset", "length"), client=False),
+              errors=(400, 404, 416), binary=True, query=_RANGE, client=False),
     Operation("get", ("/p2p/files/{sha256}/chunks",), "fileChunkHashes",
               "The file's chunk hashes, 32 bytes each, whose SHA-256 is the announced root", None, errors=(404,),
               binary=True, client=False),
@@ -201,7 +229,7 @@ def _schemas(operations: list[Operation]) -> tuple[Refs, dict[str, Any]]:
     """Requests as they validate, answers as they serialize: each model's $ref, and every schema once."""
     wanted: list[tuple[type[BaseModel], Mode]] = [(ErrorResponse, "serialization")]
     for op in operations:
-        wanted += [(model, "serialization") for model in (op.answer, op.stream) if model is not None]
+        wanted += [(model, "serialization") for model in (op.answer, op.stream, op.error) if model is not None]
         if op.request is not None:
             wanted.append((op.request, "validation"))
     refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=_REF)
@@ -212,9 +240,7 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     out: dict[str, Any] = {"operationId": op.id + ("Alias" if alias else ""), "summary": op.summary}
     if alias:
         out["description"] = f"The same as {op.paths[0]}."
-    parameters = [*_PEER_HEADERS] if kind == "peer" else []
-    parameters += [{"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
-                   for name in op.query]
+    parameters = [*_PEER_HEADERS, *op.query] if kind == "peer" else [*op.query]
     if op.routed and kind == "client":
         parameters.append({"name": PIN_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
                            "description": "Pin the request to this node (id or name)."})
@@ -241,9 +267,24 @@ def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
     if op.text:
         content["text/plain"] = {"schema": {"type": "string"}}
     if op.stream is not None:
-        content["text/event-stream"] = {"schema": _event_schema(refs[(op.stream, "serialization")],
-                                                                refs[(ErrorResponse, "serialization")])}
+        event, error = refs[(op.stream, "serialization")], refs[(op.error, "serialization")]
+        schema = _named_event_schema(event) if op.named_events else _event_schema(event, error)
+        content["text/event-stream"] = {"schema": schema}
     return {"description": "OK", "content": content}
+
+
+def _named_event_schema(event: dict[str, Any]) -> dict[str, Any]:
+    """One event of Anthropic's or the Responses API's streams: an `event:` line with its type, then its data
+    (the family's error event included); the last event ends the stream."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "description": "The data's `type`."},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": event},
+        },
+        "description": "With `stream` set, the answer is a stream of these events, in the family's documented order.",
+    }
 
 
 def _event_schema(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +308,7 @@ _ERROR_TEXT = {
     400: "Invalid request (OpenAI's error shape, `param` names the field)",
     401: "Missing or wrong API key",
     403: "Forbidden",
-    404: "No such model (model_not_found), pinned node (node_not_found), job or file",
+    404: "No such model (model_not_found), pinned node (node_not_found), response (response_not_found), job or file",
     409: "A model of that name exists, or it cannot be deleted (built in, given with --model)",
     413: "Body larger than 16 MiB (an uploaded audio file: 25 MiB)",
     416: "The range is not within the file",
@@ -279,7 +320,7 @@ _ERROR_TEXT = {
 
 def _errors(op: Operation, kind: Document, refs: Refs) -> dict[str, Any]:
     codes = sorted({*op.errors, *(() if op.public and kind == "client" else (401,))})
-    error = {"application/json": {"schema": refs[(ErrorResponse, "serialization")]}}
+    error = {"application/json": {"schema": refs[(op.error, "serialization")]}}
     out = {str(code): {"description": _ERROR_TEXT[code], "content": error} for code in codes}
     out["4XX"] = {"description": "Any other client error", "content": error}
     out["5XX"] = {"description": "Any other server error", "content": error}
@@ -306,8 +347,9 @@ _PEER_HEADERS = [{"name": name, "in": "header", "required": True, "schema": {"ty
                   "description": _PEER_HEADER_DESCRIPTIONS[name]} for name in peer_auth.SIGNED_HEADERS]
 
 _DESCRIPTIONS = {
-    "client": "OpenAI-compatible API of a p2pai node, with LocalAI's extensions. Errors are OpenAI's JSON "
-              "({\"error\": {\"message\", \"type\", \"param\", \"code\"}}). Request bounds: README.md, Limits.",
+    "client": "OpenAI-compatible API of a p2pai node, with LocalAI's extensions and Anthropic's Messages API. "
+              "Errors are OpenAI's JSON ({\"error\": {\"message\", \"type\", \"param\", \"code\"}}), "
+              "Anthropic's on /v1/messages. Request bounds: README.md, Limits.",
     "peer": "The endpoint nodes of one swarm send each other requests on: the client API's model operations, "
             "answered by this node only, and the model files it announces, for requests signed with the swarm's "
             "key.",

@@ -18,11 +18,13 @@ from ..routing.peer_auth import Rejected, Signed, Verifier
 from ..routing.peer_tls import PeerTLS
 from ..routing.router import FORWARDED
 from . import openapi
+from .anthropic import anthropic_routes
 from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .localai import localai_routes
 from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
+from .responses import responses_routes
 from .routes import routes
 from .state import STATE, NodeState
 
@@ -77,6 +79,8 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)
+    app.add_routes(anthropic_routes)
+    app.add_routes(responses_routes)
     app.add_routes(localai_routes)
     app.add_routes(peer_file_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))

@@ -23,3 +23,8 @@ def json_reply(model: BaseModel, status: int = 200, headers: Mapping[str, str] |
 
 def sse_event(model: BaseModel) -> bytes:
     return b"data: " + json_bytes(model) + b"\n\n"
+
+
+def named_event(model: BaseModel) -> bytes:
+    """An SSE event with an `event:` line naming its type (Anthropic's and the Responses API's streams)."""
+    return b"event: " + model.type.encode() + b"\ndata: " + json_bytes(model) + b"\n\n"  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from ..serving.transcription import AudioRequest
 from .errors import APIError
 from .multipart import parse_form
 from .replies import json_reply
-from .sse import send_stream
+from .sse import OPENAI, StreamFormat, send_stream
 from .state import NodeState
 
 R = TypeVar("R", bound=BaseModel)
@@ -40,33 +40,35 @@ async def parse_body(request: web.Request, model: type[R]) -> R:
     return model.model_validate_json(await request.read(), strict=True)
 
 
-def _served_headers(served: ServedModel, state: NodeState) -> dict[str, str]:
+def served_headers(served: ServedModel, state: NodeState) -> dict[str, str]:
     return {"X-P2PAI-Served-By": state.node_id, "X-P2PAI-Model": served.name}
 
 
-async def _stream_or_json(
+async def stream_or_json(
     request: web.Request,
     served: ServedModel,
     wants_stream: bool,
     whole: Callable[[], Awaitable[BaseModel]],
     parts: Callable[[], AsyncIterator[BaseModel]],
+    form: StreamFormat = OPENAI,
 ) -> web.StreamResponse:
     state = NodeState.of(request)
-    headers = _served_headers(served, state)
+    headers = served_headers(served, state)
     if not wants_stream:
         return json_reply(await whole(), headers=headers)
     events = parts()
     first = await anext(events)  # errors before the first event still get their own status
-    return await send_stream(request, first, events, headers)
+    return await send_stream(request, first, events, headers, form)
 
 
 async def dispatch(request: web.Request, model: str | None, task: Task | None,
-                    local: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Answer here or through the peer the router picks among those whose model serves ``task``."""
+                   local: Callable[[], Awaitable[web.StreamResponse]], pin: str | None = None) -> web.StreamResponse:
+    """Answer here or through the peer the router picks among those whose model serves ``task``
+    (on node ``pin`` if given)."""
     router = NodeState.of(request).router
     if router is None:
         return await local()
-    return await router.dispatch(request, model, task, local)
+    return await router.dispatch(request, model, task, local, pin)
 
 
 @routes.post("/v1/chat/completions")
@@ -76,7 +78,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     async def local() -> web.StreamResponse:
         served = await NodeState.of(request).serving.model(body.model, "chat")
-        return await _stream_or_json(
+        return await stream_or_json(
             request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
         )
 
@@ -90,7 +92,7 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
 
     async def local() -> web.StreamResponse:
         served = await NodeState.of(request).serving.model(body.model, "completion")
-        return await _stream_or_json(
+        return await stream_or_json(
             request,
             served,
             body.stream,
@@ -133,7 +135,7 @@ def json_answer(
     async def local() -> web.StreamResponse:
         state = NodeState.of(request)
         served = await state.serving.model(model, task)
-        return json_reply(await serve(served, body), headers=_served_headers(served, state))
+        return json_reply(await serve(served, body), headers=served_headers(served, state))
 
     return local
 
@@ -166,7 +168,7 @@ async def _audio(request: web.Request, form_model: type[AudioRequest], task: Tas
     async def local() -> web.StreamResponse:
         state = NodeState.of(request)
         served = await state.serving.model(body.model, task)
-        headers = _served_headers(served, state)
+        headers = served_headers(served, state)
         if body.stream:
             events = await transcription.stream(served, body)
             return await send_stream(request, await anext(events), events, headers)

@@ -1,10 +1,12 @@
-"""Server-sent events in OpenAI's streaming format."""
+"""Server-sent event streams: OpenAI's chat format (data only, ended by [DONE]) and the named
+events of the other families (Anthropic's, the Responses API's), which end with their last event."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -13,14 +15,27 @@ from ..event_stream import DONE, EventStream
 from .errors import error_event
 from .replies import sse_event
 
+
+@dataclass(frozen=True)
+class StreamFormat:
+    event: Callable[[BaseModel], bytes]
+    error: Callable[[BaseException], bytes]
+    """The event that reports a failure after the stream began."""
+    end: bytes
+    """Sent after the last event (OpenAI's [DONE]); empty when the last event says it all."""
+
+
+OPENAI = StreamFormat(sse_event, error_event, DONE)
+
 SEND_TIMEOUT = 60.0
 """Seconds one event may wait for the client to read: a client that stopped reading (its window
 full for that long) is let go, with its generation, instead of holding them forever."""
 
 
 async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterator[BaseModel],
-                      headers: dict[str, str] | None = None) -> web.StreamResponse:
-    """Write each event as soon as it exists; end with [DONE], or an error event if generation failed."""
+                      headers: dict[str, str] | None = None, form: StreamFormat = OPENAI) -> web.StreamResponse:
+    """Write each event as soon as it exists; end with the format's end ([DONE]), after an error
+    event if generation failed."""
     response = EventStream(
         headers={
             "Content-Type": "text/event-stream",
@@ -30,24 +45,27 @@ async def send_stream(request: web.Request, first: BaseModel, rest: AsyncIterato
         }
     )
     await response.prepare(request)
-    async with aclosing(_events(first, rest)) as events:
+    async with aclosing(_events(first, rest, form)) as events:
         async for data in events:
             await _send(response, data)
-    await _send(response, DONE)
+    if form.end:
+        await _send(response, form.end)
     async with asyncio.timeout(SEND_TIMEOUT):
         await response.write_eof()
     return response
 
 
-async def _events(first: BaseModel, rest: AsyncIterator[BaseModel]) -> AsyncGenerator[bytes, None]:
+async def _events(first: BaseModel, rest: AsyncIterator[BaseModel], form: StreamFormat
+                  ) -> AsyncGenerator[bytes, None]:
     """The events as bytes; a failure of generation becomes an error event. Closing this closes ``rest``
     (its generation stops when the client is gone)."""
-    yield sse_event(first)
+    encode = form.event
+    yield encode(first)
     try:
         async for item in rest:
-            yield sse_event(item)
+            yield encode(item)
     except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
-        yield error_event(exc)
+        yield form.error(exc)
     finally:
         close = getattr(rest, "aclose", None)
         if close is not None:

@@ -16,6 +16,8 @@ from ..routing.router import Router
 from ..serving.context import Serving
 from ..serving.limits import Limits
 from ..serving.manager import ModelManager
+from ..serving.responses import Responses
+from ..store import Store
 from ..swarm.swarm import Swarm
 
 
@@ -42,10 +44,14 @@ class NodeState:
     """Model galleries and jobs (None: the node installs nothing)."""
     serve_rate: RateLimit = field(default_factory=lambda: RateLimit(None))
     """Bytes per second this node sends to peers pulling its models, all together."""
+    store: Store | None = None
+    """None only for an app built without a data dir (in-process tests): responses are then kept in memory."""
     serving: Serving = field(init=False)
+    responses: Responses = field(init=False)
 
     def __post_init__(self) -> None:
         self.serving = Serving(self.manager, self.limits)
+        self.responses = Responses(self.store, self.node_id)
 
     @staticmethod
     def of(request: web.Request) -> NodeState:

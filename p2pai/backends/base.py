@@ -75,6 +75,16 @@ class SamplingParams:
     seed: int | None = None
     grammar: str | None = None
     """GBNF text constraining the output (from response_format, tools or `grammar`)."""
+    typical_p: float = 1.0
+    """Locally typical sampling; 1.0: off."""
+    mirostat: int = 0
+    """0: off; 1 or 2: Mirostat v1 or v2 in place of top-k/top-p/min-p (llama.cpp's `mirostat`)."""
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    repeat_last_n: int = 64
+    """Tokens the penalties look back over (-1: the whole context so far, as llama.cpp has it)."""
+    ignore_eos: bool = False
+    """End-of-generation tokens can never be sampled: generation runs to max_tokens or a stop string."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    stop_sequence: str | None = None
+    """On the last chunk: the stop string that ended the generation, if one did."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ class StopResult:
     """Text that is safe to send now."""
     stopped: bool
     """A stop string was found; `text` ends just before it."""
+    stop: str | None = None
+    """The stop string found (the first in the text; of two at one place, the first given)."""
 
 
 class TextAssembler:
@@ -39,18 +41,22 @@ class TextAssembler:
         return self._release(final=True)
 
     def _release(self, final: bool) -> StopResult:
-        cut = self._first_stop()
-        if cut is not None:
+        found = self._first_stop()
+        if found is not None:
+            cut, stop = found
             text, self._held = self._held[:cut], ""
-            return StopResult(text, True)
+            return StopResult(text, True, stop)
         keep = 0 if final else self._partial_stop_suffix()
         split = len(self._held) - keep
         text, self._held = self._held[:split], self._held[split:]
         return StopResult(text, False)
 
-    def _first_stop(self) -> int | None:
-        positions = [i for i in (self._held.find(s) for s in self._stop) if i >= 0]
-        return min(positions) if positions else None
+    def _first_stop(self) -> tuple[int, str] | None:
+        found = [(i, n, s) for n, s in enumerate(self._stop) if (i := self._held.find(s)) >= 0]
+        if not found:
+            return None
+        cut, _, stop = min(found)
+        return cut, stop
 
     def _partial_stop_suffix(self) -> int:
         """Length of the longest tail of the held text that starts some stop string."""

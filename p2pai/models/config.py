@@ -23,6 +23,12 @@ class SamplingDefaults(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    typical_p: float | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    repeat_last_n: int | None = None
+    ignore_eos: bool | None = None
 
 
 class TemplateConfig(BaseModel):

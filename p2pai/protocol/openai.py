@@ -3,7 +3,13 @@
 Unknown top-level fields of a request are refused with a 400, as OpenAI does,
 so a typo in a parameter name is reported instead of silently ignored. Fields
 OpenAI defines that cannot change our output (user, store, metadata...) are
-accepted. Answers serialize to exactly OpenAI's shapes: a field that OpenAI
+accepted, and so are LocalAI's request fields (its `schema.OpenAIRequest`, one
+shape for chat, completions, edits and embeddings), so a client written for
+LocalAI works: the llama.cpp sampling ones are applied (`typical_p`,
+`mirostat`/`mirostat_tau`/`mirostat_eta`, `repeat_last_n`, `ignore_eos`), the
+legacy `functions`/`function_call` become `tools`/`tool_choice`,
+`grammar_json_functions` constrains the output like a JSON schema, and the
+rest is accepted and ignored (see `_LocalAI`). Answers serialize to exactly OpenAI's shapes: a field that OpenAI
 leaves out when it has nothing to say (a delta's role, a chunk's usage) is
 left out, not sent as null.
 """
@@ -48,7 +54,71 @@ class _Request(BaseModel):
     user: str | None = None
 
 
-class _Sampling(_Request):
+class LegacyFunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, Field(max_length=64)]
+
+
+class _LocalAI(_Request):
+    """LocalAI's request fields beyond OpenAI's, plus newer OpenAI fields that do not apply here.
+
+    Applied: typical_p, mirostat, mirostat_tau, mirostat_eta, repeat_last_n, ignore_eos (llama.cpp
+    sampling; on embeddings they have nothing to act on). Ignored, as their notes say."""
+
+    typical_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    mirostat: Annotated[int, Field(ge=0, le=2), INTEGRAL] | None = None
+    mirostat_tau: Annotated[float, Field(ge=0)] | None = None
+    mirostat_eta: Annotated[float, Field(ge=0)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1), INTEGRAL] | None = None
+    ignore_eos: bool | None = None
+    tfz: float | None = None
+    """Ignored: llama.cpp removed tail-free sampling."""
+    n_keep: Int | None = None
+    """Ignored: a prompt longer than the context is refused, never shifted."""
+    backend: str | None = None
+    """Ignored: the model's config names its backend."""
+    batch: Int | None = None
+    rope_freq_base: float | None = None
+    rope_freq_scale: float | None = None
+    tokenizer: str | None = None
+    model_base_name: str | None = None
+    """Ignored: load-time settings belong in the model's config."""
+    negative_prompt: str | None = None
+    negative_prompt_scale: float | None = None
+    clip_skip: Int | None = None
+    step: Int | None = None
+    size: str | None = None
+    quality: str | None = None
+    ref_images: list[str] | None = None
+    files: list[str] | None = None
+    file: str | None = None
+    language: str | None = None
+    translate: bool | None = None
+    """Ignored: image and audio fields of LocalAI's shared request shape."""
+    reasoning_effort: str | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    verbosity: str | None = None
+    audio: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    """Ignored newer OpenAI fields, as vLLM does: text models here neither reason aloud, search nor
+    speak; prompt caching is automatic."""
+    functions: Annotated[list[FunctionDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    """OpenAI's legacy form of `tools`, which LocalAI clients still send: on chat, mapped to tools
+    (calls come back as `tool_calls`); ignored elsewhere."""
+    function_call: Literal["none", "auto"] | LegacyFunctionCall | None = None
+    """The legacy `tool_choice`: on chat, mapped to it; ignored elsewhere."""
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
+    """Accepted and ignored (OpenAI's and LocalAI's)."""
+    grammar_json_functions: dict[str, Any] | None = None
+    """LocalAI's JSON schema (oneOf/anyOf of function objects, $defs) the output must follow, on chat
+    and completions (like `grammar`); ignored by edits and embeddings."""
+
+
+class _Sampling(_LocalAI):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0), INTEGRAL] | None = None
@@ -201,8 +271,17 @@ class ChatCompletionRequest(_Sampling):
     continue_final_message: bool = False
     """vLLM's extension: the last (assistant) message is a beginning to continue, not a turn to answer."""
     store: bool | None = None
-    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
     service_tier: str | None = None
+
+    @model_validator(mode="after")
+    def _legacy_functions(self) -> ChatCompletionRequest:
+        if self.functions and not self.tools:
+            self.tools = [Tool(type="function", function=f) for f in self.functions]
+        call = self.function_call
+        if call is not None and self.tool_choice is None:
+            self.tool_choice = call if isinstance(call, str) else NamedToolChoice(
+                type="function", function=NamedFunction(name=call.name))
+        return self
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -224,17 +303,15 @@ class CompletionRequest(_Sampling):
         return self
 
 
-class EditRequest(_Request):
+class EditRequest(_Sampling):
+    """The sampling fields of completions apply (LocalAI's edits take them); an edit is not streamed."""
+
     instruction: Annotated[str, Field(min_length=1)]
     input: str = ""
-    n: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] = 1
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
-    seed: Seed | None = None
+    stream: Literal[False] = False
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(_LocalAI):
     input: Annotated[str, Field(min_length=1)] | Annotated[
         list[Annotated[str, Field(min_length=1)]], Field(min_length=1)
     ] | Annotated[list[Int], Field(min_length=1)] | Annotated[

@@ -14,6 +14,9 @@ to the client's transport from the callback that received it, so a forwarded
 event costs one loop iteration and no task switch.
 
 Either way a slow client stops the reading from the peer until it catches up.
+
+Each API family ends its stream its own way (streams.py): the relay watches how the last event of
+the body begins, so it knows a complete OpenAI, Anthropic or Responses stream alike.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from ..event_stream import DONE
 from .answer import Answer, AnswerBroken
 from .peer_http import BodyReader
+from .streams import OPENAI
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +49,22 @@ class ClientGone(ConnectionResetError):
 
 
 async def relay(request: web.Request, writer: AbstractStreamWriter, upstream: Answer, keep: list[bytes] | None = None,
-                rewrite: Callable[[bytes], bytes] | None = None, thread: bool = True) -> bool:
-    """Relay ``upstream``'s body to the client until it ends; True if it ended complete with [DONE].
+                rewrite: Callable[[bytes], bytes] | None = None, thread: bool = True,
+                final: tuple[bytes, ...] = OPENAI.final) -> bool:
+    """Relay ``upstream``'s body to the client until it ends; True if it ended complete, with an
+    event that begins as one of ``final`` does (OpenAI's: [DONE]).
 
     ``writer`` is the prepared chunked response's; ``keep`` collects the pieces as received,
     ``rewrite`` changes them before they are sent; ``thread`` False keeps the relay on the event
     loop (what happens anyway when a thread cannot take the stream). A complete answer's
     response is ended here: its last piece and the end of the body leave in one write, so a
-    client that stops reading at [DONE] finds its connection ready for the next request.
+    client that stops reading at the last event finds its connection ready for the next request.
     ClientGone if the client left.
     """
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientGone("the client went away")
-    pieces = Pieces(keep, rewrite)
+    pieces = Pieces(keep, rewrite, final)
     first = pieces.next(upstream.take_buffered())
     if first:
         await writer.write(first)  # with the headers if they are still waiting (EventStream): one segment
@@ -100,22 +105,28 @@ def _stream_thread(transport: asyncio.Transport, upstream: Answer, pieces: Piece
 class Pieces:
     """Each piece of the body as the client gets it: kept as received, rewritten.
 
-    A piece that ends the stream with [DONE] is held back until the body ends (see relay()).
+    A piece that ends the stream (its last event is a final one) is held back until the body
+    ends (see relay()).
     """
 
-    def __init__(self, keep: list[bytes] | None, rewrite: Callable[[bytes], bytes] | None) -> None:
+    def __init__(self, keep: list[bytes] | None, rewrite: Callable[[bytes], bytes] | None,
+                 final: tuple[bytes, ...] = OPENAI.final) -> None:
         self._keep = keep
         self._rewrite = rewrite
-        self._tail = b""
+        self._final = final
+        self._head_length = max(len(head) for head in final)
+        self._head = b""  # how the last event of the body so far begins
+        self._tail = b""  # the body's last two bytes
+        self._seen: bytes | None = None  # taken by plain(), then passed to next()
         self.held = b""
 
     def next(self, payload: bytes) -> bytes:
         """The body to send now for ``payload`` (not chunk-framed)."""
         if not payload:
             return b""
-        if self._keep is not None:
-            self._keep.append(payload)
-        self._tail = (self._tail + payload)[-len(DONE) :]
+        if payload is not self._seen:
+            self._see(payload)
+        self._seen = None
         out = self.held + (self._rewrite(payload) if self._rewrite is not None else payload)
         if self.done:
             self.held, out = out, b""
@@ -125,18 +136,30 @@ class Pieces:
 
     def plain(self, payload: bytes) -> bool:
         """Take ``payload`` if it goes out unchanged and at once (no rewrite, nothing held, not the
-        [DONE] end), so that the bytes it arrived as can be sent; False: pass it to next()."""
-        if self._rewrite is not None or self.held or len(payload) < len(DONE) or payload.endswith(DONE):
+        stream's end), so that the bytes it arrived as can be sent; False: pass it to next()."""
+        if self._rewrite is not None or self.held or not payload:
             return False
+        self._see(payload)
+        if self.done:
+            self._seen = payload
+            return False
+        return True
+
+    def _see(self, payload: bytes) -> None:
         if self._keep is not None:
             self._keep.append(payload)
-        self._tail = payload[-len(DONE) :]
-        return True
+        data = self._tail + payload
+        start = data.rfind(b"\n\n", 0, len(data) - 1)  # the start of an event begun in this piece
+        if start >= 0:
+            self._head = data[start + 2 : start + 2 + self._head_length]
+        elif len(self._head) < self._head_length:
+            self._head += payload[: self._head_length - len(self._head)]
+        self._tail = data[-2:]
 
     @property
     def done(self) -> bool:
-        """The body so far ends with [DONE]."""
-        return self._tail == DONE
+        """The body so far ends with a final event."""
+        return self._tail == b"\n\n" and self._head.startswith(self._final)
 
 
 def _framed(data: bytes) -> bytes:

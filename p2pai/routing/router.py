@@ -47,6 +47,7 @@ from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
 from .relay import relay
+from .streams import stream_kind
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ MAX_ATTEMPTS = 3
 MAX_LOST = 2
 """Nodes a request may be lost with (they died or froze working on it): the first, and one more."""
 CRASHED = "model_crashed"
+ERROR_CODE_HEADER = "X-P2PAI-Error-Code"
+"""Where a node puts an error's code, in every API family's error shape (api/errors.py)."""
 REFUSED = 401
 """A peer's refusal of this node's signature (clocks too far apart, say): a problem between this
 node and that peer, never the client's, so another node is tried."""
@@ -217,13 +220,13 @@ class Router:
 
     # Serving a request
 
-    async def dispatch(self, request: web.Request, model: str | None, task: Task | None, local: Local
-                       ) -> web.StreamResponse:
-        """Answer locally or through a peer whose model serves ``task``. Requests from peers are
-        always answered here (one hop)."""
+    async def dispatch(self, request: web.Request, model: str | None, task: Task | None, local: Local,
+                       pin: str | None = None) -> web.StreamResponse:
+        """Answer locally or through a peer whose model serves ``task`` (on node ``pin`` when given,
+        else the one X-P2PAI-Node names, if any). Requests from peers are always answered here (one hop)."""
         if FORWARDED in request or not model:
             return await local()
-        targets = self.targets(model, task, request.headers.get(PIN_HEADER))
+        targets = self.targets(model, task, pin or request.headers.get(PIN_HEADER))
         failures = []
         journey = Journey()
         for target in targets[:MAX_ATTEMPTS]:
@@ -240,14 +243,34 @@ class Router:
                     break
         raise NoNodeAvailable(f"no node could take the request for {model!r} ({'; '.join(failures)})")
 
-    async def _forward(self, request: web.Request, target: Target, model: str, journey: Journey
+    def node_ids(self) -> list[str]:
+        """The nodes of the swarm that answer requests, this one first."""
+        return [node.id for node in self._serving_nodes(include_offline=True)]
+
+    async def on_node(self, request: web.Request, node_id: str, local: Local) -> web.StreamResponse:
+        """Answer on node ``node_id``, this one or a peer: for what only that node has (a stored
+        response). No failover: no other node could answer."""
+        if FORWARDED in request:
+            return await local()
+        node = next((n for n in self._serving_nodes(include_offline=True) if n.id == node_id), None)
+        if node is None:
+            raise UnknownNodeError(node_id)
+        if node.is_self:
+            return await local()
+        if not node.online:
+            raise NoNodeAvailable(f"the node that has it ({node.name}) is offline")
+        candidate = Candidate(node.id, node.name, False, True, 0, 0, 0, None)
+        return await self._forward(request, Target(candidate, tuple(node.endpoint_urls())), None, Journey())
+
+    async def _forward(self, request: web.Request, target: Target, model: str | None, journey: Journey
                        ) -> web.StreamResponse:
         peer = target.candidate.node_id
         metrics = self.metrics[peer]
         loop = asyncio.get_running_loop()
         body = await request.read()
         metrics.started()
-        self._outstanding[(peer, model)] += 1
+        if model is not None:
+            self._outstanding[(peer, model)] += 1
         started = loop.time()
         try:
             send = self._forwarder.send(
@@ -273,8 +296,9 @@ class Router:
             raise
         finally:
             metrics.finished()
-            self._outstanding[(peer, model)] -= 1
-            self._note_finished(peer, model)
+            if model is not None:
+                self._outstanding[(peer, model)] -= 1
+                self._note_finished(peer, model)
 
     def _note_finished(self, peer: str, model: str) -> None:
         seen = self._swarm.last_seen(peer)
@@ -308,7 +332,7 @@ class Router:
             self._aborts[peer].discard(abort)
 
     async def _relay(self, request: web.Request, upstream: Answer, peer: str, waited: float, body: bytes,
-                     model: str, journey: Journey) -> web.StreamResponse:
+                     model: str | None, journey: Journey) -> web.StreamResponse:
         headers = {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
         headers.update((k, v) for k, v in upstream.headers.items() if k.lower().startswith("x-p2pai-"))
         headers["X-P2PAI-Entry"] = self._swarm.peer_id
@@ -322,21 +346,21 @@ class Router:
         response = EventStream(status=upstream.status, headers=headers)
         writer = await response.prepare(request)
         assert writer is not None  # a response prepared once has its writer
-        original = continuable(request.path, body)
-        relayed: list[bytes] | None = [] if original is not None else None
-        if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed)):
+        kind = stream_kind(request.path)
+        original = continuable(request.path, body) if model is not None else None
+        relayed: list[bytes] | None = [] if original is not None or kind.keeps else None
+        if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed, final=kind.final)):
             self.metrics[peer].failed("the stream broke off", lost=True)
-            done = progress(b"".join(relayed)) if relayed is not None else None
-            if original is None or done is None or not journey.lose() or not await self._continue(
+            done = progress(b"".join(relayed)) if original is not None and relayed is not None else None
+            if original is None or model is None or done is None or not journey.lose() or not await self._continue(
                 request, writer, original, done, model, peer, journey
             ):
-                await response.write(_broken_stream_event(peer))
-                await response.write(DONE)
+                await response.write(kind.broken(b"".join(relayed or ()), peer))
         await response.write_eof()  # a complete stream's relay has ended it already
         return response
 
     async def _pump(self, peer: str, upstream: Answer, relaying: Awaitable[bool]) -> bool:
-        """Relay ``upstream``'s events as they come, cut off if the peer goes offline; True if it ended with [DONE]."""
+        """Relay ``upstream``'s events as they come, cut off if the peer goes offline; True if it ended complete."""
         self._aborts[peer].add(upstream.close)
         try:
             return await relaying
@@ -405,18 +429,11 @@ async def _error_answer(upstream: Answer) -> ErrorAnswer:
         body = await upstream.read()
     except AnswerBroken as exc:
         raise PeerUnavailable(f"answered {upstream.status}, then its body broke off: {exc}", lost=True) from exc
-    try:
-        code = json.loads(body)["error"]["code"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        code = None
+    code = upstream.headers.get(ERROR_CODE_HEADER)
+    if code is None:  # an older node: the code is in OpenAI's error body
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            code = None
     return ErrorAnswer(code if isinstance(code, str) else None, body[:300].decode(errors="replace"))
 
-
-def _broken_stream_event(peer: str) -> bytes:
-    error = {
-        "message": f"The node serving this answer ({peer}) failed mid-stream; the answer is incomplete.",
-        "type": "server_error",
-        "param": None,
-        "code": "peer_failed",
-    }
-    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"

@@ -1,11 +1,17 @@
-"""POST /v1/chat/completions: messages to a prompt, generation, OpenAI's response shapes."""
+"""POST /v1/chat/completions: messages to a prompt, generation, OpenAI's response shapes.
+
+Also the one serving path of the other chat-like families (Anthropic Messages, OpenAI
+Responses): they map their request to a ChatCompletionRequest and read one `turn`, text
+deltas then its `Outcome` (tool calls parsed, the stop string named), shaping only the answer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
+from ..backends.base import GenerationChunk, GenerationRequest, InvalidRequestError, TokenLogprob, Usage
 from ..protocol.openai import (
     AssistantMessage,
     ChatChoice,
@@ -19,6 +25,7 @@ from ..protocol.openai import (
     FinishReason,
     NamedToolChoice,
     TextPart,
+    ToolCall,
     ToolCallDelta,
 )
 from ..protocol.openai import TokenLogprob as TokenLogprobOut
@@ -66,6 +73,7 @@ def _constraints(request: ChatCompletionRequest, plan: ToolPlan) -> list[Constra
         Constraint("response_format.json_schema.schema" if form and form.type == "json_schema" else "response_format",
                    schema=schema),
         Constraint("tool_choice", schema=plan.schema),
+        Constraint("grammar_json_functions", schema=request.grammar_json_functions),
     ]
 
 
@@ -76,6 +84,8 @@ def _schemas(request: ChatCompletionRequest) -> list[tuple[dict[str, Any], str]]
     form = request.response_format
     if form is not None and form.json_schema is not None and form.json_schema.schema_ is not None:
         schemas.append((form.json_schema.schema_, "response_format.json_schema.schema"))
+    if request.grammar_json_functions is not None:
+        schemas.append((request.grammar_json_functions, "grammar_json_functions"))
     return schemas
 
 
@@ -105,6 +115,60 @@ def _message(message: ChatMessage, model: str) -> dict[str, Any]:
     if message.tool_call_id:
         out["tool_call_id"] = message.tool_call_id
     return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one answer ended."""
+
+    text: str
+    """The whole text (empty when the answer is tool calls)."""
+    tool_calls: list[ToolCall]
+    finish_reason: FinishReason
+    """stop, length, or tool_calls when ``tool_calls`` were recognised."""
+    stop_sequence: str | None
+    """The stop string that ended it, if one did (the template's and the config's count too)."""
+    usage: Usage
+
+
+async def turn(served: ServedModel, request: ChatCompletionRequest) -> AsyncIterator[str | Outcome]:
+    """One answer (``request.n`` is not read): its text as generated, then its Outcome. Everything
+    that can refuse the request does so before this returns, so no response has begun. With tools,
+    calls are recognised on the whole answer, so the text comes in one piece at the end."""
+    generation, plan = await prepare(served, request)
+    return _turn(await primed(served.engine.generate(generation)), plan)
+
+
+async def _turn(chunks: AsyncIterator[GenerationChunk], plan: ToolPlan) -> AsyncIterator[str | Outcome]:
+    try:
+        if plan.names:
+            result = await collect(chunks)
+            calls = parse_tool_calls(result.text, plan.names)
+            if calls:
+                yield Outcome("", calls, "tool_calls", None, result.usage)
+                return
+            if result.text:
+                yield result.text
+            yield Outcome(result.text, [], result.finish_reason, result.stop_sequence, result.usage)
+            return
+        parts = []
+        async for piece in chunks:
+            if piece.text:
+                parts.append(piece.text)
+                yield piece.text
+            if piece.finish_reason is not None:
+                assert piece.usage is not None
+                yield Outcome("".join(parts), [], piece.finish_reason, piece.stop_sequence, piece.usage)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def outcome(parts: AsyncIterator[str | Outcome]) -> Outcome:
+    """A turn read to its end."""
+    async for part in parts:
+        if isinstance(part, Outcome):
+            return part
+    raise RuntimeError("a turn ended without its outcome")
 
 
 async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatCompletion:

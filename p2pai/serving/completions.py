@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ..backends.base import GenerationRequest, InvalidRequestError, TokenLogprob
 from ..protocol.openai import (
@@ -31,8 +32,7 @@ async def prepare(served: ServedModel, request: CompletionRequest) -> list[tuple
         if not isinstance(item, str):
             check_token_prompt(item, engine.info.n_vocab, engine.info.n_ctx, "prompt")
     check_logit_bias(request.logit_bias, engine.info.n_vocab)
-    constraint = Constraint("grammar", grammar=request.grammar)
-    grammar = await build_grammar([constraint], [], served.limits, engine.info.n_vocab)
+    grammar = await build_grammar(*_grammar_constraints(request), served.limits, engine.info.n_vocab)
     sampling = served.sampling(request, grammar)
     max_tokens = served.max_tokens(request.max_tokens, OPENAI_DEFAULT_MAX_TOKENS)
     stop = tuple(served.config.stopwords) + request.stop_list()
@@ -43,6 +43,15 @@ async def prepare(served: ServedModel, request: CompletionRequest) -> list[tuple
         prompts = [(await _fill_in_middle(served, text, request.suffix), text) for _, text in prompts]
     return [(GenerationRequest(prompt=prompt, sampling=sampling, max_tokens=max_tokens, stop=stop,
                                logprobs=request.logprobs), text) for prompt, text in prompts]
+
+
+def _grammar_constraints(request: CompletionRequest | EditRequest
+                         ) -> tuple[list[Constraint], list[tuple[dict[str, Any], str]]]:
+    """`grammar` (GBNF) or LocalAI's `grammar_json_functions` (a JSON schema), and the schemas to bound."""
+    functions = request.grammar_json_functions
+    constraints = [Constraint("grammar", grammar=request.grammar),
+                   Constraint("grammar_json_functions", schema=functions)]
+    return constraints, [] if functions is None else [(functions, "grammar_json_functions")]
 
 
 def _prompt_items(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
@@ -133,11 +142,13 @@ async def edit(served: ServedModel, request: EditRequest) -> Edit:
     content = f"{request.instruction}\n\n{request.input}" if request.input else request.instruction
     messages = [{"role": "user", "content": content}]
     prompt = served.template.render(messages, None)
+    check_logit_bias(request.logit_bias, served.engine.info.n_vocab)
+    grammar = await build_grammar(*_grammar_constraints(request), served.limits, served.engine.info.n_vocab)
     generation = GenerationRequest(
         prompt=prompt.text,
-        sampling=served.sampling(request, None),
+        sampling=served.sampling(request, grammar),
         max_tokens=served.max_tokens(request.max_tokens),
-        stop=prompt.stop + tuple(served.config.stopwords),
+        stop=prompt.stop + tuple(served.config.stopwords) + request.stop_list(),
         add_special=prompt.add_special,
     )
     choices, usages = [], []

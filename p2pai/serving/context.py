@@ -59,6 +59,12 @@ class ServedModel:
             frequency_penalty=pick("frequency_penalty"),
             seed=seed,
             grammar=grammar,
+            typical_p=pick("typical_p"),
+            mirostat=pick("mirostat"),
+            mirostat_tau=pick("mirostat_tau"),
+            mirostat_eta=pick("mirostat_eta"),
+            repeat_last_n=pick("repeat_last_n"),
+            ignore_eos=pick("ignore_eos"),
         )
 
     def max_tokens(self, requested: int | None, default: int | None = None) -> int | None:
@@ -116,6 +122,7 @@ class Completion:
     logprobs: list[TokenLogprob]
     finish_reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None
 
 
 async def collect(chunks: AsyncIterator[GenerationChunk]) -> Completion:
@@ -126,7 +133,7 @@ async def collect(chunks: AsyncIterator[GenerationChunk]) -> Completion:
         logprobs.extend(chunk.logprobs)
         if chunk.finish_reason is not None:
             assert chunk.usage is not None
-            return Completion("".join(parts), logprobs, chunk.finish_reason, chunk.usage)
+            return Completion("".join(parts), logprobs, chunk.finish_reason, chunk.usage, chunk.stop_sequence)
     raise RuntimeError("the engine ended a generation without a final chunk")
 
 

@@ -1,6 +1,8 @@
-"""The node's database (SQLite through aiosqlite, one file in the data dir): what must outlive a
-request and survive a restart. No other module opens it.
+"""The node's database (SQLite through aiosqlite, one file in the data dir, WAL mode): what must outlive
+a request and survive a restart. No other module opens it; each kind of record has its tables and
+its methods on one connection.
 
+- stored responses (the Responses API): responses.py;
 - model jobs (LocalAI's /models/jobs): kept 7 days after they end;
 - the digests of this node's model files, by path, size and modification time (hashing a large
   file takes seconds; its digest is announced to peers);
@@ -16,11 +18,13 @@ import aiosqlite
 
 from ..models.digests import FileDigest
 from ..protocol.localai import JobStatus
+from .responses import RESPONSES_SCHEMA, StoredResponses
 
 FILE_NAME = "p2pai.sqlite3"
 JOBS_KEPT_S = 7 * 86400
 
 _SCHEMA = (
+    *RESPONSES_SCHEMA,
     """CREATE TABLE IF NOT EXISTS model_jobs (
         uuid TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT NULL, status TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS file_digests (
@@ -34,6 +38,7 @@ _SCHEMA = (
 class Store:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
+        self.responses = StoredResponses(connection)
 
     @classmethod
     async def open(cls, data_dir: Path) -> Store:

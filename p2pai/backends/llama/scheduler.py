@@ -100,6 +100,7 @@ class Scheduler:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = loaded.model.vocab
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._eog: tuple[int, ...] | None = None
         self._n_swa = llama_cpp.llama_model_n_swa(loaded.model.model)
         self._pieces = pieces
         self._deliver = deliver
@@ -267,7 +268,8 @@ class Scheduler:
                 "tokens per request",
                 code="context_length_exceeded",
             )
-        seq.sampler = Sampler(self._vocab, self._n_vocab, request.sampling)
+        seq.sampler = Sampler(self._vocab, self._n_vocab, request.sampling, self.n_ctx,
+                              self._eog_tokens() if request.sampling.ignore_eos else ())
         picked = pick_slot(self.slots, prompt)
         assert picked is not None, "admitted without a free slot"
         slot, common = picked
@@ -297,6 +299,14 @@ class Scheduler:
         del slot.tokens[keep:]
         return keep
 
+    def _eog_tokens(self) -> tuple[int, ...]:
+        """The model's end-of-generation tokens, found once (a scan of the vocabulary, as llama.cpp's server does)."""
+        if self._eog is None:
+            import llama_cpp
+
+            self._eog = tuple(t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+        return self._eog
+
     def _forget(self, slot: Slot | None) -> None:
         import llama_cpp
 
@@ -321,16 +331,17 @@ class Scheduler:
             outbox.append((seq, GenerationChunk(released.text, tuple(seq.logprobs))))
             seq.logprobs = []
         if released.stopped:
-            self._finish(seq, "stop", outbox, stop_string_hit=True)
+            self._finish(seq, "stop", outbox, stop_string=released.stop)
         elif seq.produced >= seq.max_tokens:
             self._finish(seq, "length", outbox)
         else:
             seq.todo = [token]
 
-    def _finish(self, seq: Sequence, reason: FinishReason, outbox: Outbox, stop_string_hit: bool = False) -> None:
-        tail = "" if stop_string_hit else seq.text.finish().text
+    def _finish(self, seq: Sequence, reason: FinishReason, outbox: Outbox, stop_string: str | None = None) -> None:
+        tail = "" if stop_string is not None else seq.text.finish().text
         usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.produced, cached_tokens=seq.cached)
-        outbox.append((seq, GenerationChunk(tail, tuple(seq.logprobs), finish_reason=reason, usage=usage)))
+        outbox.append((seq, GenerationChunk(tail, tuple(seq.logprobs), finish_reason=reason, usage=usage,
+                                                 stop_sequence=stop_string)))
         self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
