@@ -58,6 +58,8 @@ class NodeSettings:
     """llama.cpp flash attention for models whose config sets none: auto, on or off."""
     limits: Limits = field(default_factory=Limits)
     """Request bounds a user may raise (README, "Limits")."""
+    trace_bodies: bool = False
+    """Keep request and answer bodies in GET /api/traces (prompts and answers, in memory)."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -136,6 +138,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "the backend supports it), on or off (P2PAI_FLASH_ATTENTION)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
+    parser.add_argument("--trace-bodies", action="store_true",
+                        default=env_default("TRACE_BODIES", "") in ("1", "true", "yes"),
+                        help="keep request and answer bodies (prompts, answers) in GET /api/traces "
+                             "(P2PAI_TRACE_BODIES=1)")
     add_limit_arguments(parser)
 
 
@@ -230,5 +236,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         routing=Policy(args.routing),
         flash_attention=args.flash_attention,  # argparse checked the choices
         limits=limits_from_args(args),
+        trace_bodies=args.trace_bodies,
         **swarm_fields(args),
     )

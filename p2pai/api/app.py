@@ -9,16 +9,19 @@ from aiohttp import web
 from ..routing.peer_auth import is_peer_request
 from ..serving.limits import MAX_BODY_BYTES
 from . import openapi
+from .dashboard import DASHBOARD_PREFIX, dashboard_routes
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes
+from .observe import observe, observe_routes
 from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+"""With the dashboard's assets (DASHBOARD_PREFIX): they hold no data; the page asks for a key when the API needs one."""
 
 
 @web.middleware
@@ -46,16 +49,20 @@ async def no_peer_requests(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = NodeState.of(request)
-    if state.api_keys and request.path not in OPEN_PATHS and not has_key(request, state.api_keys | state.admin_keys):
+    if (state.api_keys and request.path not in OPEN_PATHS and not request.path.startswith(DASHBOARD_PREFIX)
+            and not has_key(request, state.api_keys | state.admin_keys)):
         raise invalid_key()
     return await handler(request)
 
 
 def create_app(state: NodeState) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, no_peer_requests, api_keys], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[observe, openai_errors, no_peer_requests, api_keys],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
+    app.add_routes(observe_routes)
+    app.add_routes(dashboard_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))
     return app

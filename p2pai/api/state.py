@@ -14,6 +14,7 @@ from ..serving.context import Serving
 from ..serving.limits import Limits
 from ..serving.manager import ModelManager
 from ..swarm.swarm import Swarm
+from .traces import TraceBuffer
 
 
 @dataclass
@@ -33,6 +34,7 @@ class NodeState:
     token: str | None = field(default=None, repr=False)
     started: int = field(default_factory=lambda: int(time.time()))
     limits: Limits = field(default_factory=Limits)
+    traces: TraceBuffer = field(default_factory=TraceBuffer)
     serving: Serving = field(init=False)
 
     def __post_init__(self) -> None:
