@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
+
 from conftest import _client
 from metrics_helpers import Samples
-
 from p2pai.metrics import OTHER, Bounded
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
