@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..protocol.errors import ErrorResponse
-from ..protocol.localai import RerankRequest, RerankResponse
+from ..protocol.localai import RerankRequest, RerankResponse, TraceList
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
     ChatCompletion,
@@ -59,8 +60,12 @@ class Operation:
     stream: type[BaseModel] | None = None
     """The event of the text/event-stream answer sent when the request sets `stream`."""
     errors: tuple[int, ...] = ()
-    text: bool = False
-    """A text/plain answer."""
+    text: tuple[str, ...] = ()
+    """The media types of an answer that is not JSON."""
+    query: tuple[tuple[str, str], ...] = ()
+    """Query parameters: (name, JSON schema type)."""
+    empty: bool = False
+    """Answered 204 with no body."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
@@ -97,7 +102,19 @@ OPERATIONS = (
               errors=(503,), peer=False),
     Operation("get", ("/api/p2p/token",), "swarmToken",
               "The swarm token: to callers with an API key, or on this machine when the node has none", None,
-              errors=(403, 503), text=True, peer=False),
+              errors=(403, 503), text=("text/plain",), peer=False),
+    Operation("get", ("/metrics",), "metrics", "Prometheus metrics of this node (text format 0.0.4)", None,
+              text=("text/plain",), peer=False),
+    Operation("get", ("/api/traces",), "listTraces",
+              "The last requests this node handled, newest first, with their hops (LocalAI's shape: at most "
+              "`limit`, default 50, 0 for all, after `offset`; bodies with `full`; the total in X-Total-Count; "
+              "admin only when keys are set)", TraceList, errors=(403,), peer=False,
+              query=(("limit", "integer"), ("offset", "integer"), ("full", "boolean"))),
+    Operation("post", ("/api/traces/clear",), "clearTraces", "Forget the traces (admin only when keys are set)",
+              None, errors=(403,), empty=True, peer=False),
+    Operation("get", ("/",), "dashboard", "The web dashboard", None, text=("text/html",), peer=False, public=True),
+    Operation("get", ("/dashboard/{name}",), "dashboardAsset", "A script or style sheet of the dashboard", None,
+              errors=(404,), text=("text/javascript", "text/css"), peer=False, public=True),
     Operation("get", ("/openapi.json",), "openapi", "This document", None),
 )
 
@@ -114,8 +131,8 @@ def _document_bytes(kind: Document) -> bytes:
     for op in operations:
         for number, path in enumerate(op.paths):
             item = paths.setdefault(path, {})
-            if "{model}" in path:
-                item["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+            for name in re.findall(r"\{(\w+)\}", path):
+                item["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
             item[op.method] = _operation(op, kind, refs, alias=number > 0)
     doc = {
         "openapi": "3.1.0",
@@ -151,6 +168,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if alias:
         out["description"] = f"The same as {op.paths[0]}."
     parameters = [*_PEER_HEADERS] if kind == "peer" else []
+    parameters += [{"name": name, "in": "query", "required": False, "schema": {"type": type_, "minimum": 0}
+                    if type_ == "integer" else {"type": type_}} for name, type_ in op.query]
     if op.routed and kind == "client":
         parameters.append({"name": PIN_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
                            "description": "Pin the request to this node (id or name)."})
@@ -159,7 +178,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if op.request is not None:
         out["requestBody"] = {"required": True,
                               "content": {"application/json": {"schema": refs[(op.request, "validation")]}}}
-    out["responses"] = {"200": _answer(op, refs), **_errors(op, kind, refs)}
+    success = {"204": {"description": "Done"}} if op.empty else {"200": _answer(op, refs)}
+    out["responses"] = {**success, **_errors(op, kind, refs)}
     if kind == "client":
         out["security"] = [{}] if op.public else _OPTIONAL_KEY
     return out
@@ -167,7 +187,7 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
 
 def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
     if op.text:
-        return {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        return {"description": "OK", "content": {media: {"schema": {"type": "string"}} for media in op.text}}
     if op.answer is None:  # this document
         return {"description": "OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}
     content: dict[str, Any] = {"application/json": {"schema": refs[(op.answer, "serialization")]}}

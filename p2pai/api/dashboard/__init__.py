@@ -16,6 +16,10 @@ DASHBOARD_PREFIX = "/dashboard/"
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
+ASSETS = frozenset(path.name for path in STATIC.iterdir() if path.name != "index.html")
+"""What the page loads; nothing else is served from the package."""
+MEDIA = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
 dashboard_routes = web.RouteTableDef()
 
 
@@ -26,4 +30,10 @@ async def page(request: web.Request) -> web.FileResponse:
         "Referrer-Policy": "no-referrer"})
 
 
-dashboard_routes.static(DASHBOARD_PREFIX.rstrip("/"), STATIC)
+@dashboard_routes.get(DASHBOARD_PREFIX + "{name}")
+async def asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / name, headers={"Content-Type": MEDIA[Path(name).suffix],
+                                                    "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
