@@ -52,7 +52,7 @@ CASES: dict[str, tuple[str, str, dict | None]] = {
 
 
 def without_observe(state: NodeState) -> web.Application:
-    """The node app as it was before issue #17's middleware (same routes, same other middlewares)."""
+    """The node app without issue #17's middleware (same routes, same other middlewares)."""
     app = create_app(state)
     bare = web.Application(middlewares=[app_module.openai_errors, app_module.no_peer_requests, app_module.api_keys],
                            client_max_size=MAX_BODY_BYTES)

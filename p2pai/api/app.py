@@ -13,7 +13,7 @@ from .dashboard import DASHBOARD_PREFIX, dashboard_routes
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes
-from .observe import observe, observe_routes
+from .observe import observe_routes, observer
 from .p2p import p2p_routes
 from .routes import routes
 from .state import STATE, NodeState
@@ -56,7 +56,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def create_app(state: NodeState) -> web.Application:
-    app = web.Application(middlewares=[observe, openai_errors, no_peer_requests, api_keys],
+    app = web.Application(middlewares=[observer(peer=False), openai_errors, no_peer_requests, api_keys],
                           client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)

@@ -12,12 +12,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from ..metrics import API_CALL, OTHER, REGISTRY, model_label, path_label, peer_label
 from ..protocol.localai import TraceList
+from ..routing.router import FORWARDED
 from .keys import require_admin
 from .replies import json_reply
 from .state import NodeState
@@ -34,28 +36,35 @@ MAX_LIMIT = 1000
 observe_routes = web.RouteTableDef()
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time every request into LocalAI's `api_call` histogram (by method and route, never by raw
-    path) and keep a trace of each that does work. Outermost: it sees the final status."""
-    started = time.perf_counter()
-    response = None
-    error = None
-    try:
-        response = await handler(request)
-        return response
-    except BaseException as exc:
-        error = repr(exc)
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else "unmatched"
-        if path != METRICS_PATH:
-            method = request.method if request.method in METHODS else OTHER
-            API_CALL.labels(method, path_label(path)).observe(seconds)
-        if request.method not in UNTRACED_METHODS and path not in UNTRACED_PATHS:
-            NodeState.of(request).traces.record(request, response, seconds, error)
+def observer(peer: bool) -> Middleware:
+    """The outermost middleware of an app (it sees the final status): every request timed into
+    LocalAI's `api_call` histogram (by method and route, never by raw path), and a trace kept of
+    each that does work. On the peer endpoint (``peer``) only signed requests are traced: a
+    stranger's refused requests must not push the swarm's out of the buffer."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = None
+        error = None
+        try:
+            response = await handler(request)
+            return response
+        except BaseException as exc:
+            error = repr(exc)
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else "unmatched"
+            if path != METRICS_PATH:
+                method = request.method if request.method in METHODS else OTHER
+                API_CALL.labels(method, path_label(path)).observe(seconds)
+            if (request.method not in UNTRACED_METHODS and path not in UNTRACED_PATHS
+                    and (not peer or FORWARDED in request)):
+                NodeState.of(request).traces.record(request, response, seconds, error)
+
+    return observe
 
 
 @observe_routes.get(METRICS_PATH)

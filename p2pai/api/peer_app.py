@@ -21,7 +21,7 @@ from . import openapi
 from .app import MAX_BODY_BYTES, Handler, openai_errors
 from .errors import APIError
 from .localai import localai_routes
-from .observe import observe
+from .observe import observer
 from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .routes import routes
 from .state import STATE, NodeState
@@ -73,7 +73,8 @@ async def signed_by_peer(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
-    app = web.Application(middlewares=[observe, openai_errors, signed_by_peer], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[observer(peer=True), openai_errors, signed_by_peer],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)
