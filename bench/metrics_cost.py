@@ -52,16 +52,12 @@ CASES: dict[str, tuple[str, str, dict | None]] = {
 
 
 def without_observe(state: NodeState) -> web.Application:
-    """The node app without issue #17's middleware (same routes, same other middlewares)."""
-    app = create_app(state)
+    """The node app without issue #17's middleware (same API routes, same other middlewares)."""
     bare = web.Application(middlewares=[app_module.openai_errors, app_module.no_peer_requests, app_module.api_keys],
                            client_max_size=MAX_BODY_BYTES)
     bare[app_module.STATE] = state
-    for resource in app.router.resources():
-        for route in resource:
-            if resource.canonical.startswith("/dashboard"):
-                continue
-            bare.router.add_route(route.method, resource.canonical, route.handler)
+    for table in (app_module.routes, app_module.localai_routes, app_module.p2p_routes):
+        bare.add_routes(table)
     return bare
 
 

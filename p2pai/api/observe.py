@@ -151,6 +151,12 @@ class _Scrape:
         members = GaugeMetricFamily("p2pai_overlay_members", "Other members known (online or not yet pruned)")
         members.add_metric([], len(peers))
         yield members
+        up = GaugeMetricFamily("p2pai_peer_up", "1 while a member is online, 0 once it is not (until pruned)",
+                               labels=["peer", "name"])
+        for node in peers:
+            label = peer_label(node.id)
+            up.add_metric([label, node.name[:64] if label != OTHER else OTHER], int(node.online))
+        yield up
         stats = swarm.stats()
         connections = GaugeMetricFamily("p2pai_overlay_connections", "libp2p connections to members")
         connections.add_metric([], stats["connections"])
