@@ -45,7 +45,8 @@ class Bounded:
 
 
 model_label = Bounded()
-peer_label = Bounded()
+peer_label = Bounded(256)
+"""As many as a swarm may have members (overlay.membership.MAX_PEERS)."""
 path_label = Bounded()
 
 # Serving: what this node's own models did.

@@ -154,8 +154,8 @@ class _Scrape:
         up = GaugeMetricFamily("p2pai_peer_up", "1 while a member is online, 0 once it is not (until pruned)",
                                labels=["peer", "name"])
         for node in peers:
-            label = peer_label(node.id)
-            up.add_metric([label, node.name[:64] if label != OTHER else OTHER], int(node.online))
+            if (label := peer_label(node.id)) != OTHER:  # a state has one sample per member, never a sum
+                up.add_metric([label, node.name[:64]], int(node.online))
         yield up
         stats = swarm.stats()
         connections = GaugeMetricFamily("p2pai_overlay_connections", "libp2p connections to members")
@@ -178,8 +178,9 @@ class _Scrape:
             if node.worker is None:
                 continue
             served = node.worker.served
-            label = peer_label(node.id)
-            worker = [label, node.name[:64] if label != OTHER else OTHER]
+            if (label := peer_label(node.id)) == OTHER:
+                continue
+            worker = [label, node.name[:64]]
             sessions.add_metric(worker, served.get("sessions", 0))
             moved.add_metric([*worker, "in"], served.get("bytes_in", 0))
             moved.add_metric([*worker, "out"], served.get("bytes_out", 0))
