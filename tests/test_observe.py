@@ -73,6 +73,7 @@ async def test_traces_list_requests_newest_first_with_secrets_redacted(models_di
         assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=user)).status == 404
         assert (await client.get("/api/traces", headers=user)).status == 403  # traces show every client's requests
         assert (await client.get("/api/traces")).status == 401
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status == 401  # refused: not traced
         response = await client.get("/api/traces", headers=admin)
         assert response.status == 200
         assert response.headers["X-Total-Count"] == "3"

@@ -29,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 METRICS_PATH = "/metrics"
 UNTRACED_PATHS = frozenset({"/api/traces/clear"})
+UNAUTHORIZED = 401
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -39,8 +40,8 @@ observe_routes = web.RouteTableDef()
 def observer(peer: bool) -> Middleware:
     """The outermost middleware of an app (it sees the final status): every request timed into
     LocalAI's `api_call` histogram (by method and route, never by raw path), and a trace kept of
-    each that does work. On the peer endpoint (``peer``) only signed requests are traced: a
-    stranger's refused requests must not push the swarm's out of the buffer."""
+    each that does work. Refused callers are not traced (a request without a valid key; on the peer
+    endpoint, ``peer``, one without a valid signature): they must not push the others' traces out."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -61,7 +62,7 @@ def observer(peer: bool) -> Middleware:
                 method = request.method if request.method in METHODS else OTHER
                 API_CALL.labels(method, path_label(path)).observe(seconds)
             if (request.method not in UNTRACED_METHODS and path not in UNTRACED_PATHS
-                    and (not peer or FORWARDED in request)):
+                    and (FORWARDED in request if peer else response is None or response.status != UNAUTHORIZED)):
                 NodeState.of(request).traces.record(request, response, seconds, error)
 
     return observe
