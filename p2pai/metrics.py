@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 
 MAX_LABEL_VALUES = 64
 """Distinct values one label may take; later ones are counted under OTHER."""
 OTHER = "other"
 
+disable_created_metrics()  # no `_created` twin of every series (a process-wide setting of prometheus-client)
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 

@@ -120,8 +120,9 @@ class _Scrape:
 
     def _models(self) -> Iterator[Metric]:
         state = self._state
-        info = GaugeMetricFamily("p2pai_node_info", "This node", labels=["node_id", "version"])
-        info.add_metric([state.node_id, state.version], 1)
+        info = GaugeMetricFamily("p2pai_node_info", "This node", labels=["node_id", "name", "version"])
+        name = state.swarm.self_node().name if state.swarm is not None else ""
+        info.add_metric([state.node_id, name, state.version], 1)
         yield info
         families = {
             "loaded": GaugeMetricFamily("p2pai_model_loaded", "1 while the model is loaded", labels=["model"]),
