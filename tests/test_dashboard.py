@@ -1,5 +1,5 @@
 """The dashboard at / in a real headless browser (Playwright driving Debian's chromium) against a real
-two-node swarm on 127.0.0.1: A has no model, B serves `tiny`."""
+two-node swarm on 127.0.0.1: A has no model, B serves the tests' tiny models (greedy)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def test_the_dashboard_shows_the_swarm_streams_a_chat_and_sees_a_node_die(
     token = new_token()
     a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), "--name",
                    "entry-a", name="a")
-    b = start_node("--token", token, "--bootstrap", a.bootstrap_addr(), "--model", str(models_dir / "tiny.gguf"),
-                   "--threads", "1", "--name", "server-b", name="b")
+    b = start_node("--token", token, "--bootstrap", a.bootstrap_addr(), "--models-dir", str(models_dir),
+                   "--no-default-model", "--threads", "1", "--name", "server-b", name="b")
     wait_for(lambda: len(online_peers(a)) == 1, 10.0)
     a_id, b_id = a.peer_id(), b.peer_id()
 
@@ -79,7 +79,7 @@ def test_the_dashboard_shows_the_swarm_streams_a_chat_and_sees_a_node_die(
     page.wait_for_selector('#chat-model option[value="tiny"]', state="attached", timeout=5000)
     page.select_option("#chat-model", "tiny")
     page.fill("#chat-max", "8")
-    page.fill("#chat-input", "hello")
+    page.fill("#chat-input", "hi")
     page.click("#chat-send")
     page.wait_for_selector('#chat-output[data-done="true"]', state="attached", timeout=15000)
     assert page.get_attribute("#chat-served", "data-node-id") == b_id
