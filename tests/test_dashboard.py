@@ -46,7 +46,7 @@ def browsing() -> Iterator[Browsing]:
 
             seen.page.on("console", on_console)
             seen.page.on("pageerror", lambda error: seen.errors.append(f"page: {error}"))
-            seen.page.on("request", seen.requests.append)
+            seen.page.on("request", lambda request: seen.requests.append(request))
             yield seen
         finally:
             browser.close()
@@ -87,7 +87,8 @@ def test_the_dashboard_shows_the_swarm_streams_a_chat_and_sees_a_node_die(
     assert page.text_content("#chat-output") != ""
     assert "[error" not in page.text_content("#chat-output")
     # The charts drew the request (rates need two scrapes, 2 s apart).
-    page.wait_for_function("document.querySelector('#chart-requests polyline').getAttribute('points')", timeout=8000)
+    page.wait_for_selector("#chart-requests polyline[points]", state="attached", timeout=8000)
+    assert float(page.text_content("#chart-members .value")) == 2
 
     b.proc.kill()
     killed = time.monotonic()
