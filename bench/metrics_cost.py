@@ -29,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from bench_single_node import CpuMeter
 from p2pai.aiohttp_internals import bound_port
 from p2pai.api import app as app_module
 from p2pai.api.app import create_app
+from p2pai.api.observe import observer
 from p2pai.api.state import NodeState
 from p2pai.backends.base import GenerationChunk, Usage
 from p2pai.metrics import FORWARDED_REQUESTS, MODEL_REQUESTS, PEER_LATENCY, model_label, peer_label
@@ -117,6 +119,43 @@ async def http_ab(requests: int, rounds: int, meter: CpuMeter) -> None:
             await manager.close()
 
 
+def middleware_alone(rounds: int) -> None:
+    """The observe middleware around a handler that answers at once, on a request with a client's usual
+    headers: what it adds to every request, without the HTTP noise of part 1."""
+    state = NodeState(ModelManager(build_catalog(Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()), [])),
+                      node_id="bench", version="bench", ready=True)
+    app = create_app(state)
+    headers = {"Host": "127.0.0.1:8080", "User-Agent": "OpenAI/Python 1.99.0", "Accept": "application/json",
+               "Accept-Encoding": "gzip, deflate", "Content-Type": "application/json", "Content-Length": "83",
+               "Authorization": "Bearer sk-bench", "X-Stainless-Lang": "python", "X-Stainless-Os": "Linux",
+               "Connection": "keep-alive"}
+    answer = b"x" * 355
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=answer, headers={"X-P2PAI-Served-By": "bench", "X-P2PAI-Model": "tiny",
+                                                  "Content-Type": "application/json"})
+
+    observe = observer(peer=False)
+    loop = asyncio.new_event_loop()
+    number = 20000
+
+    async def calls(request: web.Request, wrapped: bool) -> None:
+        for _ in range(number):
+            if wrapped:
+                await observe(request, handler)
+            else:
+                await handler(request)
+
+    for method in ("GET", "POST"):
+        request = make_mocked_request(method, "/v1/chat/completions", headers=headers, app=app)
+        costs = {wrapped: min(timeit.repeat(lambda r=request, w=wrapped: loop.run_until_complete(calls(r, w)),
+                                            number=1, repeat=rounds)) / number * 1e6 for wrapped in (False, True)}
+        what = "timed and traced" if method == "POST" else "timed"
+        print(f"| the observe middleware, {method} ({what}) | {costs[False]:.2f} µs | {costs[True]:.2f} µs | "
+              f"{costs[True] - costs[False]:+.2f} µs per request |")
+    loop.close()
+
+
 def micro(rounds: int) -> None:
     chunk = GenerationChunk(text=" x")
     last = GenerationChunk(text="", finish_reason="length", usage=Usage(prompt_tokens=5, completion_tokens=64))
@@ -173,6 +212,7 @@ def main() -> None:
     print()
     print("| recorded by | before | after | added |")
     print("| --- | --- | --- | --- |")
+    middleware_alone(args.rounds)
     micro(args.rounds)
 
 
