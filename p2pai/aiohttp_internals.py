@@ -12,8 +12,8 @@ from typing import cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["DeferredHeadersResponse", "RequestHandler", "bound_port", "new_request_handler", "site_backlog",
-           "site_server", "start_site_server"]
+__all__ = ["DeferredHeadersResponse", "RequestHandler", "body_if_read", "bound_port", "new_request_handler",
+           "site_backlog", "site_server", "start_site_server"]
 
 
 class DeferredHeadersResponse(web.StreamResponse):
@@ -52,3 +52,9 @@ def new_request_handler(site: web.BaseSite) -> RequestHandler:
     server = site._runner.server
     assert server is not None, "the runner is not set up"
     return server()
+
+
+def body_if_read(request: web.Request) -> bytes | None:
+    """The request's body if a handler read it (aiohttp keeps it), without reading it otherwise:
+    a refused request's body is never read."""
+    return cast("bytes | None", request._read_bytes)

@@ -55,8 +55,14 @@ def _token_inspect(args: argparse.Namespace) -> int:
 
 def _peers(args: argparse.Namespace) -> int:
     from .console import console
-    from .peers import PeersError, fetch_swarm, swarm_table
+    from .peers import PeersError, fetch_swarm, swarm_table, watch
 
+    if args.watch:
+        try:
+            watch(console, args.url, args.api_key, args.interval)
+        except KeyboardInterrupt:
+            pass
+        return 0
     try:
         swarm = fetch_swarm(args.url, args.api_key)
     except PeersError as exc:
@@ -98,6 +104,13 @@ def _models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.05 and 3600 seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pai", description="Peer-to-peer federated inference node.")
     parser.add_argument("--version", action="version", version=f"p2pai {__version__}")
@@ -124,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a node's API (default http://127.0.0.1:8080; P2PAI_URL)")
     peers.add_argument("--api-key", default=env_default("API_KEY"), help="the node's API key (P2PAI_API_KEY)")
     peers.add_argument("--json", action="store_true", help="print the raw /api/p2p answer")
+    peers.add_argument("--watch", action="store_true", help="redraw the table live until Ctrl+C")
+    peers.add_argument("--interval", type=_seconds, default=1.0,
+                       help="seconds between redraws with --watch (default 1)")
     peers.set_defaults(run=_peers)
 
     from .model_commands import add_node_url_arguments, add_pull_arguments

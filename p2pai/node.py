@@ -16,6 +16,7 @@ from .api.app import create_app
 from .api.peer_app import create_peer_app, peer_guard, peer_runner
 from .api.peer_site import PeerSite
 from .api.state import NodeState
+from .api.traces import TraceBuffer
 from .backends.rpc.relay import Credentials
 from .console import LoadReporter, console, print_banner, print_swarm
 from .identity import Identity
@@ -101,6 +102,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         installer=installer,
         serve_rate=RateLimit(settings.serve_rate),
         store=store,
+        traces=TraceBuffer(bodies=settings.trace_bodies),
     )
     await state.responses.recover()
     runner = web.AppRunner(create_app(state), handler_cancellation=True, access_log=None)

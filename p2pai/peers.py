@@ -1,4 +1,4 @@
-"""`p2pai peers`: the swarm as a node sees it, as a table."""
+"""`p2pai peers`: the swarm as a node sees it, as a table (redrawn live with --watch)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 REQUEST_TIMEOUT = 5.0
 
@@ -32,6 +35,20 @@ def fetch_swarm(url: str, api_key: str | None) -> dict[str, Any]:
         raise PeersError(f"cannot reach a node at {url}: {reason}") from exc
     except ValueError as exc:
         raise PeersError(f"{url} did not answer with JSON: {exc}") from exc
+
+
+def watch(console: Console, url: str, api_key: str | None, interval: float) -> None:
+    """Redraw the table every ``interval`` seconds until interrupted; a node that stops answering
+    (restarting, say) shows as an error line until it answers again."""
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            view: RenderableType
+            try:
+                view = swarm_table(fetch_swarm(url, api_key))
+            except PeersError as exc:
+                view = Text(f"error: {exc}", style="red")
+            live.update(view, refresh=True)
+            time.sleep(interval)
 
 
 def swarm_table(swarm: dict[str, Any], now: float | None = None) -> Table:

@@ -64,6 +64,8 @@ class NodeSettings:
     """Bytes per second this node downloads models at, all pulls together (None: unlimited)."""
     serve_rate: float | None = None
     """Bytes per second this node sends model files to peers at, all together (None: unlimited)."""
+    trace_bodies: bool = False
+    """Keep request and answer bodies in GET /api/traces (prompts and answers, in memory)."""
 
     @property
     def effective_models_dir(self) -> Path:
@@ -151,6 +153,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "limit (P2PAI_SERVE_RATE)")
     parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="(P2PAI_LOG_LEVEL)")
+    parser.add_argument("--trace-bodies", action="store_true",
+                        default=env_default("TRACE_BODIES", "") in ("1", "true", "yes"),
+                        help="keep request and answer bodies (prompts, answers) in GET /api/traces "
+                             "(P2PAI_TRACE_BODIES=1)")
     add_limit_arguments(parser)
 
 
@@ -262,5 +268,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         galleries=tuple(args.gallery),
         pull_rate=args.pull_rate,
         serve_rate=args.serve_rate,
+        trace_bodies=args.trace_bodies,
         **swarm_fields(args),
     )

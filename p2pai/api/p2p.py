@@ -18,7 +18,7 @@ from ..protocol.p2p import (
 )
 from ..swarm.view import SwarmNode
 from .errors import APIError
-from .keys import has_key, invalid_key
+from .keys import forbidden, require_admin
 from .replies import json_reply
 from .state import NodeState
 
@@ -57,19 +57,11 @@ async def swarm_token(request: web.Request) -> web.Response:
     if state.token is None:
         raise APIError(503, "this node has not joined a swarm", code="p2p_disabled")
     if any(name in request.headers for name in PROXY_HEADERS):
-        raise _forbidden("The swarm token is never given through a proxy (the request carries a forwarding header).")
-    if state.api_keys or state.admin_keys:
-        if not has_key(request, state.admin_keys):
-            if not has_key(request, state.api_keys):
-                raise invalid_key()
-            raise _forbidden("The swarm token needs an admin key (set with --admin-key), not an API key.")
-    elif not _is_loopback(request.remote):
-        raise _forbidden("The swarm token is only given to callers on this machine unless the node has an admin key.")
+        raise forbidden("The swarm token is never given through a proxy (the request carries a forwarding header).")
+    require_admin(request, state.api_keys, state.admin_keys, "The swarm token")
+    if not (state.api_keys or state.admin_keys) and not _is_loopback(request.remote):
+        raise forbidden("The swarm token is only given to callers on this machine unless the node has an admin key.")
     return web.Response(text=state.token, content_type="text/plain", headers={"Cache-Control": "no-store"})
-
-
-def _forbidden(message: str) -> APIError:
-    return APIError(403, message, type_="permission_error", code="forbidden")
 
 
 def _serving(node: SwarmNode) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .anthropic import anthropic_routes
 from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .localai import localai_routes
+from .observe import observer
 from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .responses import responses_routes
@@ -75,7 +76,8 @@ async def signed_by_peer(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
-    app = web.Application(middlewares=[openai_errors, body_limit, signed_by_peer], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[observer(peer=True), openai_errors, body_limit, signed_by_peer],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app[GUARD] = guard
     app.add_routes(routes)

@@ -19,6 +19,7 @@ from ..serving.manager import ModelManager
 from ..serving.responses import Responses
 from ..store import Store
 from ..swarm.swarm import Swarm
+from .traces import TraceBuffer
 
 
 @dataclass
@@ -46,6 +47,7 @@ class NodeState:
     """Bytes per second this node sends to peers pulling its models, all together."""
     store: Store | None = None
     """None only for an app built without a data dir (in-process tests): responses are then kept in memory."""
+    traces: TraceBuffer = field(default_factory=TraceBuffer)
     serving: Serving = field(init=False)
     responses: Responses = field(init=False)
 

@@ -161,3 +161,60 @@ class ModelDownload(BaseModel):
     state: Literal["downloading", "downloaded"]
     job: str | None = None
     """The uuid of the job (GET /models/jobs/{uuid}); None when the model was already there."""
+
+
+class TraceHop(BaseModel):
+    """One node a forwarded request was tried on (our extension of LocalAI's trace)."""
+
+    node: str
+    name: str
+    via: str
+    """"local", "direct" (HTTPS to the node's peer endpoint) or "tunnel" (over libp2p)."""
+    status: int | None
+    upstream_ms: float | None
+    error: str
+    continuation: bool
+
+
+class TraceRequest(BaseModel):
+    method: str
+    path: str
+    headers: dict[str, list[str]] | None
+    """Secrets (API keys, cookies, peer signatures) redacted."""
+    body: str | None
+    """Base64, as LocalAI's []byte; only with --trace-bodies (and `full=true` in a list)."""
+    body_truncated: bool = False
+    body_bytes: int = 0
+
+
+class TraceResponse(BaseModel):
+    status: int
+    headers: dict[str, list[str]] | None
+    body: str | None
+    body_truncated: bool = False
+    body_bytes: int = 0
+
+
+class APIExchange(BaseModel):
+    """One request as LocalAI's GET /api/traces lists it, plus who served it and through which hops."""
+
+    id: str
+    timestamp: str
+    """RFC 3339, UTC."""
+    duration: int
+    """Nanoseconds (Go's time.Duration), to the end of the answer (of the stream, for a stream)."""
+    request: TraceRequest
+    response: TraceResponse
+    error: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    served_by: str | None
+    """The node that answered (X-P2PAI-Served-By)."""
+    forwarded_by: str | None
+    """The entry node, when this node served a request a peer forwarded to it."""
+    hops: list[TraceHop]
+    """The nodes this node tried, in order (empty when it did not route the request)."""
+
+
+class TraceList(RootModel[list[APIExchange]]):
+    """Newest first; the total is in X-Total-Count."""

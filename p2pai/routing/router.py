@@ -21,7 +21,7 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 from ..backends.base import InvalidRequestError, ModelLoadError, ModelRestartingError, QueueFullError
 from ..backends.tasks import TASKS, Task, task_not_served
 from ..event_stream import DONE, EventStream
+from ..metrics import CONTINUATIONS, FAILOVERS, FORWARDED_REQUESTS, PEER_FAILURES, PEER_LATENCY, peer_label
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import FileOffer, ModelOffer
 from ..swarm.swarm import Swarm
@@ -48,6 +49,7 @@ from .metrics import PeerMetrics
 from .placement import Candidate, Policy, rank
 from .relay import relay
 from .streams import stream_kind
+from .tunnel_http import TunnelResponse
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,32 @@ class Target:
 
 
 @dataclass
+class Hop:
+    """One node a request was tried on, as the entry node saw it (a trace lists them)."""
+
+    node: str
+    name: str
+    via: str
+    """"local" (this node), "direct" (HTTPS to its peer endpoint) or "tunnel" (over libp2p)."""
+    status: int | None = None
+    """The answer's HTTP status; None if it never answered."""
+    upstream_ms: float | None = None
+    """Until the peer's response headers (forwarded hops only)."""
+    error: str = ""
+    continuation: bool = False
+    """It continued a stream another node broke off."""
+
+
+HOPS = web.RequestKey("p2pai_hops", list[Hop])
+"""The hops of a request this node routed, in order, for its trace."""
+
+
+@dataclass
 class Journey:
     """How many nodes were lost while working on one request."""
 
     lost: int = 0
+    hops: list[Hop] = field(default_factory=list)
 
     def lose(self) -> bool:
         """Count a node lost with the request; True if it may still go to another one."""
@@ -229,12 +253,22 @@ class Router:
         targets = self.targets(model, task, pin or request.headers.get(PIN_HEADER))
         failures = []
         journey = Journey()
+        request[HOPS] = journey.hops
         for target in targets[:MAX_ATTEMPTS]:
+            candidate = target.candidate
+            if journey.hops and journey.hops[-1].via != "local":
+                FAILOVERS.labels(peer_label(journey.hops[-1].node)).inc()
+            hop = Hop(candidate.node_id, candidate.name, "local" if candidate.is_self else "direct")
+            journey.hops.append(hop)
             try:
-                if target.candidate.is_self:
-                    return await local()
-                return await self._forward(request, target, model, journey)
+                if candidate.is_self:
+                    response = await local()
+                else:
+                    response = await self._forward(request, target, model, journey, hop)
+                hop.status = response.status
+                return response
             except (QueueFullError, ModelLoadError, ModelRestartingError, PeerUnavailable) as exc:
+                hop.error = str(exc)
                 if len(targets) == 1 and not isinstance(exc, PeerUnavailable):
                     raise  # this node was the only choice: its own error says it best
                 failures.append(f"{target.candidate.name}: {exc}")
@@ -260,15 +294,23 @@ class Router:
         if not node.online:
             raise NoNodeAvailable(f"the node that has it ({node.name}) is offline")
         candidate = Candidate(node.id, node.name, False, True, 0, 0, 0, None)
-        return await self._forward(request, Target(candidate, tuple(node.endpoint_urls())), None, Journey())
+        journey = Journey()
+        request[HOPS] = journey.hops
+        hop = Hop(node.id, node.name, "direct")
+        journey.hops.append(hop)
+        response = await self._forward(request, Target(candidate, tuple(node.endpoint_urls())), None, journey, hop)
+        hop.status = response.status
+        return response
 
-    async def _forward(self, request: web.Request, target: Target, model: str | None, journey: Journey
+    async def _forward(self, request: web.Request, target: Target, model: str | None, journey: Journey, hop: Hop
                        ) -> web.StreamResponse:
         peer = target.candidate.node_id
         metrics = self.metrics[peer]
+        label = peer_label(peer)
         loop = asyncio.get_running_loop()
         body = await request.read()
         metrics.started()
+        FORWARDED_REQUESTS.labels(label).inc()
         if model is not None:
             self._outstanding[(peer, model)] += 1
         started = loop.time()
@@ -279,6 +321,7 @@ class Router:
             upstream = await self._abortable(peer, send)
             try:
                 waited = loop.time() - started
+                hop.via, hop.status, hop.upstream_ms = _via(upstream), upstream.status, round(waited * 1000, 2)
                 if upstream.status == REFUSED:
                     raise PeerUnavailable(f"refused this node's signature: {(await _error_answer(upstream)).text}",
                                           lost=False)
@@ -288,17 +331,22 @@ class Router:
                         raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
                     metrics.crashed += 1  # its model died of this request: another node would too
                 metrics.answered(waited)
+                PEER_LATENCY.labels(label).observe(waited)
                 return await self._relay(request, upstream, peer, waited, body, model, journey)
             finally:
                 upstream.release()
         except PeerUnavailable as exc:
-            metrics.failed(str(exc), exc.lost)
+            self._failed(peer, str(exc), exc.lost)
             raise
         finally:
             metrics.finished()
             if model is not None:
                 self._outstanding[(peer, model)] -= 1
                 self._note_finished(peer, model)
+
+    def _failed(self, peer: str, reason: str, lost: bool) -> None:
+        self.metrics[peer].failed(reason, lost)
+        PEER_FAILURES.labels(peer_label(peer)).inc()
 
     def _note_finished(self, peer: str, model: str) -> None:
         seen = self._swarm.last_seen(peer)
@@ -350,7 +398,7 @@ class Router:
         original = continuable(request.path, body) if model is not None else None
         relayed: list[bytes] | None = [] if original is not None or kind.keeps else None
         if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed, final=kind.final)):
-            self.metrics[peer].failed("the stream broke off", lost=True)
+            self._failed(peer, "the stream broke off", lost=True)
             done = progress(b"".join(relayed)) if original is not None and relayed is not None else None
             if original is None or model is None or done is None or not journey.lose() or not await self._continue(
                 request, writer, original, done, model, peer, journey
@@ -386,17 +434,22 @@ class Router:
         for target in [t for t in targets if t.candidate.node_id != failed][:MAX_ATTEMPTS]:
             node = target.candidate.node_id
             urls = list(target.urls) or self._swarm.self_node().endpoint_urls()
+            hop = Hop(node, target.candidate.name, "direct", continuation=True)
+            journey.hops.append(hop)
             try:
                 upstream = await self._abortable(node, self._forwarder.send(node, urls, "POST", path, follow,
                                                                              "application/json"))
             except PeerUnavailable as exc:
+                hop.error = str(exc)
                 log.info("%s could not continue a broken stream: %s", target.candidate.name, exc)
                 if exc.lost and not journey.lose():
                     return False
                 continue
             try:
+                hop.via, hop.status = _via(upstream), upstream.status
                 if upstream.status != 200:
                     continue
+                CONTINUATIONS.labels(peer_label(failed)).inc()
                 log.info("continuing a broken stream of %s on %s", failed, target.candidate.name)
                 rewrite = Rewriter(done, path in CHAT_PATHS).feed
                 return await self._pump(node, upstream, relay(request, writer, upstream, rewrite=rewrite))
@@ -414,6 +467,10 @@ class Router:
                         abort()
         finally:
             self._swarm.overlay.unsubscribe(events)
+
+
+def _via(answer: Answer) -> str:
+    return "tunnel" if isinstance(answer, TunnelResponse) else "direct"
 
 
 @dataclass(frozen=True)

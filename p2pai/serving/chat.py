@@ -175,7 +175,7 @@ async def complete(served: ServedModel, request: ChatCompletionRequest) -> ChatC
     generation, plan = await prepare(served, request)
     choices, usages = [], []
     for index in range(request.n):
-        result = await collect(served.engine.generate(with_seed(generation, index)))
+        result = await collect(served.generate(with_seed(generation, index)))
         usages.append(result.usage)
         message = AssistantMessage(content=result.text)
         finish: FinishReason = result.finish_reason
@@ -203,7 +203,7 @@ async def stream(served: ServedModel, request: ChatCompletionRequest) -> AsyncIt
             ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)])
 
     for index in range(request.n):
-        chunks = await primed(served.engine.generate(with_seed(generation, index)))
+        chunks = await primed(served.generate(with_seed(generation, index)))
         yield chunk(index, ChatDelta(role="assistant", content=""))
         if plan.names:
             result = await collect(chunks)

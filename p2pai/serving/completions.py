@@ -78,7 +78,7 @@ async def complete(served: ServedModel, request: CompletionRequest) -> Completio
     usages = []
     for generation, text in await prepare(served, request):
         for n in range(request.n):
-            result = await collect(served.engine.generate(with_seed(generation, n)))
+            result = await collect(served.generate(with_seed(generation, n)))
             usages.append(result.usage)
             choices.append(CompletionChoice(
                 index=len(choices),
@@ -103,7 +103,7 @@ async def stream(served: ServedModel, request: CompletionRequest) -> AsyncIterat
 
     for generation, text in await prepare(served, request):
         for n in range(request.n):
-            chunks = await primed(served.engine.generate(with_seed(generation, n)))
+            chunks = await primed(served.generate(with_seed(generation, n)))
             if request.echo:
                 yield chunk(text)
             async for piece in chunks:
@@ -153,7 +153,7 @@ async def edit(served: ServedModel, request: EditRequest) -> Edit:
     )
     choices, usages = [], []
     for n in range(request.n):
-        result = await collect(served.engine.generate(with_seed(generation, n)))
+        result = await collect(served.generate(with_seed(generation, n)))
         usages.append(result.usage)
         choices.append(EditChoice(index=n, text=result.text))
     return Edit(created=now(), model=served.name, choices=choices, usage=total_usage(usages, prompt_once=True))

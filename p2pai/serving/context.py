@@ -19,6 +19,14 @@ from ..backends.base import (
     Usage,
 )
 from ..backends.tasks import Task, task_not_served
+from ..metrics import (
+    COMPLETION_TOKENS,
+    MODEL_REQUESTS,
+    PROMPT_TOKENS,
+    REQUEST_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    model_label,
+)
 from ..models.config import ModelConfig
 from ..protocol.openai import CompletionUsage, PromptTokensDetails
 from .chat_prompt import ChatTemplate, chat_template
@@ -36,6 +44,14 @@ class ServedModel:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """The engine's chunks, measured: time to first token, duration and tokens."""
+        return _measured(self.engine.generate(request), model_label(self.name))
+
+    def count_input(self, tokens: int) -> None:
+        """Tokens read by a request that generates nothing (embeddings, rerank)."""
+        PROMPT_TOKENS.labels(model_label(self.name)).inc(tokens)
 
     def sampling(self, request: Any, grammar: str | None) -> SamplingParams:
         """Request values first, then the model's YAML defaults, then llama.cpp's."""
@@ -105,6 +121,7 @@ class Serving:
         config = manager.config(name)
         if task is not None and task not in (served := manager.tasks(name)):
             raise task_not_served(name, task, served)
+        MODEL_REQUESTS.labels(model_label(name), task or "any").inc()
         engine = await manager.engine(name)
         template = self._templates.get(name)
         if template is None:
@@ -112,6 +129,23 @@ class Serving:
             template = chat_template(config, info.metadata, info.bos_text, info.eos_text)
             self._templates[name] = template
         return ServedModel(config, engine, template, self.limits)
+
+
+async def _measured(chunks: AsyncIterator[GenerationChunk], model: str) -> AsyncIterator[GenerationChunk]:
+    started = time.perf_counter()
+    first = True
+    try:
+        async for chunk in chunks:
+            if first:
+                first = False
+                TIME_TO_FIRST_TOKEN.labels(model).observe(time.perf_counter() - started)
+            if chunk.usage is not None:
+                REQUEST_DURATION.labels(model).observe(time.perf_counter() - started)
+                PROMPT_TOKENS.labels(model).inc(chunk.usage.prompt_tokens)
+                COMPLETION_TOKENS.labels(model).inc(chunk.usage.completion_tokens)
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass

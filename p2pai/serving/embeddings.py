@@ -23,6 +23,7 @@ async def embed(served: ServedModel, request: EmbeddingRequest) -> EmbeddingList
     texts = await _texts(served, request.input)
     check_text_lengths(texts, served.engine.info.max_input_chars, "input")
     vectors, tokens = await served.engine.embed(texts)
+    served.count_input(tokens)
     if request.dimensions is not None:
         vectors = _shorten(vectors, request.dimensions)
     data = [Embedding(index=index, embedding=_encode(vector, request.encoding_format))

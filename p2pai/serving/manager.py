@@ -24,6 +24,7 @@ from ..backends.rpc.loader import load_rpc_model, place_locally
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
 from ..backends.tasks import Task
+from ..metrics import CRASHES, LOAD_FAILURES, LOADS, UNLOADS, model_label
 from ..models.catalog import ModelCatalog, prepare_builtin
 from ..models.config import ModelConfig
 
@@ -221,11 +222,14 @@ class ModelManager:
                 await asyncio.to_thread(prepare_builtin, config)
             engine = await self._start_engine(config)
         except ModelLoadError as exc:
+            LOAD_FAILURES.labels(model_label(config.name)).inc()
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
             raise
         except Exception as exc:  # e.g. a damaged built-in model package
+            LOAD_FAILURES.labels(model_label(config.name)).inc()
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
+        LOADS.labels(model_label(config.name)).inc()
         self._engines[config.name] = engine
         self._on_load(LoadEvent(config.name, "done", time.perf_counter() - started))
         if gpus(self.devices):
@@ -238,6 +242,7 @@ class ModelManager:
             if self._engines.get(config.name) is engine:
                 del self._engines[config.name]
             if isinstance(engine.failure, ModelCrashedError):
+                CRASHES.labels(model_label(config.name)).inc()
                 crashes = self._crashes.setdefault(config.name, Crashes())
                 delay = crashes.record(str(engine.failure), time.monotonic())
                 log.error("model %r crashed (%d times so far); %s", config.name, crashes.count,
@@ -307,6 +312,7 @@ class ModelManager:
     async def close(self) -> None:
         for task in list(self._loading.values()):
             task.cancel()
-        for engine in self._engines.values():
+        for name, engine in self._engines.items():
             await engine.close()
+            UNLOADS.labels(model_label(name)).inc()
         self._engines.clear()

@@ -16,6 +16,7 @@ async def rerank(served: ServedModel, request: RerankRequest) -> RerankResponse:
     check_text_lengths([request.query], max_chars, "query")
     check_text_lengths(documents, max_chars, "documents")
     scores, tokens = await served.engine.rerank(request.query, documents)
+    served.count_input(tokens)
     order = np.argsort(-scores, kind="stable")[: request.top_n or len(documents)]
     results = [
         RerankResult(index=int(index), relevance_score=float(scores[index]),
