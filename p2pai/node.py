@@ -57,6 +57,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         workers=lambda: swarm.workers(),
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
+        max_loaded=settings.max_loaded,
+        memory_budget=settings.memory_budget,
     )
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
     swarm = Swarm(overlay, lambda: local_payload(manager, endpoint).model_dump())

@@ -43,6 +43,10 @@ class NodeSettings:
     context_size: int | None = None
     parallel: int | None = None
     preload: bool = False
+    max_loaded: int | None = None
+    """Models loaded at once; the least recently used idle one is unloaded for another (None: no limit)."""
+    memory_budget: int | None = None
+    """Bytes the loaded models may take together, by their estimates (None: what the system has available)."""
     log_level: str = "info"
     token: str | None = field(default=None, repr=False)
     """None: the token of token_file, else the one kept in the data dir (created on first start)."""
@@ -126,6 +130,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "up to 4 while their KV cache stays under 1 GiB; P2PAI_PARALLEL)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
+    parser.add_argument("--max-loaded", type=int, default=env_default("MAX_LOADED"), metavar="N",
+                        help="models loaded at once; loading another unloads the least recently used idle one "
+                             "(default: no limit but memory; P2PAI_MAX_LOADED)")
+    parser.add_argument("--memory-budget", type=float, default=env_default("MEMORY_BUDGET"), metavar="GIB",
+                        help="GiB the loaded models may take together, by their estimated size; loading beyond "
+                             "it unloads idle models first (default: the memory the system has available; "
+                             "P2PAI_MEMORY_BUDGET)")
     parser.add_argument("--routing", choices=[policy.value for policy in Policy],
                         default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
@@ -226,6 +237,8 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         context_size=int(args.context_size) if args.context_size else None,
         parallel=int(args.parallel) if args.parallel else None,
         preload=args.preload,
+        max_loaded=int(args.max_loaded) if args.max_loaded else None,
+        memory_budget=int(float(args.memory_budget) * (1 << 30)) if args.memory_budget else None,
         log_level=args.log_level,
         routing=Policy(args.routing),
         flash_attention=args.flash_attention,  # argparse checked the choices

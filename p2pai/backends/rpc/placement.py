@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import re
-import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ..base import ModelLoadError
 from ..llama import LlamaSettings
+from ..llama.memory import ModelLayout, gguf_layout
+
+__all__ = ["Capacity", "ModelLayout", "Placement", "PlacementError", "gguf_layout", "place"]
 
 LOCAL = "local"
 OUTPUT_TENSORS = (r"^(output|output_norm|token_embd)\.",)
@@ -37,22 +37,6 @@ HEADROOM = 1.10
 
 class PlacementError(ModelLoadError):
     """The model does not fit on the chosen workers, or the config asks for something impossible."""
-
-
-@dataclass(frozen=True)
-class ModelLayout:
-    """Sizes read from a GGUF (see gguf_layout)."""
-
-    layer_bytes: tuple[int, ...]
-    output_bytes: int
-    """The output layer's own weights: only its norm when tied to the embeddings (counted as input)."""
-    input_bytes: int
-    kv_bytes_per_token_layer: int
-    vocab_size: int
-
-    @property
-    def n_layer(self) -> int:
-        return len(self.layer_bytes)
 
 
 @dataclass(frozen=True)
@@ -187,90 +171,3 @@ def _describe(indices: list[int], output: int) -> str:
     blocks = [index for index in indices if index != output]
     text = f"layers {blocks[0]}-{blocks[-1]} ({len(blocks)})" if blocks else "no layers"
     return text + " + output" if output in indices else text
-
-
-def gguf_layout(path: str) -> ModelLayout:
-    """Read layer sizes and the KV cache shape from a GGUF file's header and tensor table.
-
-    A small header walk instead of gguf.GGUFReader, which takes about 16 s on
-    gemma-3-270m because it materialises the 262,144-entry vocabulary.
-    """
-    fields, tensors = _read_gguf_header(path)
-    arch = str(fields["general.architecture"])
-
-    def number(key: str, default: int = 0) -> int:
-        value = fields.get(key, default)
-        return int(value) if isinstance(value, (int, float)) else default
-
-    n_layer = number(f"{arch}.block_count")
-    layer_bytes = [0] * n_layer
-    named: dict[str, int] = {}
-    for name, size in tensors:
-        match = re.match(r"blk\.(\d+)\.", name)
-        if match and int(match.group(1)) < n_layer:
-            layer_bytes[int(match.group(1))] += size
-        else:
-            named[name] = size
-    embeddings = named.get("token_embd.weight", 0)
-    output = named.get("output.weight", 0) + named.get("output_norm.weight", 0)
-    heads = number(f"{arch}.attention.head_count", 1)
-    kv_heads = number(f"{arch}.attention.head_count_kv", heads)
-    key_length = number(f"{arch}.attention.key_length", number(f"{arch}.embedding_length") // max(heads, 1))
-    value_length = number(f"{arch}.attention.value_length", key_length)
-    return ModelLayout(
-        layer_bytes=tuple(layer_bytes),
-        output_bytes=output,
-        input_bytes=embeddings,
-        kv_bytes_per_token_layer=2 * kv_heads * (key_length + value_length),  # f16 K and V
-        vocab_size=number("tokenizer.ggml.tokens", number(f"{arch}.vocab_size")),
-    )
-
-
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
-
-def _read_gguf_header(path: str) -> tuple[dict[str, object], list[tuple[str, int]]]:
-    """Metadata (arrays reduced to their length) and (tensor name, bytes) pairs."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    with open(path, "rb") as f:
-
-        def read(fmt: str) -> Any:
-            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
-
-        def string() -> str:
-            return f.read(read("Q")).decode("utf-8", errors="replace")
-
-        def value(kind: int) -> object:
-            if kind == _STRING:
-                return string()
-            if kind == _ARRAY:
-                item_kind, count = read("I"), read("Q")
-                if item_kind == _STRING:
-                    for _ in range(count):
-                        f.seek(read("Q"), 1)
-                elif item_kind in _SCALARS:
-                    f.seek(count * struct.calcsize(_SCALARS[item_kind]), 1)
-                else:
-                    for _ in range(count):
-                        value(item_kind)
-                return count
-            return read(_SCALARS[kind])
-
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(f"{path} is not a GGUF file")
-        read("I")  # format version
-        n_tensors, n_fields = read("Q"), read("Q")
-        fields = {}
-        for _ in range(n_fields):
-            key = string()
-            fields[key] = value(read("I"))
-        tensors = []
-        for _ in range(n_tensors):
-            name = string()
-            dims = [read("Q") for _ in range(read("I"))]
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(read("I"))]
-            read("Q")  # offset
-            tensors.append((name, int(np.prod(dims, dtype=np.int64)) // block * size))
-    return fields, tensors
