@@ -43,7 +43,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from p2pai.identity import Identity
 from p2pai.overlay.announcement import Announcement, open_sealed
 from p2pai.overlay.gossip import GossipNode, Keys, Peer
-from p2pai.routing.placement import Candidate, Policy, load_wait, rank
+from p2pai.routing.placement import Candidate, Policy, load_wait, rank, time_to_first_token
 from p2pai.swarm.payload import Capacity, DataEndpoint, Memory, ModelOffer, NodePayload
+from p2pai.swarm.swarm import PUBLISH_INTERVAL
 
 KEYS = Keys(seal_key=bytes(range(32)), discriminator="sim")
 TICK = 0.25
@@ -311,11 +312,19 @@ class RoutingResult:
     queue_max: int
 
 
+MODES = ("oracle", "p2pai", "probe")
+"""oracle: exact figures of every node; p2pai: the router's view (announced figures, own requests and
+loads); probe: that view picks PROBED nodes (the best ones and one at random), whose exact figures are
+then asked for (one round trip, as an entry could do over the data plane before sending)."""
+PROBED = 4
+
+
 class RoutingSim:
-    def __init__(self, n: int, gap: float, seed: int, oracle: bool, duration: float, load: float = 0.6) -> None:
-        self.rng = random.Random(seed)  # the same swarm and workload for the oracle and for us
-        self.gap = gap
-        self.oracle = oracle
+    def __init__(self, n: int, gap: float, seed: int, mode: str, duration: float, load: float = 0.6) -> None:
+        self.rng = random.Random(seed)  # the same swarm and workload for every mode
+        self.gap = max(gap, PUBLISH_INTERVAL)  # a node reads its live figures this often
+        self.mode = mode
+        self.oracle = mode == "oracle"
         self.duration = duration
         rng = self.rng
         count = max(6, min(40, n // 3))
@@ -366,14 +375,23 @@ class RoutingSim:
             action()
         warm = self.ttfts[len(self.ttfts) // 10:]  # the first tenth warms the swarm up
         queues = sorted(self.queue_samples)
-        return RoutingResult(len(self.nodes), "oracle" if self.oracle else "p2pai", len(self.ttfts),
+        return RoutingResult(len(self.nodes), self.mode, len(self.ttfts),
                              statistics.fmean(warm), _quantile(warm, 0.95), self.loads,
                              statistics.fmean(queues), _quantile(queues, 0.95), queues[-1])
 
     def _candidates(self, entry: str, spec: ModelSpec) -> list[Candidate]:
+        candidates = self._view(entry, spec, self.holders[spec.name], exact=self.oracle)
+        if self.mode != "probe":
+            return candidates
+        pool = [c for c in rank(candidates, Policy.LEAST_LOADED, self.rng) if time_to_first_token(c) < math.inf]
+        probed = pool[:PROBED - 1] + self.rng.sample(pool[PROBED - 1:], min(1, len(pool) - PROBED + 1))
+        exact = self._view(entry, spec, [self.nodes[c.node_id] for c in probed], exact=True)
+        return [replace(c, outstanding=0) for c in exact]
+
+    def _view(self, entry: str, spec: ModelSpec, nodes: list[SimNode], exact: bool) -> list[Candidate]:
         candidates = []
-        for node in self.holders[spec.name]:
-            if self.oracle:
+        for node in nodes:
+            if exact:
                 loaded, loading, in_flight, queued = node.figures(spec.name)
                 outstanding = 0
                 hosted = node.models[spec.name]
@@ -403,7 +421,7 @@ class RoutingSim:
         if not best.loaded and key not in self.loads_triggered:
             self.loads_triggered[key] = self.now + load_wait(best)
         self.outstanding[key] += 1
-        hop = 0.0 if best.is_self else 0.002
+        hop = (0.0 if best.is_self else 0.002) + (0.002 if self.mode == "probe" else 0.0)
         self.at(self.now + hop, lambda: self._start(self.nodes[best.node_id], spec, tokens, self.now, key))
 
     def _start(self, node: SimNode, spec: ModelSpec, tokens: float, arrived: float, key: tuple[str, str, str]) -> None:
@@ -508,14 +526,13 @@ def main(argv: list[str] | None = None) -> int:
               f"join seen by all in {member.join_convergence_s:.2f} s; death seen by all in "
               f"{member.detection_max_s:.2f} s (median {member.detection_median_s:.2f}); "
               f"table {member.memory_per_node / 1024:.0f} KiB; {member.wall_s:.0f} s wall", flush=True)
-        for oracle in (True, False):
-            result = RoutingSim(n, member.announce_gap, args.seed, oracle, args.duration).run()
+        for mode in MODES:
+            result = RoutingSim(n, member.announce_gap, args.seed, mode, args.duration).run()
             routes.append(result)
-            print(f"  {result.mode:7s} {result.requests} requests: TTFT mean {result.mean_ttft:.3f} s, "
-                  f"p95 {result.p95_ttft:.3f} s, {result.loads} loads; queue mean {result.queue_mean:.2f}, "
-                  f"p95 {result.queue_p95:.0f}, max {result.queue_max}", flush=True)
-        oracle_ttft, ours = routes[-2].mean_ttft, routes[-1].mean_ttft
-        print(f"  mean TTFT / oracle: {ours / oracle_ttft:.3f}", flush=True)
+            oracle = routes[-1 - MODES.index(mode)].mean_ttft
+            print(f"  {result.mode:7s} {result.requests} requests: TTFT mean {result.mean_ttft:.3f} s "
+                  f"({result.mean_ttft / oracle:.2f} x oracle), p95 {result.p95_ttft:.3f} s, {result.loads} loads; "
+                  f"queue mean {result.queue_mean:.2f}, p95 {result.queue_p95:.0f}, max {result.queue_max}", flush=True)
     if args.plot:
         _plot(members, routes, args.plot)
     return 0
@@ -537,12 +554,11 @@ def _plot(members: list[MembershipResult], routes: list[RoutingResult], path: Pa
     left.set_ylabel("KB/s per node")
     left.legend()
     left.set_title("membership traffic per node")
-    ours = [r.mean_ttft for r in routes if r.mode == "p2pai"]
-    oracle = [r.mean_ttft for r in routes if r.mode == "oracle"]
-    width = 0.35
+    width = 0.25
     positions = range(len(sizes))
-    right.bar([p - width / 2 for p in positions], oracle, width, label="oracle")
-    right.bar([p + width / 2 for p in positions], ours, width, label="p2pai placement")
+    for index, mode in enumerate(MODES):
+        ttfts = [r.mean_ttft for r in routes if r.mode == mode]
+        right.bar([p + (index - 1) * width for p in positions], ttfts, width, label=mode)
     right.set_xticks(list(positions), [str(n) for n in sizes])
     right.set_xlabel("nodes")
     right.set_ylabel("mean time to first token (s)")

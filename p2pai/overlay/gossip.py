@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 import struct
 from collections import deque
@@ -287,7 +288,10 @@ class GossipNode:
         self._remember(key, now)
         self._verdicts[key] = message
         self._changed(accused)
-        return [(target, message) for target in self._some(FANOUT, exclude=(*exclude, accused))]
+        # Verdicts are small and urgent: enough fanout that all hear it at once (e^-fanout miss it,
+        # and they learn it from the next digest).
+        fanout = FANOUT + math.ceil(math.log(len(self._ring) + 1))
+        return [(target, message) for target in self._some(fanout, exclude=(*exclude, accused))]
 
     def _on_verdict(self, sender: str, accused: str, seq: int, now: float) -> list[Send]:
         if accused == self.id:  # wrongly accused (or frozen for a while): announce again, newer
