@@ -134,6 +134,8 @@ class MembershipResult:
     detection_max_s: float
     detection_median_s: float
     memory_per_node: int
+    neighbours: float
+    """Members a node sends to (the connections it keeps), on average."""
     full_mesh_bytes_per_s: float
     verifications: int
     wall_s: float
@@ -200,7 +202,8 @@ def simulate_membership(n: int, seed: int = 1, steady: float = 30.0) -> Membersh
         n=n, sealed_bytes=len(nodes[0]._sealed), announce_gap=nodes[0].announce_gap(),
         sent_bytes_per_s=sent, received_bytes_per_s=received, messages_per_s=messages,
         join_convergence_s=convergence, detection_max_s=max(times), detection_median_s=statistics.median(times),
-        memory_per_node=_table_memory(nodes), full_mesh_bytes_per_s=(n - 1) * len(nodes[0]._sealed),
+        memory_per_node=_table_memory(nodes), neighbours=statistics.fmean(len(nd.neighbours()) for nd in nodes),
+        full_mesh_bytes_per_s=(n - 1) * len(nodes[0]._sealed),
         verifications=counts["verified"], wall_s=time.perf_counter() - started,
     )
 
@@ -312,9 +315,11 @@ class RoutingResult:
     queue_max: int
 
 
-MODES = ("oracle", "p2pai", "probe")
-"""oracle: exact figures of every node; p2pai: the router's view (announced figures, own requests and
-loads); probe: that view picks PROBED nodes (the best ones and one at random), whose exact figures are
+MODES = ("oracle", "mesh", "gossip", "probe")
+"""oracle: exact figures of every node; mesh: the router's view (announced figures, its own requests
+and the loads they triggered) with today's full mesh, where figures are at most PUBLISH_INTERVAL old;
+gossip: the same view with figures as old as GossipNode.announce_gap() makes them at that size;
+probe: the gossip view picks PROBED nodes (the best ones and one at random), whose exact figures are
 then asked for (one round trip, as an entry could do over the data plane before sending)."""
 PROBED = 4
 
@@ -322,7 +327,8 @@ PROBED = 4
 class RoutingSim:
     def __init__(self, n: int, gap: float, seed: int, mode: str, duration: float, load: float = 0.6) -> None:
         self.rng = random.Random(seed)  # the same swarm and workload for every mode
-        self.gap = max(gap, PUBLISH_INTERVAL)  # a node reads its live figures this often
+        # A node reads its live figures every PUBLISH_INTERVAL.
+        self.gap = PUBLISH_INTERVAL if mode == "mesh" else max(gap, PUBLISH_INTERVAL)
         self.mode = mode
         self.oracle = mode == "oracle"
         self.duration = duration
@@ -525,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(full mesh: {member.full_mesh_bytes_per_s / 1024:.1f} KB/s); "
               f"join seen by all in {member.join_convergence_s:.2f} s; death seen by all in "
               f"{member.detection_max_s:.2f} s (median {member.detection_median_s:.2f}); "
-              f"table {member.memory_per_node / 1024:.0f} KiB; {member.wall_s:.0f} s wall", flush=True)
+              f"table {member.memory_per_node / 1024:.0f} KiB; {member.neighbours:.0f} neighbours; "
+              f"{member.wall_s:.0f} s wall", flush=True)
         for mode in MODES:
             result = RoutingSim(n, member.announce_gap, args.seed, mode, args.duration).run()
             routes.append(result)

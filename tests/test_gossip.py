@@ -22,7 +22,7 @@ def test_simulation_at_50_nodes() -> None:
     assert result.join_convergence_s <= 10.0
     assert result.detection_max_s <= 3.0
     oracle = RoutingSim(50, result.announce_gap, 3, "oracle", duration=40.0).run()
-    ours = RoutingSim(50, result.announce_gap, 3, "p2pai", duration=40.0).run()
+    ours = RoutingSim(50, result.announce_gap, 3, "gossip", duration=40.0).run()
     assert ours.requests == oracle.requests > 100  # every request was answered
 
 

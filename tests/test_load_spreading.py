@@ -30,10 +30,12 @@ def test_a_node_with_the_model_on_disk_takes_load_once_the_loaded_nodes_queue_is
     c = start_node(*common, "--name", "c", name="c", ready=False)
     b.wait_ready()
     c.wait_ready()
-    wait_for(lambda: len(online_peers(a)) == 2, 10.0)
     names = {b.peer_id(): "b", c.peer_id(): "c"}
-    loaded = {n["name"]: n["loaded"] for n in online_peers(a).values()}
-    assert loaded == {"b": ["x"], "c": []}
+
+    def loaded() -> dict[str, list[str]]:
+        return {names[peer]: node["loaded"] for peer, node in online_peers(a).items()}
+
+    wait_for(lambda: loaded() == {"b": ["x"], "c": []}, 10.0)
 
     api = openai.OpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -44,4 +46,4 @@ def test_a_node_with_the_model_on_disk_takes_load_once_the_loaded_nodes_queue_is
     with ThreadPoolExecutor(8) as pool:
         servers = Counter(pool.map(ask, range(40)))
     assert servers["b"] >= 10 and servers["c"] >= 10, servers
-    wait_for(lambda: {n["name"]: n["loaded"] for n in online_peers(a).values()}["c"] == ["x"], 5.0)
+    wait_for(lambda: loaded()["c"] == ["x"], 5.0)

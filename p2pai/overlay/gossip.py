@@ -11,9 +11,10 @@ other node each second: N announcements in and out per node per second. Here:
   PROBE_TIMEOUT, spreads a verdict that it is offline. Detection stays within
   about 3 s at any size; a wrongly accused node refutes by announcing again.
 - Changes (a join, a new payload, a verdict) spread as rumours: a node that
-  hears one first passes it on to FANOUT random members, and each second it
-  tells one random member which rumours it heard recently, so that one can
-  ask for what it missed. An announcement is sealed and signed by its author
+  hears one first passes it on to FANOUT random neighbours (`neighbours`: a
+  bounded set, so a node keeps few connections), and each second it tells one
+  random neighbour which rumours it heard recently, so that one can ask for
+  what it missed. An announcement is sealed and signed by its author
   (announcement.py): a relay cannot change it.
 - A node announces a new payload at most as often as RUMOUR_BUDGET allows for
   the size of the swarm (about every N x size x FANOUT / budget seconds):
@@ -108,6 +109,8 @@ class GossipNode:
         self.peers: dict[str, Peer] = {}
         self._ring: list[str] = [self.id]
         """Ids of online members and this node, sorted."""
+        self._neighbours: list[str] | None = None
+        """Cached until the ring changes."""
         self._recent: deque[tuple[float, bytes]] = deque()
         self._seen: dict[bytes, float] = {}
         """Rumour keys heard (announcements and verdicts) -> when, oldest first; forgotten after RECENT_S * 3."""
@@ -232,7 +235,7 @@ class GossipNode:
         self._sealed = self._seal(now)
         self._announced = now
         self._remember(_key(self.id, self._seq), now)
-        targets = [p for p in self._ring if p != self.id] if self.small() else self._some(FANOUT, exclude=())
+        targets = self.neighbours() if self.small() else self._some(FANOUT, exclude=())
         return [(peer, bytes([RUMOUR]) + self._sealed) for peer in targets]
 
     def _rumour(self, sender: str, sealed: bytes, now: float) -> list[Send]:
@@ -334,8 +337,10 @@ class GossipNode:
         present = index < len(self._ring) and self._ring[index] == peer_id
         if online and not present:
             self._ring.insert(index, peer_id)
+            self._neighbours = None
         elif not online and present:
             del self._ring[index]
+            self._neighbours = None
 
     def _watchers_of(self, peer_id: str) -> list[str]:
         """The WATCHERS members after ``peer_id`` on the ring (everyone else in a small swarm)."""
@@ -353,17 +358,28 @@ class GossipNode:
         index = bisect.bisect_left(ring, self.id)
         return [ring[(index - i) % len(ring)] for i in range(1, WATCHERS + 1)]
 
-    def _some(self, count: int, exclude: tuple[str, ...]) -> list[str]:
-        """``count`` random online members, none of ``exclude``."""
+    def neighbours(self) -> list[str]:
+        """The members this node talks to: its ring successors and predecessors, and one member at each
+        power-of-two distance along the ring (as Chord's fingers): about 2 x WATCHERS + log2(N), so
+        the connections a node keeps stay few while a rumour still crosses the ring in log2(N) hops."""
         ring = self._ring
-        chosen: set[str] = set()
-        for _ in range(count * 4):
-            if len(chosen) >= count or len(ring) <= 1:
-                break
-            pick = ring[self._rng.randrange(len(ring))]
-            if pick != self.id and pick not in exclude:
-                chosen.add(pick)
-        return list(chosen)
+        if len(ring) <= SMALL_SWARM:
+            return [p for p in ring if p != self.id]
+        if self._neighbours is None:
+            index = bisect.bisect_left(ring, self.id)
+            chosen = {*self._watchers_of(self.id), *self._watched()}
+            distance = WATCHERS + 1
+            while distance < len(ring):
+                chosen.add(ring[(index + distance) % len(ring)])
+                distance *= 2
+            chosen.discard(self.id)
+            self._neighbours = sorted(chosen)
+        return self._neighbours
+
+    def _some(self, count: int, exclude: tuple[str, ...]) -> list[str]:
+        """``count`` random neighbours, none of ``exclude``."""
+        pool = [p for p in self.neighbours() if p not in exclude]
+        return self._rng.sample(pool, min(count, len(pool)))
 
     def _remove(self, peer_id: str) -> None:
         self._current.pop(_key(peer_id, self.peers.pop(peer_id).announcement.seq), None)

@@ -151,10 +151,10 @@ class ModelManager:
     def memory_needed(self, name: str) -> int | None:
         """Estimated bytes the model takes once loaded here (None: unknown, e.g. its file is not there yet)."""
         if name not in self._needs:
-            need = self._estimate(self.config(name))
-            if need is None:
-                return None  # asked again once the file exists
-            self._needs[name] = need
+            config = self.config(name)
+            if not config.model_path(self.catalog.models_dir).is_file():
+                return None  # asked again once the file exists (a built-in model is assembled on first use)
+            self._needs[name] = self._estimate(config)
         return self._needs[name]
 
     def plan(self, name: str) -> LoadPlan:
@@ -188,10 +188,10 @@ class ModelManager:
 
     def _estimate(self, config: ModelConfig) -> int | None:
         path = config.model_path(self.catalog.models_dir)
-        if not path.is_file():
-            return None
-        if config.backend_name != "llama-cpp" or config.rpc is not None:
-            return path.stat().st_size * 2 + PROCESS_BYTES  # ONNX Runtime's arena; RPC: placed on workers
+        if config.rpc is not None:
+            return None  # its layers go to RPC workers; the RPC placement checks what stays here
+        if config.backend_name != "llama-cpp":
+            return path.stat().st_size * 2 + PROCESS_BYTES  # ONNX Runtime's arena holds about a copy
         settings = self._settings(config)
         try:
             layout = gguf_layout(str(path))

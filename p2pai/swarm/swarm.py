@@ -45,7 +45,8 @@ class Swarm:
         self._offers: dict[str, dict[str, ModelOffer]] = {}
         """Model name -> peer id -> what that peer announced for it."""
         self.version = 0
-        """Changes whenever the index does: what the router's cached answers are keyed by."""
+        """Changes whenever a peer's models, their tasks, or where they are loaded change (not with live
+        figures): what the router's list of the swarm's models is cached by."""
         overlay.listen(self._index)
 
     @property
@@ -93,6 +94,7 @@ class Swarm:
     def _index(self, event: MemberEvent) -> None:
         member = event.member
         old = self._serving.pop(member.peer_id, None)
+        before = _listing(old)
         if old is not None:
             for offer in old.payload.models:
                 holders = self._offers.get(offer.name, {})
@@ -107,7 +109,8 @@ class Swarm:
                     self._offers.setdefault(offer.name, {})[node.id] = offer
         else:
             self._parsed.pop(member.peer_id, None)
-        self.version += 1
+        if _listing(self._serving.get(member.peer_id)) != before:
+            self.version += 1
 
     def stats(self) -> dict[str, Any]:
         return {**self.overlay.stats(), "rejected": dict(self.rejected)}
@@ -156,3 +159,10 @@ class Swarm:
                 self.overlay.set_payload(self._payload())
             except Exception:  # a bad figure must not stop the heartbeat's payload updates
                 log.exception("could not build this node's announcement")
+
+
+def _listing(node: SwarmNode | None) -> object:
+    """What /v1/models shows of a node."""
+    if node is None:
+        return None
+    return node.online, [(offer.name, offer.backend, offer.loaded, offer.tasks) for offer in node.payload.models]
