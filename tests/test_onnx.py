@@ -22,11 +22,13 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import NodeProcess
-from p2pai.backends.base import ModelLoadError
+from p2pai.backends.base import BackendError, GenerationRequest, ModelLoadError
 from p2pai.backends.onnx.batcher import bucket
 from p2pai.backends.onnx.runtime import choose_providers
 from p2pai.models import builtin
+from p2pai.models.catalog import build_catalog
 from p2pai.models.config import ModelConfig
+from p2pai.serving.manager import ModelManager
 from p2pai.token import new_token
 from test_api import assert_openai_error
 from test_containment import wait_gone
@@ -261,6 +263,22 @@ def test_a_killed_onnx_model_process_costs_only_its_requests(swarm) -> None:
     loaded = {m["id"]: m for m in httpx.get(node.url + "/system").json()["loaded_models"]}
     assert loaded[EMBEDDER]["pid"] != pid and loaded[EMBEDDER]["crashes"] == 1
     assert node.proc.poll() is None
+
+
+async def test_a_generation_asked_of_an_onnx_model_is_refused_and_the_model_serves_on(tmp_path: Path) -> None:
+    """Serving never asks an ONNX model to generate (it checks tasks first); if anything did, the model
+    process answers with an error and keeps serving, instead of ending."""
+    manager = ModelManager(build_catalog(tmp_path / "none", tmp_path, [EMBEDDER], default_model=False), threads=1)
+    try:
+        engine = await manager.engine(EMBEDDER)
+        with pytest.raises(BackendError, match="does not generate"):
+            async for _ in engine.generate(GenerationRequest(prompt="hello", max_tokens=4)):
+                pass
+        vectors, _ = await engine.embed(["still here"])
+        assert vectors.shape == (1, 384)
+        assert engine.failure is None and engine is await manager.engine(EMBEDDER)
+    finally:
+        await manager.close()
 
 
 # Without processes

@@ -3,8 +3,8 @@
 ONNX Runtime is native code like llama.cpp: a crash ends this process and costs only this
 model's requests. Threads: the main thread is the model thread, running the batcher's
 sessions; the receiving thread reads the node's calls and tokenizes their inputs, so the next
-batch is ready when a run ends. Only `call` messages come here (embed, rerank, tokenize,
-detokenize); each is answered with one `result` or `error`.
+batch is ready when a run ends. Calls (embed, rerank, tokenize, detokenize) are answered with one
+`result` or `error` each; nothing is cancelled (a run takes milliseconds).
 """
 
 from __future__ import annotations
@@ -48,14 +48,18 @@ class OnnxServer:
                 message = self._channel.receive()
             except (EOFError, OSError):
                 message = ("close",)
-            if message[0] != "call":
+            kind = message[0]
+            if kind == "close":
                 batcher.stop()
                 return
-            _, request_id, method, args = message
-            try:
-                self._call(encoder, batcher, request_id, method, args)
-            except Exception as exc:  # noqa: BLE001 - the call's own failure, sent to its caller
-                self._channel.send("error", request_id, encode_error(exc))
+            if kind == "generate":  # never sent (serving checks tasks first), answered all the same
+                self._channel.send("error", message[1], encode_error(BackendError("an ONNX model does not generate")))
+            elif kind == "call":
+                _, request_id, method, args = message
+                try:
+                    self._call(encoder, batcher, request_id, method, args)
+                except Exception as exc:  # noqa: BLE001 - the call's own failure, sent to its caller
+                    self._channel.send("error", request_id, encode_error(exc))
 
     def _call(self, encoder: Encoder, batcher: Batcher, request_id: int, method: str, args: tuple[Any, ...]) -> None:
         if method == "embed":
