@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pai.identity import Identity
-from p2pai.overlay.announcement import Announcement, open_sealed
+from p2pai.overlay.announcement import MAX_CLOCK_SKEW, Announcement, Rejected, open_sealed
 from p2pai.overlay.gossip import GossipNode, Keys, Peer
 from p2pai.routing.placement import Candidate, Policy, load_wait, rank, time_to_first_token
 from p2pai.swarm.payload import Capacity, DataEndpoint, Memory, ModelOffer, NodePayload
@@ -148,12 +148,15 @@ def simulate_membership(n: int, seed: int = 1, steady: float = 30.0) -> Membersh
     verified: dict[bytes, Announcement] = {}
     counts = Counter[str]()
 
-    def opener(sealed: bytes, at: float) -> Announcement:
+    def opener(sealed: bytes, at: float, max_age: float) -> Announcement:
+        """open_sealed, with the signature and decryption of a message already seen taken from a cache."""
         counts["receipts"] += 1
         announcement = verified.get(sealed)
         if announcement is None:
-            announcement = verified[sealed] = open_sealed(sealed, KEYS.seal_key, KEYS.discriminator, at)
+            announcement = verified[sealed] = open_sealed(sealed, KEYS.seal_key, KEYS.discriminator, at, max_age)
             counts["verified"] += 1
+        elif not -MAX_CLOCK_SKEW <= at - announcement.timestamp <= max(max_age, MAX_CLOCK_SKEW):
+            raise Rejected("stale")
         return announcement
 
     def new_node(index: int) -> GossipNode:

@@ -61,3 +61,23 @@ def test_a_frozen_node_is_judged_offline_and_comes_back_when_it_resumes() -> Non
     network._tick(frozen, network.now)  # its clock goes on where it stopped
     network.run_until(network.now + 4.0)
     assert all(node.peers[frozen.id].online for node in nodes if node is not frozen)
+
+
+def test_malformed_messages_from_a_member_are_dropped_without_raising() -> None:
+    node = GossipNode(Identity.generate(), KEYS, "n", {}, 0.0, random.Random(0))
+    other = GossipNode(Identity.generate(), KEYS, "o", {}, 0.0, random.Random(1))
+    for kind in b"hpkavdwjs":
+        for body in (b"", b"\x00", b"\xff" * 7, b"\x00" * 9, b"\xff" * 40):
+            node.receive(other.id, bytes([kind]) + body, 1.0)
+    node.receive(other.id, b"", 1.0)
+    assert node.peers == {} and node.counters.rejected > 0
+
+
+def test_an_announcement_older_than_two_gaps_is_refused() -> None:
+    """Replays are refused by sequence number; age bounds what a stranger to the swarm can be told."""
+    author = GossipNode(Identity.generate(), KEYS, "a", {}, 0.0, random.Random(0))
+    node = GossipNode(Identity.generate(), KEYS, "n", {}, 0.0, random.Random(1))
+    node.receive(author.id, b"a" + author._sealed, 2 * node.announce_gap() + 31.0)
+    assert author.id not in node.peers and node.counters.rejected == 1
+    node.receive(author.id, b"a" + author._sealed, 1.0)
+    assert author.id in node.peers

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pai.identity import Identity
-from p2pai.overlay.announcement import Announcement, Rejected, open_sealed, seal
+from p2pai.overlay.announcement import MAX_CLOCK_SKEW, MAX_MESSAGE_BYTES, Announcement, Rejected, open_sealed, seal
 
 WATCHERS = 6
 SMALL_SWARM = 16
@@ -98,14 +98,16 @@ class Keys:
 class GossipNode:
     def __init__(self, identity: Identity, keys: Keys, name: str, payload: dict[str, Any], now: float,
                  rng: random.Random | None = None,
-                 opener: Callable[[bytes, float], Announcement] | None = None) -> None:
-        """``opener`` checks a sealed announcement (default: announcement.open_sealed with ``keys``)."""
+                 opener: Callable[[bytes, float, float], Announcement] | None = None) -> None:
+        """``opener(sealed, now, max_age)`` checks a sealed announcement (default: announcement.open_sealed
+        with ``keys``)."""
         self.identity = identity
         self.id = identity.peer_id
         self._keys = keys
         self._name = name
         self._rng = rng or random.Random()
-        self._open = opener or (lambda sealed, at: open_sealed(sealed, keys.seal_key, keys.discriminator, at))
+        self._open = opener or (lambda sealed, at, max_age: open_sealed(sealed, keys.seal_key, keys.discriminator,
+                                                                         at, max_age))
         self.peers: dict[str, Peer] = {}
         self._ring: list[str] = [self.id]
         """Ids of online members and this node, sorted."""
@@ -198,7 +200,7 @@ class GossipNode:
             sends.append((sender, bytes([ACK]) + body[:8]))
         elif kind == RUMOUR:
             sends += self._rumour(sender, body, now)
-        elif kind == VERDICT:
+        elif kind == VERDICT and len(body) > 8:
             seq, accused = _SEQ.unpack(body[:8])[0], body[8:].decode(errors="replace")
             sends += self._on_verdict(sender, accused, seq, now)
         elif kind == DIGEST:
@@ -210,8 +212,8 @@ class GossipNode:
             sends += self._answer_want(sender, body)
         elif kind == JOIN:
             sends += self._rumour(sender, body, now)
-            state = b"".join(_framed(p.sealed) for p in self.peers.values() if p.online) + _framed(self._sealed)
-            sends.append((sender, bytes([STATE]) + state))
+            everyone = [self._sealed, *(p.sealed for p in self.peers.values() if p.online)]
+            sends += [(sender, bytes([STATE]) + part) for part in _batches(everyone)]
         elif kind == STATE:
             for sealed in _unframed(body):
                 self._accept(sealed, now)
@@ -252,7 +254,9 @@ class GossipNode:
     def _accept(self, sealed: bytes, now: float) -> Announcement | None:
         """Apply an announcement if it is genuine and newer than what this node has; None otherwise."""
         try:
-            announcement = self._open(sealed, now)
+            # A member announces at most every announce_gap(): an announcement relayed (or handed to a
+            # joining node) may be that old. Replays are refused by sequence number below.
+            announcement = self._open(sealed, now, 2 * self.announce_gap() + MAX_CLOCK_SKEW)
         except Rejected:
             self.counters.rejected += 1
             return None
@@ -412,6 +416,18 @@ def _verdict_key(peer_id: str, seq: int) -> bytes:
 
 def _framed(sealed: bytes) -> bytes:
     return len(sealed).to_bytes(4, "big") + sealed
+
+
+def _batches(sealed: list[bytes]) -> list[bytes]:
+    """Framed announcements in messages of at most MAX_MESSAGE_BYTES (what a transport takes at once)."""
+    batches, current = [], b""
+    for item in sealed:
+        framed = _framed(item)
+        if current and len(current) + len(framed) >= MAX_MESSAGE_BYTES:
+            batches.append(current)
+            current = b""
+        current += framed
+    return [*batches, current] if current else batches
 
 
 def _unframed(body: bytes) -> list[bytes]:
