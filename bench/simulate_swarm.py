@@ -393,7 +393,7 @@ class RoutingSim:
         if self.mode != "probe":
             return candidates
         pool = [c for c in rank(candidates, Policy.LEAST_LOADED, self.rng) if time_to_first_token(c) < math.inf]
-        probed = pool[:PROBED - 1] + self.rng.sample(pool[PROBED - 1:], min(1, len(pool) - PROBED + 1))
+        probed = pool[:PROBED - 1] + self.rng.sample(pool[PROBED - 1:], min(1, max(0, len(pool) - PROBED + 1)))
         exact = self._view(entry, spec, [self.nodes[c.node_id] for c in probed], exact=True)
         return [replace(c, outstanding=0) for c in exact]
 
