@@ -322,8 +322,9 @@ MODES = ("oracle", "mesh", "gossip", "probe")
 """oracle: exact figures of every node; mesh: the router's view (announced figures, its own requests
 and the loads they triggered) with today's full mesh, where figures are at most PUBLISH_INTERVAL old;
 gossip: the same view with figures as old as GossipNode.announce_gap() makes them at that size;
-probe: the gossip view picks PROBED nodes (the best ones and one at random), whose exact figures are
-then asked for (one round trip, as an entry could do over the data plane before sending)."""
+probe: the gossip view picks PROBED nodes (the best ones, and one at random among those it says have
+the model loaded), whose exact figures are then asked for (one round trip, as an entry could do over
+the data plane before sending)."""
 PROBED = 4
 
 
@@ -393,7 +394,9 @@ class RoutingSim:
         if self.mode != "probe":
             return candidates
         pool = [c for c in rank(candidates, Policy.LEAST_LOADED, self.rng) if time_to_first_token(c) < math.inf]
-        probed = pool[:PROBED - 1] + self.rng.sample(pool[PROBED - 1:], min(1, max(0, len(pool) - PROBED + 1)))
+        rest = pool[PROBED - 1:]
+        loaded = [c for c in rest if c.loaded] or rest  # the random pick: a node said to have it loaded
+        probed = pool[:PROBED - 1] + self.rng.sample(loaded, min(1, len(loaded)))
         exact = self._view(entry, spec, [self.nodes[c.node_id] for c in probed], exact=True)
         return [replace(c, outstanding=0) for c in exact]
 

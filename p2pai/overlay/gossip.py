@@ -76,6 +76,9 @@ class Peer:
     """When it went offline."""
     probed: float | None = None
     """When this node pinged it for want of heartbeats."""
+    judged: int = -1
+    """The sequence number of the last announcement it was judged offline after: an announcement of
+    its up to that one (relayed late) does not bring it back; only a newer one does."""
 
 
 @dataclass
@@ -265,7 +268,7 @@ class GossipNode:
         if peer_id == self.id:
             return None
         known = self.peers.get(peer_id)
-        if known is not None and announcement.seq <= known.announcement.seq:
+        if known is not None and announcement.seq <= max(known.announcement.seq, known.judged):
             return None
         key = _key(peer_id, announcement.seq)
         self._remember(key, now)
@@ -285,9 +288,10 @@ class GossipNode:
 
     def _verdict(self, accused: str, seq: int, now: float, exclude: tuple[str, ...]) -> list[Send]:
         peer = self.peers.get(accused)
-        if peer is None or not peer.online or peer.announcement.seq != seq:
+        # A verdict on a newer announcement than this node has seen counts too: it missed that one.
+        if peer is None or not peer.online or seq < peer.announcement.seq:
             return []
-        peer.online, peer.since, peer.probed = False, now, None
+        peer.online, peer.since, peer.probed, peer.judged = False, now, None, seq
         self._offline[accused] = now
         self._place(accused, False)
         message = bytes([VERDICT]) + _SEQ.pack(seq) + accused.encode()
