@@ -569,12 +569,15 @@ def _plot(members: list[MembershipResult], routes: list[RoutingResult], path: Pa
     left.set_title("membership traffic per node")
     width = 0.25
     positions = range(len(sizes))
-    for index, mode in enumerate(MODES):
-        ttfts = [r.mean_ttft for r in routes if r.mode == mode]
-        right.bar([p + (index - 1) * width for p in positions], ttfts, width, label=mode)
+    oracle = [r.mean_ttft for r in routes if r.mode == "oracle"]
+    for index, mode in enumerate(MODES[1:]):
+        ratios = [r.mean_ttft / o for r, o in zip([r for r in routes if r.mode == mode], oracle, strict=True)]
+        right.bar([p + (index - 1) * width for p in positions], ratios, width, label=mode)
+    right.axhline(1.1, color="grey", linestyle=":", label="target (oracle + 10 %)")
+    right.set_yscale("log")
     right.set_xticks(list(positions), [str(n) for n in sizes])
     right.set_xlabel("nodes")
-    right.set_ylabel("mean time to first token (s)")
+    right.set_ylabel("mean time to first token / oracle's")
     right.legend()
     right.set_title("routing against an oracle")
     figure.tight_layout()
