@@ -29,3 +29,11 @@ def test_estimate_of_a_real_gguf(tiny_path: Path) -> None:
     assert 0.5 * file_size < memory.weights <= file_size  # the tensors are most of the file
     assert memory.kv_cache_per_slot == layout.kv_bytes_per_token_layer * layout.n_layer * 512
     assert memory.compute >= layout.vocab_size * 4 * 2  # at least the logits of both slots
+
+
+def test_sliding_window_layers_cache_only_their_window() -> None:
+    full = ModelLayout((MiB,) * 6, output_bytes=0, input_bytes=MiB, kv_bytes_per_token_layer=1024, vocab_size=1000)
+    windowed = ModelLayout((MiB,) * 6, output_bytes=0, input_bytes=MiB, kv_bytes_per_token_layer=1024,
+                           vocab_size=1000, sliding_window=512, swa_layers=5)
+    assert estimate(full, 8192, 1, 512).kv_cache_per_slot == 1024 * 6 * 8192
+    assert estimate(windowed, 8192, 1, 512).kv_cache_per_slot == 1024 * (8192 + 5 * 1024)

@@ -200,8 +200,9 @@ class ModelManager:
             return None
         slots = settings.parallel or auto_parallel_for(layout.kv_bytes_per_token_layer * layout.n_layer,
                                                        settings.context_size)
+        # "auto" turns flash attention on where the backend has it, as llama.cpp's CPU backend does
         return estimate(layout, settings.context_size, slots, settings.batch,
-                        settings.flash_attention == "on").total
+                        settings.flash_attention != "off").total
 
     def stats(self, name: str) -> ModelStats:
         engine = self._engines.get(name)

@@ -24,6 +24,9 @@ from ..base import ModelLoadError
 
 HEADROOM = 1.10
 """Allocator slack and what the estimate leaves out (tokenizer, process): ask for 10% more."""
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+"""Architectures whose layers use a sliding window except every n-th one (as llama.cpp sets them up;
+the GGUF gives the window, not the pattern). Others count every layer with the full context."""
 PROCESS_BYTES = 160 << 20
 """The model's child process itself (Python, llama.cpp's code), measured as RSS before any model is loaded."""
 
@@ -54,7 +57,9 @@ def estimate(layout: ModelLayout, context_per_slot: int, slots: int, batch: int 
     slots = max(slots, 1)
     batch = max(min(batch, context_per_slot * slots), slots)
     weights = sum(layout.layer_bytes) + layout.output_bytes + layout.input_bytes
-    kv_per_slot = layout.kv_bytes_per_token_layer * layout.n_layer * context_per_slot
+    window = min(context_per_slot, layout.sliding_window + batch) if layout.sliding_window else context_per_slot
+    cells = (layout.n_layer - layout.swa_layers) * context_per_slot + layout.swa_layers * window
+    kv_per_slot = layout.kv_bytes_per_token_layer * cells
     logits = layout.vocab_size * 4 * slots
     activations = batch * max(layout.embedding_length, 1) * 4 * 16
     scores = 0 if flash_attention else batch * context_per_slot * slots * max(layout.head_count, 1) * 4
@@ -78,6 +83,10 @@ class ModelLayout:
     vocab_size: int
     embedding_length: int = 0
     head_count: int = 0
+    sliding_window: int = 0
+    """Tokens a sliding-window layer attends to (0: none): llama.cpp caches that many, plus a batch."""
+    swa_layers: int = 0
+    """How many layers use the sliding window."""
 
     @property
     def n_layer(self) -> int:
@@ -111,6 +120,8 @@ def gguf_layout(path: str) -> ModelLayout:
     kv_heads = number(f"{arch}.attention.head_count_kv", heads)
     key_length = number(f"{arch}.attention.key_length", number(f"{arch}.embedding_length") // max(heads, 1))
     value_length = number(f"{arch}.attention.value_length", key_length)
+    window = number(f"{arch}.attention.sliding_window")
+    pattern = SWA_PATTERNS.get(arch, 0)
     return ModelLayout(
         layer_bytes=tuple(layer_bytes),
         output_bytes=output,
@@ -119,6 +130,8 @@ def gguf_layout(path: str) -> ModelLayout:
         vocab_size=number("tokenizer.ggml.tokens", number(f"{arch}.vocab_size")),
         embedding_length=number(f"{arch}.embedding_length"),
         head_count=heads,
+        sliding_window=window if pattern else 0,
+        swa_layers=n_layer - n_layer // pattern if window and pattern else 0,
     )
 
 
