@@ -31,6 +31,8 @@ class LoadReporter:
             self._loading.discard(event.model)
             if event.phase == "done":
                 console.print(f"[green]✓[/] model [bold]{event.model}[/] loaded in {event.seconds:.1f} s")
+            elif event.phase == "unloaded":
+                console.print(f"model [bold]{event.model}[/] unloaded to make room")
             else:
                 console.print(f"[red]✗[/] model [bold]{event.model}[/] failed to load: {event.error}")
         self._refresh()

@@ -65,6 +65,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         workers=lambda: swarm.workers(),
         rpc_credentials=Credentials(identity, membership.keys.rpc_key),
         flash_attention=settings.flash_attention,
+        max_loaded=settings.max_loaded,
+        memory_budget=settings.memory_budget,
     )
     store = await Store.open(settings.data_dir)
     await store.end_unfinished_jobs("interrupted: the node stopped; apply again to resume the download")

@@ -43,6 +43,10 @@ class NodeSettings:
     context_size: int | None = None
     parallel: int | None = None
     preload: bool = False
+    max_loaded: int | None = None
+    """Models loaded at once; the least recently used idle one is unloaded for another (None: no limit)."""
+    memory_budget: int | None = None
+    """Bytes the loaded models may take together, by their estimates (None: what the system has available)."""
     log_level: str = "info"
     token: str | None = field(default=None, repr=False)
     """None: the token of token_file, else the one kept in the data dir (created on first start)."""
@@ -134,6 +138,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                              "up to 4 while their KV cache stays under 1 GiB; P2PAI_PARALLEL)")
     parser.add_argument("--preload", action="store_true", default=env_default("PRELOAD", "") in ("1", "true", "yes"),
                         help="load every model at start instead of on first use (P2PAI_PRELOAD=1)")
+    parser.add_argument("--max-loaded", type=positive_int, default=env_default("MAX_LOADED"), metavar="N",
+                        help="models loaded at once; loading another unloads the least recently used idle one "
+                             "(default: no limit but memory; P2PAI_MAX_LOADED)")
+    parser.add_argument("--memory-budget", type=positive_gib, default=env_default("MEMORY_BUDGET"), metavar="GIB",
+                        help="GiB the loaded models may take together, by their estimated size; loading beyond "
+                             "it unloads idle models first (default: the memory the system has available; "
+                             "P2PAI_MEMORY_BUDGET)")
     parser.add_argument("--routing", choices=[policy.value for policy in Policy],
                         default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
@@ -178,6 +189,17 @@ def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return int(value)
+
+
+def positive_gib(value: str) -> int:
+    """A size in GiB (fractions allowed), as bytes."""
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = 0.0
+    if not 0 < gib < 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, got {value!r}")
+    return int(gib * (1 << 30))
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,6 +283,8 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         context_size=int(args.context_size) if args.context_size else None,
         parallel=int(args.parallel) if args.parallel else None,
         preload=args.preload,
+        max_loaded=args.max_loaded,
+        memory_budget=args.memory_budget,
         log_level=args.log_level,
         routing=Policy(args.routing),
         flash_attention=args.flash_attention,  # argparse checked the choices

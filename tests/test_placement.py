@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from p2pai.routing.placement import Candidate, Policy, rank
+from p2pai.serving.residency import Resident, plan_load
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "placement.json").read_text())
 
@@ -33,3 +34,14 @@ def test_equal_nodes_share_the_load_and_random_uses_everyone() -> None:
         rng = random.Random(1)
         firsts = Counter(rank(equal, policy, rng)[0].node_id for _ in range(300))
         assert set(firsts) == {"a", "b", "c"} and min(firsts.values()) > 60
+
+
+EVICTIONS = json.loads((Path(__file__).parent / "fixtures" / "eviction.json").read_text())
+
+
+@pytest.mark.parametrize("case", EVICTIONS, ids=[c["case"] for c in EVICTIONS])
+def test_eviction_fixtures(case: dict) -> None:
+    residents = [Resident(**r) for r in case["residents"]]
+    plan = plan_load(case["need"], case["free"], residents, case["max_loaded"], case["budget"])
+    assert (plan.fits, list(plan.evict)) == (case["fits"], case["evict"])
+    assert plan.fits or plan.reason

@@ -206,3 +206,12 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self._peer if name == "peername" else default
+
+
+def test_max_loaded_and_memory_budget() -> None:
+    settings = settings_from_args(build_parser().parse_args(["start", "--max-loaded", "2", "--memory-budget", "1.5"]))
+    assert (settings.max_loaded, settings.memory_budget) == (2, 3 << 29)
+    assert settings_from_args(build_parser().parse_args(["start"])).max_loaded is None
+    for bad in (["--max-loaded", "0"], ["--memory-budget", "-1"], ["--memory-budget", "lots"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["start", *bad])

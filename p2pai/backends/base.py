@@ -181,6 +181,8 @@ class ModelStats:
     decode_tps: float | None
     """Aggregate decode speed, all slots together (tokens/s, recent average); one of
     `in_flight` streams sees about decode_tps / in_flight. None: nothing decoded yet."""
+    answer_tokens: float | None = None
+    """Tokens a generation produced (recent average): with decode_tps, how long a slot stays taken."""
     crashes: int = 0
     """Times the model's process died since the node started."""
     last_crash: str | None = None

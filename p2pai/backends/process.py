@@ -83,6 +83,7 @@ class ModelProcess:
         the child finished leaves it, even while its client has still to read the rest of it: a
         slow reader holds no slot, so it must not hold a place in the queue either."""
         self._decode_tps: float | None = None
+        self._answer_tokens: float | None = None
         self._ready: asyncio.Future[ModelInfo] = asyncio.get_running_loop().create_future()
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._lost_worker: str | None = None
@@ -135,7 +136,8 @@ class ModelProcess:
         generating = len(self._generating)
         in_flight = min(generating, slots)
         return ModelStats(loaded=self.failure is None, in_flight=in_flight, queued=generating - in_flight,
-                          slots=slots, decode_tps=self._decode_tps, pid=self.pid)
+                          slots=slots, decode_tps=self._decode_tps, answer_tokens=self._answer_tokens,
+                          pid=self.pid)
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return await self._call("tokenize", text, add_special)
@@ -229,6 +231,12 @@ class ModelProcess:
             raise self.failure or ModelCrashedError(f"the model process of {self.name!r} is gone") from None
         return request_id, items
 
+    def _count_answer(self, last: GenerationChunk) -> None:
+        if last.usage is not None:
+            tokens = float(last.usage.completion_tokens)
+            old = self._answer_tokens
+            self._answer_tokens = tokens if old is None else 0.8 * old + 0.2 * tokens
+
     def _dispatch(self, message: Message) -> None:
         kind = message[0]
         pending = self._pending
@@ -242,6 +250,7 @@ class ModelProcess:
                         self._generating.discard(request_id)
                     elif _is_last(item):
                         self._generating.discard(request_id)
+                        self._count_answer(item)
                     queue.put_nowait(item)
         elif kind == "result":
             queue = pending.get(message[1])

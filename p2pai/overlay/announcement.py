@@ -72,8 +72,12 @@ def seal(announcement: Announcement, identity: Identity, seal_key: bytes, discri
     return message
 
 
-def open_sealed(message: bytes, seal_key: bytes, discriminator: str, now: float) -> Announcement:
-    """Decrypt and verify an announcement, or raise Rejected saying why not."""
+def open_sealed(message: bytes, seal_key: bytes, discriminator: str, now: float,
+                max_age: float = MAX_CLOCK_SKEW) -> Announcement:
+    """Decrypt and verify an announcement, or raise Rejected saying why not.
+
+    max_age: how old it may be; more than MAX_CLOCK_SKEW only for one relayed by gossip (gossip.py),
+    where replays are judged by sequence number."""
     if len(message) > MAX_MESSAGE_BYTES:
         raise Rejected("oversized")
     aad = _CONTEXT + discriminator.encode()
@@ -93,7 +97,7 @@ def open_sealed(message: bytes, seal_key: bytes, discriminator: str, now: float)
         raise Rejected("malformed") from None
     if announcement.peer_id != peer_id_from_public_key(public_key):
         raise Rejected("bad_signature")
-    if abs(now - announcement.timestamp) > MAX_CLOCK_SKEW:
+    if not -MAX_CLOCK_SKEW <= now - announcement.timestamp <= max(max_age, MAX_CLOCK_SKEW):
         raise Rejected("stale")
     return announcement
 

@@ -83,6 +83,7 @@ class Overlay:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
+        self._listeners: list[Callable[[MemberEvent], None]] = []
         self._pushed_targets: tuple[dict[str, list[str]], frozenset[str]] | None = None
         self._connections = 0
         self._counts: Counter[str] = Counter()
@@ -206,6 +207,10 @@ class Overlay:
 
     def unsubscribe(self, queue: asyncio.Queue[MemberEvent]) -> None:
         self._subscribers.remove(queue)
+
+    def listen(self, listener: Callable[[MemberEvent], None]) -> None:
+        """Call ``listener`` with each membership change as it happens (on the asyncio loop; keep it cheap)."""
+        self._listeners.append(listener)
 
     @property
     def identity(self) -> Identity:
@@ -395,6 +400,9 @@ class Overlay:
     def _publish(self, events: list[MemberEvent]) -> None:
         if any(event.kind != "updated" for event in events):
             self._changed.set()  # tell the others promptly whom we now see online
+        for event in events:
+            for listener in self._listeners:
+                listener(event)
         for queue in self._subscribers:
             for event in events:
                 if queue.full():

@@ -1,19 +1,31 @@
 """Which node should answer a request for a model: pure functions over a snapshot.
 
-Order of preference (least-loaded): a node where the model is already loaded
-(a load costs seconds), then the lowest expected wait, then this node itself
-(no network hop). The announced figures are up to a second old, so requests
-this node has sent and not yet seen finish (`outstanding`) count too.
+Least-loaded ranks nodes by the expected time to the request's first token:
+  the wait for a free slot (requests ahead of it x how long each holds a slot)
+  + the load, where the model is not loaded yet (what is left of a load under
+    way, else the node's own estimate of a load, from the file size and its
+    measured load speed)
+  + the network hop.
+So a node that has the model on disk but not loaded takes requests once the
+loaded nodes' queues would make them wait longer than it takes to load. A node
+that cannot load the model (its estimate does not fit its free memory) comes
+last. The announced figures are up to a second old, so requests this node has
+sent and not yet seen finish (`outstanding`) count too, and so do the loads it
+triggered (`load_left`): a burst does not stampede onto one node, loaded or not.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from enum import Enum
 
 DEFAULT_TPS = 20.0  # assumed decode speed of a node that has not measured one yet
-TYPICAL_ANSWER_TOKENS = 128
+TYPICAL_ANSWER_TOKENS = 128  # assumed length of an answer where none was measured yet
+DEFAULT_LOAD_S = 2.0  # assumed load time where a node announced none
+HOP_S = 0.002
+"""Forwarding to a peer (loopback or LAN): what makes this node win a tie."""
 
 
 class Policy(str, Enum):
@@ -34,14 +46,40 @@ class Candidate:
     decode_tps: float | None
     outstanding: int = 0
     """Requests for this model this node sent there and that have not finished."""
+    answer_tokens: float | None = None
+    """Tokens an answer takes there (recent average)."""
+    load_s: float | None = None
+    """Seconds a load of the model takes there."""
+    load_left: float | None = None
+    """Seconds left of a load under way there (this node triggered it, or the node announces it loading)."""
+    fits: bool = True
+    """False: the model is not loaded there and does not fit its free memory."""
 
 
 def expected_wait(candidate: Candidate) -> float:
-    """Seconds a new request would wait for a free slot, roughly."""
+    """Seconds a new request would wait for a free slot, roughly (once the model is loaded)."""
     busy = max(candidate.in_flight + candidate.queued, candidate.outstanding)
-    waiting_for_slot = max(0, busy + 1 - max(candidate.slots, 1))
-    tps = candidate.decode_tps or DEFAULT_TPS
-    return waiting_for_slot * TYPICAL_ANSWER_TOKENS / tps
+    slots = max(candidate.slots, 1)
+    ahead = max(0, busy + 1 - slots)
+    tokens = candidate.answer_tokens or TYPICAL_ANSWER_TOKENS
+    tps = candidate.decode_tps or DEFAULT_TPS  # aggregate over the slots: one slot frees every tokens/tps
+    return ahead * tokens / tps
+
+
+def load_wait(candidate: Candidate) -> float:
+    """Seconds until the model is loaded there: 0 when it is."""
+    if candidate.loaded:
+        return 0.0
+    if candidate.load_left is not None:
+        return candidate.load_left
+    return candidate.load_s if candidate.load_s is not None else DEFAULT_LOAD_S
+
+
+def time_to_first_token(candidate: Candidate) -> float:
+    """Expected seconds before a request sent there now starts its answer (inf: it cannot be loaded there)."""
+    if not candidate.loaded and not candidate.fits:
+        return math.inf
+    return load_wait(candidate) + expected_wait(candidate) + (0.0 if candidate.is_self else HOP_S)
 
 
 def rank(candidates: list[Candidate], policy: Policy, rng: random.Random) -> list[Candidate]:
@@ -50,7 +88,7 @@ def rank(candidates: list[Candidate], policy: Policy, rng: random.Random) -> lis
     rng.shuffle(shuffled)
     if policy is Policy.RANDOM:
         return shuffled
-    ranked = sorted(shuffled, key=lambda c: (not c.loaded, expected_wait(c), not c.is_self))
+    ranked = sorted(shuffled, key=time_to_first_token)
     if policy is Policy.LOCAL_FIRST:
         ranked.sort(key=lambda c: not c.is_self)  # stable: the rest keep their least-loaded order
     return ranked

@@ -46,7 +46,7 @@ from .continuation import (
 )
 from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
-from .placement import Candidate, Policy, rank
+from .placement import DEFAULT_LOAD_S, Candidate, Policy, load_wait, rank
 from .relay import relay
 from .streams import stream_kind
 from .tunnel_http import TunnelResponse
@@ -65,6 +65,9 @@ REFUSED = 401
 """A peer's refusal of this node's signature (clocks too far apart, say): a problem between this
 node and that peer, never the client's, so another node is tried."""
 RETRY_AFTER = 2
+LOAD_GRACE_S = 30.0
+"""A load this node triggered that has not shown up as loaded this long after it was expected is
+forgotten (it failed, or took much longer): the node's own announcement says the rest."""
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
 Local = Callable[[], Awaitable[web.StreamResponse]]
@@ -154,6 +157,9 @@ class Router:
         self.metrics: defaultdict[str, PeerMetrics] = defaultdict(PeerMetrics)
         self._aborts: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
         self._watcher: asyncio.Task[None] | None = None
+        self._loads: dict[tuple[str, str], float] = {}
+        """(node, model) -> when the load this node's requests triggered there should be done (loop time)."""
+        self._models: tuple[tuple[object, ...], list[SwarmModel]] | None = None
 
     async def start(self) -> None:
         self._watcher = asyncio.create_task(self._abort_on_offline(), name="router-offline-watch")
@@ -168,17 +174,25 @@ class Router:
     # What the swarm offers
 
     def models(self) -> list[SwarmModel]:
-        offers: dict[str, list[tuple[SwarmNode, ModelOffer]]] = defaultdict(list)
-        nodes = self._serving_nodes()
-        for node in nodes:
-            for offer in node.payload.models:
-                offers[offer.name].append((node, offer))
-        me = nodes[0]  # Swarm.nodes() lists this node first
-        for name in self._manager.names():  # live, not the last announcement
-            entries = [(node, offer) for node, offer in offers.get(name, []) if node.id != me.id]
-            offers[name] = [(me, self._own_offer(name)), *entries]
-        return [
-            SwarmModel(
+        """Each model of the swarm once; recomputed only when the swarm's index or this node's models change."""
+        key = (self._swarm.version, tuple(self._manager.names()), tuple(self._manager.loaded()))
+        if self._models is None or self._models[0] != key:
+            self._models = (key, self._list_models())
+        return self._models[1]
+
+    def _list_models(self) -> list[SwarmModel]:
+        me = self._swarm.self_node()
+        offered = self._swarm.offered()
+        own = self._manager.names()  # live, not the last announcement
+        models = []
+        for name in sorted({*offered, *own}):
+            entries = [(node, offer) for peer, offer in offered.get(name, {}).items()
+                       if (node := self._swarm.serving_peer(peer)) is not None and node.online]
+            if name in own:
+                entries.insert(0, (me, self._own_offer(name)))
+            if not entries:
+                continue
+            models.append(SwarmModel(
                 name=name,
                 nodes=tuple(node.id for node, _ in entries),
                 loaded_on=tuple(node.id for node, offer in entries if self._loaded(node, offer)),
@@ -186,22 +200,23 @@ class Router:
                 tasks=tuple(task for task in TASKS if any(task in offer.tasks for _, offer in entries)),
                 on_disk=tuple(node.id for node, offer in entries if offer.file is not None),
                 file=next((offer.file for _, offer in entries if offer.file is not None), None),
-            )
-            for name, entries in sorted(offers.items())
-        ]
+            ))
+        return models
 
     def targets(self, model: str, task: Task | None, pin: str | None = None) -> list[Target]:
-        """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first."""
-        nodes = self._serving_nodes(include_offline=True)
-        if pin:
-            nodes = [node for node in nodes if pin in (node.id, node.name)]
-            if not nodes:
-                raise UnknownNodeError(pin)
-        having = [(node, offer) for node in nodes for offer in node.payload.models if offer.name == model]
-        me = next((node for node in nodes if node.is_self), None)
-        if me is not None and model in self._manager.names():  # live, not the last announcement
-            having = [(node, offer) for node, offer in having if not node.is_self]
+        """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first.
+
+        Costs the number of nodes offering ``model``, not the size of the swarm."""
+        me = self._swarm.self_node()
+        having = [(node, offer) for peer, offer in self._swarm.offers(model).items()
+                  if (node := self._swarm.serving_peer(peer)) is not None]
+        if me.federated and model in self._manager.names():  # live, not the last announcement
             having.append((me, self._own_offer(model)))
+        if pin:
+            pinned = self._swarm.find_serving(pin)
+            if pinned is None:
+                raise UnknownNodeError(pin)
+            having = [(node, offer) for node, offer in having if node.id == pinned.id]
         if not having:
             raise UnknownModelError(model)
         if task is not None:
@@ -212,7 +227,8 @@ class Router:
         online = [(node, offer) for node, offer in having if node.online]
         if not online:
             raise NoNodeAvailable(f"every node serving {model!r} is offline")
-        candidates = {node.id: (node, self._candidate(node, offer)) for node, offer in online}
+        now = asyncio.get_running_loop().time()
+        candidates = {node.id: (node, self._candidate(node, offer, now)) for node, offer in online}
         ranked = rank([c for _, c in candidates.values()], self._policy, self._rng)
         return [Target(c, tuple(candidates[c.node_id][0].endpoint_urls())) for c in ranked]
 
@@ -221,26 +237,50 @@ class Router:
         return ModelOffer(name=name, backend=self._manager.config(name).backend_name,
                           tasks=list(self._manager.tasks(name)))
 
-    def _serving_nodes(self, include_offline: bool = False) -> list[SwarmNode]:
-        return [n for n in self._swarm.nodes() if n.federated and (include_offline or n.online)]
-
     def _loaded(self, node: SwarmNode, offer: ModelOffer) -> bool:
         return self._manager.stats(offer.name).loaded if node.is_self else offer.loaded
 
-    def _candidate(self, node: SwarmNode, offer: ModelOffer) -> Candidate:
+    def _candidate(self, node: SwarmNode, offer: ModelOffer, now: float) -> Candidate:
+        model = offer.name
         if node.is_self:
-            stats = self._manager.stats(offer.name)
-            figures = (stats.loaded, stats.slots, stats.in_flight, stats.queued, stats.decode_tps)
+            stats = self._manager.stats(model)
+            loaded = stats.loaded
+            figures = (stats.slots, stats.in_flight, stats.queued, stats.decode_tps, stats.answer_tokens)
+            loading = self._manager.loading(model)
+            load_s: float | None = self._manager.load_seconds(model)
+            fits = loaded or loading or self._manager.plan(model).fits
         else:
-            stamp, finished = self._finished.get((node.id, offer.name), (None, 0))
-            if stamp != node.last_seen:
+            stamp, finished = self._finished.get((node.id, model), (None, 0))
+            if stamp != self._swarm.last_seen(node.id):
                 finished = 0
             in_flight = max(0, offer.in_flight - finished)
             queued = max(0, offer.queued - max(0, finished - offer.in_flight))
-            figures = (offer.loaded, offer.slots, in_flight, queued, offer.decode_tps)
-        loaded, slots, in_flight, queued, tps = figures
+            loaded, loading, load_s, fits = offer.loaded, offer.loading, offer.load_s, offer.fits
+            figures = (offer.slots, in_flight, queued, offer.decode_tps, offer.answer_tokens)
+        slots, in_flight, queued, tps, answer_tokens = figures
         return Candidate(node.id, node.name, node.is_self, loaded, slots, in_flight, queued, tps,
-                         self._outstanding[(node.id, offer.name)])
+                         self._outstanding[(node.id, model)], answer_tokens, load_s,
+                         self._load_left(node.id, model, loaded, loading, load_s, now), fits)
+
+    def _load_left(self, node_id: str, model: str, loaded: bool, loading: bool, load_s: float | None,
+                   now: float) -> float | None:
+        """Seconds left of a load of ``model`` there: one this node triggered, or one the node announces."""
+        key = (node_id, model)
+        ready_at = self._loads.get(key)
+        if loaded or (ready_at is not None and now > ready_at + LOAD_GRACE_S):
+            self._loads.pop(key, None)  # done, or it failed: judge the node by what it announces again
+            return None
+        if ready_at is not None:
+            return max(0.0, ready_at - now)
+        if loading:
+            return (load_s if load_s is not None else DEFAULT_LOAD_S) / 2  # started at some time we do not know
+        return None
+
+    def _note_load(self, target: Target, model: str) -> None:
+        """Remember that a request sent to a node where ``model`` is not loaded starts its load there."""
+        candidate = target.candidate
+        if not candidate.loaded and (candidate.node_id, model) not in self._loads:
+            self._loads[(candidate.node_id, model)] = asyncio.get_running_loop().time() + load_wait(candidate)
 
     # Serving a request
 
@@ -260,9 +300,10 @@ class Router:
                 FAILOVERS.labels(peer_label(journey.hops[-1].node)).inc()
             hop = Hop(candidate.node_id, candidate.name, "local" if candidate.is_self else "direct")
             journey.hops.append(hop)
+            self._note_load(target, model)
             try:
                 if candidate.is_self:
-                    response = await local()
+                    response = await self._local(local, model)
                 else:
                     response = await self._forward(request, target, model, journey, hop)
                 hop.status = response.status
@@ -279,14 +320,14 @@ class Router:
 
     def node_ids(self) -> list[str]:
         """The nodes of the swarm that answer requests, this one first."""
-        return [node.id for node in self._serving_nodes(include_offline=True)]
+        return self._swarm.serving_ids()
 
     async def on_node(self, request: web.Request, node_id: str, local: Local) -> web.StreamResponse:
         """Answer on node ``node_id``, this one or a peer: for what only that node has (a stored
         response). No failover: no other node could answer."""
         if FORWARDED in request:
             return await local()
-        node = next((n for n in self._serving_nodes(include_offline=True) if n.id == node_id), None)
+        node = self._swarm.self_node() if node_id == self._swarm.peer_id else self._swarm.serving_peer(node_id)
         if node is None:
             raise UnknownNodeError(node_id)
         if node.is_self:
@@ -301,6 +342,16 @@ class Router:
         response = await self._forward(request, Target(candidate, tuple(node.endpoint_urls())), None, journey, hop)
         hop.status = response.status
         return response
+
+    async def _local(self, local: Local, model: str) -> web.StreamResponse:
+        """Answer here, counted like a forwarded request: while the model loads, its engine counts
+        nothing, and a burst must not all pick this node because its queue looks empty."""
+        key = (self._swarm.peer_id, model)
+        self._outstanding[key] += 1
+        try:
+            return await local()
+        finally:
+            self._outstanding[key] -= 1
 
     async def _forward(self, request: web.Request, target: Target, model: str | None, journey: Journey, hop: Hop
                        ) -> web.StreamResponse:

@@ -1,4 +1,9 @@
-"""Loads each configured model once, on demand, and hands out its engine."""
+"""Loads each configured model once, on demand, and hands out its engine.
+
+Before a load it checks the model fits (estimated from its file, see
+backends/llama/memory.py) and unloads the least recently used idle models
+when `max_loaded` or the memory budget asks for room (serving/residency.py).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,22 @@ import asyncio
 import logging
 import math
 import os
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
 
 from ..backends.base import Engine, ModelCrashedError, ModelLoadError, ModelRestartingError, ModelStats
 from ..backends.ct2 import Ct2Settings, ct2_tasks
 from ..backends.ct2.files import Ct2FilesError, model_kind, whisper_multilingual
 from ..backends.llama import LlamaSettings, llama_tasks
 from ..backends.llama.devices import Device, detect, gpus
-from ..backends.llama.loading import FlashAttention
+from ..backends.llama.loading import FlashAttention, auto_parallel_for
+from ..backends.llama.memory import PROCESS_BYTES, estimate, gguf_layout
 from ..backends.onnx import OnnxSettings, onnx_tasks
 from ..backends.onnx.process import OnnxProcess
 from ..backends.process import ChildSpec, ModelProcess
@@ -27,6 +37,7 @@ from ..backends.tasks import Task
 from ..metrics import CRASHES, LOAD_FAILURES, LOADS, UNLOADS, model_label
 from ..models.catalog import ModelCatalog, prepare_builtin
 from ..models.config import ModelConfig
+from .residency import LoadPlan, LoadSpeed, Resident, plan_load
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +87,7 @@ class Crashes:
 class LoadEvent:
     model: str
     phase: str
-    """"start", "done" or "failed"."""
+    """"start", "done", "failed" or "unloaded"."""
     seconds: float = 0.0
     error: str = ""
 
@@ -99,10 +110,14 @@ class ModelManager:
         rpc_credentials: Credentials | None = None,
         flash_attention: FlashAttention = "auto",
         devices: list[Device] | None = None,
+        max_loaded: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         """`workers` lists the swarm's RPC workers and `rpc_credentials` is how this node
         authenticates to them; both are needed only by models configured with `rpc:`.
-        `devices`: this machine's, for placing layers on its GPUs (None: detected, see `detect_devices`)."""
+        `devices`: this machine's, for placing layers on its GPUs (None: detected, see `detect_devices`).
+        `max_loaded`, `memory_budget` (bytes): when to unload idle models (None: no limit
+        but the memory the system has available)."""
         self.catalog = catalog
         self._threads = threads
         self._context_size = context_size
@@ -114,6 +129,13 @@ class ModelManager:
         self._engines: dict[str, Engine] = {}
         self._loading: dict[str, asyncio.Task[Engine]] = {}
         self._crashes: dict[str, Crashes] = {}
+        self._max_loaded = max_loaded
+        self._memory_budget = memory_budget
+        self._last_used: dict[str, float] = {}
+        self._needs: dict[str, int | None] = {}
+        self._load_seconds: dict[str, float] = {}
+        self._room = asyncio.Lock()
+        self.load_speed = LoadSpeed()
         self._devices = devices
         self._detecting: asyncio.Task[list[Device]] | None = None
 
@@ -180,6 +202,65 @@ class ModelManager:
     def loaded(self) -> list[str]:
         return list(self._engines)
 
+    def loading(self, name: str) -> bool:
+        return name in self._loading
+
+    def memory_needed(self, name: str) -> int | None:
+        """Estimated bytes the model takes once loaded here (None: unknown, e.g. its file is not there yet)."""
+        if name not in self._needs:
+            config = self.config(name)
+            if not config.model_path(self.catalog.models_dir).is_file():
+                return None  # asked again once the file exists (a built-in model is assembled on first use)
+            self._needs[name] = self._estimate(config)
+        return self._needs[name]
+
+    def plan(self, name: str) -> LoadPlan:
+        """Whether ``name`` can be loaded now, and which idle models would be unloaded for it."""
+        if name in self._engines:
+            return LoadPlan(True)
+        need = self.memory_needed(name) or 0
+        return plan_load(need, psutil.virtual_memory().available, self._residents(), self._max_loaded,
+                         self._memory_budget)
+
+    def load_seconds(self, name: str) -> float:
+        """Expected time to load ``name`` here: as measured last time, else from this node's load speed."""
+        if name in self._load_seconds:
+            return self._load_seconds[name]
+        return self.load_speed.seconds(_file_size(self.config(name).model_path(self.catalog.models_dir)))
+
+    async def unload(self, name: str) -> None:
+        engine = self._engines.pop(name, None)
+        if engine is not None:
+            log.info("unloading model %r", name)
+            await engine.close()
+            self._on_load(LoadEvent(name, "unloaded"))
+
+    def _residents(self) -> list[Resident]:
+        residents = []
+        for name, engine in self._engines.items():
+            stats = engine.stats()
+            residents.append(Resident(name, self.memory_needed(name) or 0, self._last_used.get(name, 0.0),
+                                      busy=bool(stats.in_flight or stats.queued)))
+        return residents
+
+    def _estimate(self, config: ModelConfig) -> int | None:
+        path = config.model_path(self.catalog.models_dir)
+        if config.rpc is not None:
+            return None  # its layers go to RPC workers; the RPC placement checks what stays here
+        if config.backend_name != "llama-cpp":
+            return path.stat().st_size * 2 + PROCESS_BYTES  # ONNX Runtime's arena holds about a copy
+        settings = self._settings(config)
+        try:
+            layout = gguf_layout(str(path))
+        except (ModelLoadError, OSError, ValueError, KeyError, struct.error) as exc:
+            log.warning("cannot estimate the memory of %r: %s", config.name, exc)
+            return None
+        slots = settings.parallel or auto_parallel_for(layout.kv_bytes_per_token_layer * layout.n_layer,
+                                                       settings.context_size)
+        # "auto" turns flash attention on where the backend has it, as llama.cpp's CPU backend does
+        return estimate(layout, settings.context_size, slots, settings.batch,
+                        settings.flash_attention != "off").total
+
     def stats(self, name: str) -> ModelStats:
         engine = self._engines.get(name)
         if engine is not None:
@@ -191,6 +272,7 @@ class ModelManager:
         return stats if crashes is None else replace(stats, crashes=crashes.count, last_crash=crashes.last)
 
     async def engine(self, name: str) -> Engine:
+        self._last_used[name] = time.monotonic()
         if name in self._engines:
             return self._engines[name]
         config = self.config(name)
@@ -220,7 +302,9 @@ class ModelManager:
         try:
             if config.builtin:
                 await asyncio.to_thread(prepare_builtin, config)
-            engine = await self._start_engine(config)
+            async with self._room:  # one plan at a time, or two loads could each count the same free memory
+                await self._make_room(config.name)
+                engine = await self._start_engine(config)
         except ModelLoadError as exc:
             LOAD_FAILURES.labels(model_label(config.name)).inc()
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
@@ -231,10 +315,22 @@ class ModelManager:
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
         LOADS.labels(model_label(config.name)).inc()
         self._engines[config.name] = engine
-        self._on_load(LoadEvent(config.name, "done", time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        self._load_seconds[config.name] = seconds
+        self.load_speed.record(_file_size(config.model_path(self.catalog.models_dir)), seconds)
+        self._on_load(LoadEvent(config.name, "done", seconds))
         if gpus(self.devices):
             self.detect_devices()  # announce the GPU memory the model left free
         return engine
+
+    async def _make_room(self, name: str) -> None:
+        """Unload what the plan says, or refuse a model that cannot fit (ModelLoadError)."""
+        self._needs.pop(name, None)  # the file may have changed (or appeared) since it was estimated
+        plan = self.plan(name)
+        if not plan.fits:
+            raise ModelLoadError(f"the model {name!r} does not fit in this node's memory: {plan.reason}")
+        for victim in plan.evict:
+            await self.unload(victim)
 
     async def _start_engine(self, config: ModelConfig) -> Engine:
         def forget(engine: ModelProcess) -> None:
@@ -316,3 +412,10 @@ class ModelManager:
             await engine.close()
             UNLOADS.labels(model_label(name)).inc()
         self._engines.clear()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

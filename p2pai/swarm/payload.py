@@ -47,6 +47,9 @@ Bytes = Annotated[int, Field(ge=0, le=1 << 60)]
 """Memory and file sizes (at most 1 EiB)."""
 Rate = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
 """Tokens per second."""
+Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
+ByteRate = Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)]
+"""Bytes per second."""
 
 
 class _Lenient(BaseModel):
@@ -84,6 +87,13 @@ class ModelOffer(_Lenient):
     size: Bytes = 0
     """Bytes of the weights file (0 when unknown, e.g. not yet assembled)."""
     loaded: bool = False
+    loading: bool = False
+    fits: bool = True
+    """It can be loaded there now (after unloading idle models): its estimate fits the node's memory."""
+    memory: Bytes = 0
+    """Estimated bytes it takes once loaded there (0: unknown)."""
+    load_s: Seconds | None = None
+    """Expected seconds to load it there: measured last time, else from the node's load speed."""
     tasks: list[Task] = Field(default_factory=list)
     """What it serves there; a request goes only to nodes whose model serves its task."""
     embeddings: bool = False
@@ -92,6 +102,8 @@ class ModelOffer(_Lenient):
     in_flight: Count = 0
     queued: Count = 0
     decode_tps: Rate | None = None
+    answer_tokens: Rate | None = None
+    """Tokens a generation produced there (recent average): how long a slot stays taken."""
     crashes: Count = 0
     """Times this model's process died on that node since it started."""
     providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=8)
@@ -156,6 +168,8 @@ class NodePayload(_Lenient):
     models: list[ModelOffer] = Field(default_factory=list, max_length=MAX_ANNOUNCED_MODELS)
     capacity: Capacity = Field(default_factory=Capacity)
     memory: Memory = Field(default_factory=Memory)
+    load_speed: ByteRate | None = None
+    """Bytes per second this node loads model files at, measured (None: not yet)."""
     cpus: Count = 0
     gpus: list[Device] = Field(default_factory=list, max_length=16)
     """Its GPUs as llama.cpp sees them (empty on a CPU-only node)."""
@@ -209,12 +223,17 @@ def model_offers(manager: ModelManager, files: FileDigests | None = None) -> lis
                 backend=config.backend_name,
                 size=_file_size(path),
                 loaded=stats.loaded,
+                loading=manager.loading(name),
+                fits=stats.loaded or manager.plan(name).fits,
+                memory=manager.memory_needed(name) or 0,
+                load_s=round(manager.load_seconds(name), 1),
                 tasks=list(tasks),
                 embeddings="embeddings" in tasks,
                 slots=stats.slots,
                 in_flight=stats.in_flight,
                 queued=stats.queued,
                 decode_tps=round(stats.decode_tps, 1) if stats.decode_tps else None,
+                answer_tokens=round(stats.answer_tokens) if stats.answer_tokens else None,
                 crashes=stats.crashes,
                 providers=list(stats.providers),
                 file=FileOffer.of(digest) if digest is not None else None,
@@ -259,6 +278,7 @@ def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: F
             available=memory.available // (64 * mib) * 64 * mib,
             rss=psutil.Process().memory_info().rss // (16 * mib) * 16 * mib,
         ),
+        load_speed=float(f"{manager.load_speed.bytes_per_s:.2g}") if manager.load_speed.bytes_per_s else None,
         cpus=os.cpu_count() or 1,
         gpus=[gpu.model_copy(update={"free": gpu.free // (64 * mib) * 64 * mib}) for gpu in gpus(manager.devices)],
     ))

@@ -1,4 +1,9 @@
-"""Run this node's overlay membership: keep its announcement current, list the swarm."""
+"""Run this node's overlay membership: keep its announcement current, list the swarm.
+
+Routing reads the swarm on every request, so the serving peers are kept in an
+index (model -> peers offering it) updated on each membership change, never
+rebuilt per request.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends.rpc.workers import WorkerInfo
-from ..overlay import Member, Overlay
+from ..overlay import Member, MemberEvent, Overlay
 from .endpoints import OwnAddresses, vetted
-from .payload import NodePayload
+from .payload import ModelOffer, NodePayload
 from .view import SwarmNode, WorkerOffer, parse_payload
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,14 @@ class Swarm:
         self._own = OwnAddresses()
         self.rejected: Counter[str] = Counter()
         """Announced payload parts this node refused (malformed, or hosts it will not connect to)."""
+        self._serving: dict[str, SwarmNode] = {}
+        """Federated peers, online or not yet pruned, as of their last membership change."""
+        self._offers: dict[str, dict[str, ModelOffer]] = {}
+        """Model name -> peer id -> what that peer announced for it."""
+        self.version = 0
+        """Changes whenever a peer's models, their tasks, or where they are loaded change (not with live
+        figures): what the router's list of the swarm's models is cached by."""
+        overlay.listen(self._index)
 
     @property
     def peer_id(self) -> str:
@@ -57,6 +70,51 @@ class Swarm:
         announcement may make this node connect to one of them."""
         self._own = OwnAddresses([*binds, *self.overlay.listening()])
         self._parsed.clear()
+        for member in self.overlay.members():  # vetted again against the new addresses
+            self._index(MemberEvent("updated", member))
+
+    def offers(self, model: str) -> dict[str, ModelOffer]:
+        """Peer id -> offer, for the federated peers that announce ``model`` (read only)."""
+        return self._offers.get(model, {})
+
+    def offered(self) -> dict[str, dict[str, ModelOffer]]:
+        """Every model the federated peers announce (read only)."""
+        return self._offers
+
+    def serving_peer(self, peer_id: str) -> SwarmNode | None:
+        return self._serving.get(peer_id)
+
+    def serving_ids(self) -> list[str]:
+        """The federated nodes (this one first, then the peers online or not, until pruned)."""
+        return [self.peer_id, *self._serving]
+
+    def find_serving(self, pin: str) -> SwarmNode | None:
+        """A federated node (this one included) by id or name."""
+        me = self.self_node()
+        if pin in (me.id, me.name):
+            return me
+        return self._serving.get(pin) or next((n for n in self._serving.values() if n.name == pin), None)
+
+    def _index(self, event: MemberEvent) -> None:
+        member = event.member
+        old = self._serving.pop(member.peer_id, None)
+        before = _listing(old)
+        if old is not None:
+            for offer in old.payload.models:
+                holders = self._offers.get(offer.name, {})
+                holders.pop(old.id, None)
+                if not holders:
+                    self._offers.pop(offer.name, None)
+        if event.kind != "removed":
+            node = SwarmNode.from_member(member, parsed=self._parsed_payload(member))
+            if node.federated:
+                self._serving[node.id] = node
+                for offer in node.payload.models:
+                    self._offers.setdefault(offer.name, {})[node.id] = offer
+        else:
+            self._parsed.pop(member.peer_id, None)
+        if _listing(self._serving.get(member.peer_id)) != before:
+            self.version += 1
 
     def stats(self) -> dict[str, Any]:
         return {**self.overlay.stats(), "rejected": dict(self.rejected)}
@@ -105,3 +163,10 @@ class Swarm:
                 self.overlay.set_payload(self._payload())
             except Exception:  # a bad figure must not stop the heartbeat's payload updates
                 log.exception("could not build this node's announcement")
+
+
+def _listing(node: SwarmNode | None) -> object:
+    """What /v1/models shows of a node."""
+    if node is None:
+        return None
+    return node.online, [(offer.name, offer.backend, offer.loaded, offer.tasks) for offer in node.payload.models]

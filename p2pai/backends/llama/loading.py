@@ -131,7 +131,12 @@ def auto_parallel(model: LlamaModel, context_size: int) -> int:
     model without GQA at 4096: 1. Memory then grows with `parallel` only where
     it is small, and a config's explicit `parallel` overrides it.
     """
-    per_slot = kv_bytes_per_token(model) * context_size
+    return auto_parallel_for(kv_bytes_per_token(model), context_size)
+
+
+def auto_parallel_for(kv_bytes_per_token: int, context_size: int) -> int:
+    """`auto_parallel` from the KV cache's bytes per token (also known before loading, from the GGUF)."""
+    per_slot = kv_bytes_per_token * context_size
     return max(1, min(MAX_AUTO_PARALLEL, KV_BUDGET_BYTES // max(per_slot, 1)))
 
 

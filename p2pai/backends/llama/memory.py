@@ -26,6 +26,9 @@ from ..base import ModelLoadError
 F32 = 4
 HEADROOM = 1.10
 """Allocator slack and what the estimate leaves out (tokenizer, process): ask for 10% more."""
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+"""Architectures whose layers use a sliding window except every n-th one (as llama.cpp sets them up;
+the GGUF gives the window, not the pattern). Others count every layer with the full context."""
 PROCESS_BYTES = 160 << 20
 """The model's child process itself (Python, llama.cpp's code), measured as RSS before any model is loaded."""
 
@@ -36,7 +39,7 @@ class MemoryEstimate:
 
     weights: int
     kv_cache_per_slot: int
-    """f16 K and V of every layer for one slot's full context (sliding-window layers counted in full)."""
+    """f16 K and V of every layer for one slot's context (sliding-window layers: their window and a batch)."""
     compute: int
     """llama.cpp's compute buffer for one batch, the logits of its every token included."""
     slots: int
@@ -50,11 +53,13 @@ def estimate(layout: ModelLayout, context_per_slot: int, slots: int, batch: int 
              flash_attention: bool = False) -> MemoryEstimate:
     """What llama.cpp allocates for `layout` with `slots` sequences of `context_per_slot` tokens."""
     slots = max(slots, 1)
+    batch = max(min(batch, context_per_slot * slots), slots)
+    window = min(context_per_slot, layout.sliding_window + batch) if layout.sliding_window else context_per_slot
+    cells = (layout.n_layer - layout.swa_layers) * context_per_slot + layout.swa_layers * window
     return MemoryEstimate(
         weights=sum(layout.layer_bytes) + layout.output_bytes + layout.input_bytes,
-        kv_cache_per_slot=layout.kv_bytes_per_token_layer * layout.n_layer * context_per_slot,
-        compute=layout.compute_bytes(min(batch, context_per_slot * slots), context_per_slot, output=True,
-                                     flash_attention=flash_attention),
+        kv_cache_per_slot=layout.kv_bytes_per_token_layer * cells,
+        compute=layout.compute_bytes(batch, context_per_slot, output=True, flash_attention=flash_attention),
         slots=slots,
     )
 
@@ -79,6 +84,10 @@ class ModelLayout:
     feed_forward_length: int = 0
     tied_output: bool = False
     """The output projection is the embedding matrix: a device holding the output needs a copy of it."""
+    sliding_window: int = 0
+    """Tokens a sliding-window layer attends to (0: none): llama.cpp caches that many, plus a batch."""
+    swa_layers: int = 0
+    """How many layers use the sliding window."""
 
     @property
     def n_layer(self) -> int:
@@ -128,6 +137,8 @@ def gguf_layout(path: str) -> ModelLayout:
     heads = number(f"{arch}.attention.head_count", 1)
     kv_heads = number(f"{arch}.attention.head_count_kv", heads)
     key_length = number(f"{arch}.attention.key_length", embedding_length // max(heads, 1))
+    window = number(f"{arch}.attention.sliding_window")
+    pattern = SWA_PATTERNS.get(arch, 0)
     value_length = number(f"{arch}.attention.value_length", key_length)
     return ModelLayout(
         layer_bytes=tuple(layer_bytes),
@@ -139,6 +150,8 @@ def gguf_layout(path: str) -> ModelLayout:
         feed_forward_length=number(f"{arch}.feed_forward_length"),
         head_count=heads,
         tied_output="output.weight" not in named,
+        sliding_window=window if pattern else 0,
+        swa_layers=n_layer - n_layer // pattern if window and pattern else 0,
     )
 
 

@@ -1,0 +1,62 @@
+"""Memory-aware loading with real model processes: LRU eviction and refusing what cannot fit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from p2pai.backends.base import GenerationRequest, ModelLoadError
+from p2pai.models.catalog import build_catalog
+from p2pai.serving.manager import LoadEvent, ModelManager
+
+
+async def test_max_loaded_unloads_the_least_recently_used_idle_model(models_dir: Path, tmp_path: Path) -> None:
+    events: list[tuple[str, str]] = []
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1,
+                           on_load=lambda event: events.append((event.model, event.phase)))
+    try:
+        await manager.engine("tiny")
+        await manager.engine("tiny-b")
+        assert manager.loaded() == ["tiny-b"]
+        assert ("tiny", "unloaded") in events
+        assert manager.load_seconds("tiny") > 0 and manager.load_speed.overhead_s is not None  # measured
+    finally:
+        await manager.close()
+
+
+async def test_a_busy_model_is_never_unloaded_for_another(models_dir: Path, tmp_path: Path) -> None:
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1)
+    try:
+        engine = await manager.engine("tiny")
+
+        async def generate() -> None:
+            async for _ in engine.generate(GenerationRequest(prompt="the people", max_tokens=400)):
+                pass
+
+        work = [asyncio.create_task(generate()) for _ in range(16)]  # a second or so for its 4 slots
+        await asyncio.sleep(0.05)
+        assert engine.stats().in_flight
+        assert not manager.plan("tiny-b").fits
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            await manager.engine("tiny-b")
+        await asyncio.gather(*work)
+        await manager.engine("tiny-b")
+        assert manager.loaded() == ["tiny-b"]
+    finally:
+        await manager.close()
+
+
+async def test_a_model_larger_than_the_memory_budget_is_not_loaded(models_dir: Path, tmp_path: Path) -> None:
+    events: list[LoadEvent] = []
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, memory_budget=1 << 20,
+                           on_load=events.append)
+    try:
+        need = manager.memory_needed("tiny")
+        assert need is not None and need > 1 << 20
+        with pytest.raises(ModelLoadError, match="does not fit in this node's memory"):
+            await manager.engine("tiny")
+        assert manager.loaded() == [] and [e.phase for e in events] == ["start", "failed"]
+    finally:
+        await manager.close()
