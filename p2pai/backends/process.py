@@ -231,8 +231,9 @@ class ModelProcess:
             raise self.failure or ModelCrashedError(f"the model process of {self.name!r} is gone") from None
         return request_id, items
 
-    def _count_answer(self, last: GenerationChunk) -> None:
-        if last.usage is not None:
+    def _count_answer(self, last: object) -> None:
+        """The answers' mean length in tokens (recent ones weigh most); a transcription's end counts none."""
+        if isinstance(last, GenerationChunk) and last.usage is not None:
             tokens = float(last.usage.completion_tokens)
             old = self._answer_tokens
             self._answer_tokens = tokens if old is None else 0.8 * old + 0.2 * tokens
