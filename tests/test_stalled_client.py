@@ -74,14 +74,17 @@ async def test_a_client_that_stops_reading_is_let_go(client: TestClient, monkeyp
     manager = client.server.app[STATE].manager
     sock = await asyncio.to_thread(_stalled_stream, client.server.host, client.server.port)
     try:
-        started = cut = False
-        for _ in range(1200):  # 60 s at most: the buffers fill, the write waits 0.5 s, the generation is cut
+        started = ended = False
+        for _ in range(1200):  # 60 s at most: the buffers fill, a write waits 0.5 s, the generation is cut
             in_flight = manager.stats("tiny").in_flight
-            started, cut = started or in_flight > 0, started and in_flight == 0
-            if cut:
+            started, ended = started or in_flight > 0, started and in_flight == 0
+            if ended:
                 break
             await asyncio.sleep(0.05)
-        assert cut, "the stalled stream's generation was never cut"
+        assert ended, "the stalled stream's generation never ended"
+        # A fast machine may have generated everything before a write had waited 0.5 s: the writes
+        # wait all the same (5 MB cannot fit the buffers), so the timeout fires within this pause.
+        await asyncio.sleep(6 * sse.SEND_TIMEOUT)
         received, closed = await asyncio.to_thread(_read_to_end, sock, 10.0)
     finally:
         sock.close()
