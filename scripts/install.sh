@@ -2,8 +2,8 @@
 # Install p2pai with the given extras (default: all) into ./.venv, or into the
 # active virtualenv. llama-cpp-python is built from source with llama.cpp RPC,
 # for the accelerator this machine has:
-#   CUDA    when nvcc is found (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)
-#   ROCm    when hipcc is found (PATH, $ROCM_PATH/bin or /opt/rocm/bin)
+#   CUDA    when nvcc is found (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin) and nvidia-smi lists a GPU
+#   ROCm    when hipcc is found (PATH, $ROCM_PATH/bin or /opt/rocm/bin) and rocminfo lists a GPU
 #   Metal   on Apple silicon (llama.cpp's default there)
 #   Vulkan  when its SDK is: glslc plus the Vulkan headers and loader ($VULKAN_SDK or pkg-config vulkan)
 #   CPU     otherwise.
@@ -28,14 +28,18 @@ choose_accelerator() {
     esac
   elif [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ]; then
     accel=metal; why="Apple silicon"
-  elif tool=$(find_tool nvcc "${CUDA_HOME:-/usr/local/cuda}/bin"); then
-    accel=cuda; why="nvcc found at $tool"
-  elif tool=$(find_tool hipcc "${ROCM_PATH:-/opt/rocm}/bin"); then
-    accel=hip; why="hipcc found at $tool"
+  elif tool=$(find_tool nvcc "${CUDA_HOME:-/usr/local/cuda}/bin") && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    accel=cuda; why="nvcc found at $tool, and nvidia-smi lists a GPU"
+  elif tool=$(find_tool hipcc "${ROCM_PATH:-/opt/rocm}/bin") \
+      && "$(find_tool rocminfo "${ROCM_PATH:-/opt/rocm}/bin" || echo false)" 2>/dev/null | grep -q 'gfx'; then
+    accel=hip; why="hipcc found at $tool, and rocminfo lists a GPU"
   elif tool=$(command -v glslc) && { [ -n "${VULKAN_SDK:-}" ] || pkg-config --exists vulkan 2>/dev/null; }; then
     accel=vulkan; why="the Vulkan SDK found (glslc at $tool)"
   else
-    accel=cpu; why="no nvcc, hipcc or Vulkan SDK (glslc and vulkan headers) found, and not Apple silicon"
+    accel=cpu; why="no nvcc or hipcc with a GPU to build for, no Vulkan SDK (glslc and vulkan headers), not Apple silicon"
+    if tool=$(find_tool nvcc "${CUDA_HOME:-/usr/local/cuda}/bin") || tool=$(find_tool hipcc "${ROCM_PATH:-/opt/rocm}/bin"); then
+      why="$why: $tool is here but no GPU is (P2PAI_ACCEL forces a build for it, e.g. in an image built without one)"
+    fi
   fi
   case $accel in
     cpu) flags="" ;;
