@@ -36,7 +36,7 @@ from .settings import NodeSettings, prepare_data_dir
 from .store import Store
 from .swarm.endpoints import parse_ip
 from .swarm.join import build_overlay, resolve_token
-from .swarm.payload import FEDERATED_ROLE, DataEndpoint, local_payload
+from .swarm.payload import FEDERATED_ROLE, DataEndpoint, announced, local_payload
 from .swarm.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
     files = FileIndex(store, lambda: _model_files(manager), lambda: swarm.refresh())
     manager.detect_devices()  # in the background: the announcement shows the GPUs once known
     overlay = build_overlay(settings, membership.keys, [FEDERATED_ROLE])
-    swarm = Swarm(overlay, lambda: local_payload(manager, endpoint, files.digest).model_dump())
+    swarm = Swarm(overlay, lambda: announced(local_payload(manager, endpoint, files.digest)))
     try:
         await swarm.start()
     except Exception as exc:

@@ -10,7 +10,14 @@ import pytest
 
 from p2pai.models.digests import MIN_CHUNK, chunk_size_for, digest_file
 from p2pai.overlay.announcement import MAX_PAYLOAD_BYTES
-from p2pai.swarm.payload import MAX_ANNOUNCED_MODELS, FileOffer, ModelOffer, NodePayload, _within_limit
+from p2pai.swarm.payload import (
+    MAX_ANNOUNCED_MODELS,
+    FileOffer,
+    ModelOffer,
+    NodePayload,
+    _within_limit,
+    announced,
+)
 
 GOOD = {"sha256": "a" * 64, "size": 100 << 20, "chunk_size": MIN_CHUNK, "root": "b" * 64}
 
@@ -52,6 +59,6 @@ def test_the_payload_stays_announceable_with_every_model_pullable_or_not() -> No
     models = [ModelOffer(name=f"{i:03d}" + "x" * 253, slots=4, in_flight=9, queued=9, decode_tps=99.9,
                          file=FileOffer(**GOOD)) for i in range(MAX_ANNOUNCED_MODELS)]
     payload = _within_limit(NodePayload(models=models))
-    assert len(json.dumps(payload.model_dump()).encode()) <= MAX_PAYLOAD_BYTES
+    assert len(json.dumps(announced(payload)).encode()) <= MAX_PAYLOAD_BYTES
     assert len(payload.models) == MAX_ANNOUNCED_MODELS
     assert payload.models[0].file is not None and payload.models[-1].file is None

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from p2pai.models.builtin import BUILTIN_MAX_TOKENS, SMOLLM2
+from speech import JFK
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,11 +45,23 @@ def curl_requests() -> list[tuple[str, bytes]]:
     """The path and body of each `curl URL -d BODY` of the quick start."""
     requests = []
     for words in readme_commands():
-        if words[0] != "curl":
+        if words[0] != "curl" or "-F" in words:
             continue
         assert len(words) == 4 and words[2] == "-d" and words[1].startswith(README_URL), words
         requests.append((words[1].removeprefix(README_URL), words[3].encode()))
     return requests
+
+
+def curl_uploads() -> list[tuple[str, dict[str, str], str]]:
+    """The path, form fields and file name of each `curl URL -F NAME=VALUE... -F file=@FILE`."""
+    uploads = []
+    for words in readme_commands():
+        if words[0] != "curl" or "-F" not in words:
+            continue
+        assert words[1].startswith(README_URL) and words[2::2] == ["-F"] * (len(words) // 2 - 1), words
+        fields = dict(field.split("=", 1) for field in words[3::2])
+        uploads.append((words[1].removeprefix(README_URL), fields, fields.pop("file").removeprefix("@")))
+    return uploads
 
 
 def curl(node, path: str, body: bytes, timeout: float) -> httpx.Response:
@@ -77,6 +90,12 @@ def test_quick_start_answers_in_seconds_and_every_example_runs(start_node) -> No
     for path, body in others:
         reply = curl(node, path, body, 60)
         assert reply.status_code == 200, (path, reply.text)
+    uploads = curl_uploads()
+    assert {p for p, _, _ in uploads} == {"/v1/audio/transcriptions", "/v1/audio/translations"}
+    for path, fields, _ in uploads:  # the README's own recording stands for the user's file
+        reply = httpx.post(node.url + path, data=fields, files={"file": ("speech.wav", JFK.read_bytes())}, timeout=120)
+        assert reply.status_code == 200, (path, reply.text)
+        assert "country" in reply.text.lower()
     example = next(words for words in readme_commands() if "examples/openai_client.py" in words[-1])
     assert example == [".venv/bin/python", "examples/openai_client.py"]
     run = subprocess.run([sys.executable, str(ROOT / example[1]), "--base-url", node.url + "/v1"],

@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from ..metrics import API_CALL, OTHER, REGISTRY, model_label, path_label, peer_label
 from ..protocol.localai import TraceList
 from ..routing.router import FORWARDED
+from .errors import APIError
 from .keys import require_admin
 from .replies import json_reply
 from .state import NodeState
@@ -81,8 +82,8 @@ async def list_traces(request: web.Request) -> web.Response:
     when keys are set: traces show what every client asked."""
     state = NodeState.of(request)
     require_admin(request, state.api_keys, state.admin_keys, "Reading traces")
-    offset = _integer(request.query.get("offset"), 0)
-    limit = min(_integer(request.query.get("limit"), DEFAULT_LIMIT), MAX_LIMIT)
+    offset = _integer(request, "offset", 0)
+    limit = min(_integer(request, "limit", DEFAULT_LIMIT), MAX_LIMIT)
     full = request.query.get("full", "").lower() in ("1", "t", "true")
     traces, total = state.traces.page(offset, limit)
     return json_reply(TraceList([exchange(trace, full) for trace in traces]), headers={
@@ -98,12 +99,14 @@ async def clear_traces(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _integer(raw: str | None, default: int) -> int:
-    try:
-        value = int(raw) if raw is not None else default
-    except ValueError:
+def _integer(request: web.Request, name: str, default: int) -> int:
+    """A query parameter that, when given, must be a whole number, 0 or more (400 otherwise)."""
+    raw = request.query.get(name)
+    if raw is None:
         return default
-    return value if value >= 0 else default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise APIError(400, f"{name} must be a whole number from 0 to 999999999, not {raw[:40]!r}", param=name)
+    return int(raw)
 
 
 class _Scrape:

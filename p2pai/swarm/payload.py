@@ -284,10 +284,16 @@ def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: F
     ))
 
 
+def announced(payload: NodePayload) -> dict[str, Any]:
+    """The payload as it is announced: fields at their defaults are left out (receivers parse them
+    back), so that 64 models with long names and every figure fit the overlay's 32 KiB."""
+    return payload.model_dump(exclude_defaults=True)
+
+
 def _within_limit(payload: NodePayload) -> NodePayload:
     """Leave out the file digests of the last models while the payload is too large to announce
     (64 models with long names): those models stay routable, only not pullable."""
     with_file = [offer for offer in payload.models if offer.file is not None]
-    while with_file and len(json.dumps(payload.model_dump()).encode()) > MAX_PAYLOAD_BYTES:  # as the overlay counts
+    while with_file and len(json.dumps(announced(payload)).encode()) > MAX_PAYLOAD_BYTES:  # as the overlay counts
         with_file.pop().file = None
     return payload
