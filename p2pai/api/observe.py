@@ -84,7 +84,7 @@ async def list_traces(request: web.Request) -> web.Response:
     require_admin(request, state.api_keys, state.admin_keys, "Reading traces")
     offset = _integer(request, "offset", 0)
     limit = min(_integer(request, "limit", DEFAULT_LIMIT), MAX_LIMIT)
-    full = request.query.get("full", "").lower() in ("1", "t", "true")
+    full = _boolean(request, "full")
     traces, total = state.traces.page(offset, limit)
     return json_reply(TraceList([exchange(trace, full) for trace in traces]), headers={
         "X-Total-Count": str(total), "X-Trace-Offset": str(offset), "X-Trace-Limit": str(limit),
@@ -97,6 +97,14 @@ async def clear_traces(request: web.Request) -> web.Response:
     require_admin(request, state.api_keys, state.admin_keys, "Clearing traces")
     state.traces.clear()
     return web.Response(status=204)
+
+
+def _boolean(request: web.Request, name: str) -> bool:
+    """A query parameter that, when given, must be true or false (400 otherwise)."""
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false"):
+        raise APIError(400, f"{name} must be true or false, not {raw[:40]!r}", param=name)
+    return raw == "true"
 
 
 def _integer(request: web.Request, name: str, default: int) -> int:
