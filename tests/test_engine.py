@@ -149,10 +149,14 @@ async def test_grammar_constrains_the_output(engine: ModelProcess) -> None:
 
 
 async def test_concurrent_requests_are_all_served_in_arrival_order(engine: ModelProcess) -> None:
+    # Every answer runs its 8 tokens: batch-dependent rounding could otherwise end one early on the
+    # random tiny model, and an answer that ends sooner legitimately finishes first.
+    eight = SamplingParams(temperature=0.0, ignore_eos=True)
     order: list[int] = []
 
     async def one(i: int) -> str:
-        result = await collect(engine.generate(GenerationRequest(f"number {i}", GREEDY, max_tokens=8)))
+        result = await collect(engine.generate(GenerationRequest(f"number {i}", eight, max_tokens=8)))
+        assert result.usage.completion_tokens == 8
         order.append(i)
         return result.text
 
