@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.backends.base import GenerationRequest, ModelLoadError
+from p2pai.backends.base import Engine, GenerationRequest, ModelLoadError
 from p2pai.models.catalog import build_catalog
 from p2pai.serving.manager import LoadEvent, ModelManager
 
@@ -17,7 +17,7 @@ async def test_max_loaded_unloads_the_least_recently_used_idle_model(models_dir:
     manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1,
                            on_load=lambda event: events.append((event.model, event.phase)))
     try:
-        await manager.engine("tiny")
+        await _use(await manager.engine("tiny"))
         await manager.engine("tiny-b")
         assert manager.loaded() == ["tiny-b"]
         assert ("tiny", "unloaded") in events
@@ -46,6 +46,43 @@ async def test_a_busy_model_is_never_unloaded_for_another(models_dir: Path, tmp_
         assert manager.loaded() == ["tiny-b"]
     finally:
         await manager.close()
+
+
+async def test_a_model_computing_embeddings_is_not_unloaded(models_dir: Path, tmp_path: Path) -> None:
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1)
+    try:
+        engine = await manager.engine("tiny")
+        embedding = asyncio.create_task(engine.embed(["the people of the world " * 20] * 64))
+        await asyncio.sleep(0.01)
+        assert not embedding.done()
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            await manager.engine("tiny-b")
+        vectors, _ = await embedding
+        assert len(vectors) == 64
+    finally:
+        await manager.close()
+
+
+async def test_a_model_just_loaded_for_a_request_is_not_unloaded_before_the_request_reaches_it(
+        models_dir: Path, tmp_path: Path) -> None:
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1)
+    try:
+        # Two loads at once: the second plans its room when the first model is loaded but its
+        # request has not used it yet.
+        results = await asyncio.gather(manager.engine("tiny"), manager.engine("tiny-b"), return_exceptions=True)
+        engines = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(engines) == 1 and len(refused) == 1
+        assert isinstance(refused[0], ModelLoadError) and "does not fit" in str(refused[0])
+        await _use(engines[0])  # still loaded: it answers
+        assert len(manager.loaded()) == 1
+    finally:
+        await manager.close()
+
+
+async def _use(engine: Engine) -> None:
+    async for _ in engine.generate(GenerationRequest(prompt="the people", max_tokens=2)):
+        pass
 
 
 async def test_a_model_larger_than_the_memory_budget_is_not_loaded(models_dir: Path, tmp_path: Path) -> None:

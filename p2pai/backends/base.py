@@ -190,6 +190,10 @@ class ModelStats:
     """The model's process, while it runs."""
     providers: tuple[str, ...] = ()
     """ONNX Runtime's execution providers in use, once loaded."""
+    calls: int = 0
+    """Other calls in progress (embed, rerank, tokenize...): the model is in use."""
+    submitted: int = 0
+    """Requests and calls the model has received since it started: when it grows, a request reached it."""
 
 
 class Engine(Protocol):

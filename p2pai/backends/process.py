@@ -77,6 +77,7 @@ class ModelProcess:
         self._process = process
         self._on_failed = on_failed
         self._ids = itertools.count(1)
+        self._submitted = 0
         self._pending: dict[int, asyncio.Queue[Any]] = {}
         self._generating: set[int] = set()
         """Generations the child has not finished: slots hold the first ones, the rest wait. One
@@ -137,7 +138,8 @@ class ModelProcess:
         in_flight = min(generating, slots)
         return ModelStats(loaded=self.failure is None, in_flight=in_flight, queued=generating - in_flight,
                           slots=slots, decode_tps=self._decode_tps, answer_tokens=self._answer_tokens,
-                          pid=self.pid)
+                          pid=self.pid, calls=len(self._pending) - generating,
+                          submitted=self._submitted)
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return await self._call("tokenize", text, add_special)
@@ -222,6 +224,7 @@ class ModelProcess:
         if self.failure is not None:
             raise self.failure
         request_id = next(self._ids)
+        self._submitted = request_id
         items: asyncio.Queue[Any] = asyncio.Queue()
         self._pending[request_id] = items
         try:

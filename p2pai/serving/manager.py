@@ -51,6 +51,8 @@ class UnknownModelError(LookupError):
 CRASH_WINDOW_S = 300.0
 """Crashes this recent count towards the restart delay."""
 MAX_RESTART_DELAY_S = 60.0
+HANDED_OUT_S = 2.0
+"""The longest a model handed to a request stays in use before the request reaches it (see _claimed)."""
 CT2_WORKERS = 2
 """Concurrent requests of a CTranslate2 model, each on a replica of its own, when its config and the node
 say nothing: on 2 cores, 2 Whisper replicas of 1 thread serve four clients about twice the audio per
@@ -132,6 +134,8 @@ class ModelManager:
         self._max_loaded = max_loaded
         self._memory_budget = memory_budget
         self._last_used: dict[str, float] = {}
+        self._handed: dict[str, tuple[float, int]] = {}
+        """When each model was last handed to a request, and how many requests it had received then."""
         self._needs: dict[str, int | None] = {}
         self._load_seconds: dict[str, float] = {}
         self._room = asyncio.Lock()
@@ -228,20 +232,25 @@ class ModelManager:
             return self._load_seconds[name]
         return self.load_speed.seconds(_file_size(self.config(name).model_path(self.catalog.models_dir)))
 
-    async def unload(self, name: str) -> None:
-        engine = self._engines.pop(name, None)
-        if engine is not None:
-            log.info("unloading model %r", name)
-            await engine.close()
-            self._on_load(LoadEvent(name, "unloaded"))
+    async def _unload(self, name: str, engine: Engine) -> None:
+        log.info("unloading model %r", name)
+        await engine.close()
+        self._on_load(LoadEvent(name, "unloaded"))
 
     def _residents(self) -> list[Resident]:
         residents = []
         for name, engine in self._engines.items():
             stats = engine.stats()
             residents.append(Resident(name, self.memory_needed(name) or 0, self._last_used.get(name, 0.0),
-                                      busy=bool(stats.in_flight or stats.queued)))
+                                      busy=bool(stats.in_flight or stats.queued or stats.calls)
+                                      or self._claimed(name, stats.submitted)))
         return residents
+
+    def _claimed(self, name: str, submitted: int) -> bool:
+        """Handed to a request that has not reached the model yet (a request may first read its
+        upload or render its prompt); a request that fails before then holds it HANDED_OUT_S at most."""
+        handed_at, submitted_then = self._handed.get(name, (0.0, 0))
+        return submitted == submitted_then and time.monotonic() - handed_at < HANDED_OUT_S
 
     def _estimate(self, config: ModelConfig) -> int | None:
         path = config.model_path(self.catalog.models_dir)
@@ -287,7 +296,10 @@ class ModelManager:
             self._loading[name] = task
             task.add_done_callback(lambda _: self._loading.pop(name, None))
         # Shielded: one impatient client must not cancel a load others wait for.
-        return await asyncio.shield(task)
+        engine = await asyncio.shield(task)
+        self._last_used[name] = time.monotonic()  # handed out now, however long the load took
+        self._handed[name] = (self._last_used[name], engine.stats().submitted)
+        return engine
 
     async def preload(self) -> None:
         for name in self.names():
@@ -315,6 +327,7 @@ class ModelManager:
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
         LOADS.labels(model_label(config.name)).inc()
         self._engines[config.name] = engine
+        self._handed[config.name] = (time.monotonic(), engine.stats().submitted)  # its waiters resume next
         seconds = time.perf_counter() - started
         self._load_seconds[config.name] = seconds
         self.load_speed.record(_file_size(config.model_path(self.catalog.models_dir)), seconds)
@@ -329,8 +342,10 @@ class ModelManager:
         plan = self.plan(name)
         if not plan.fits:
             raise ModelLoadError(f"the model {name!r} does not fit in this node's memory: {plan.reason}")
-        for victim in plan.evict:
-            await self.unload(victim)
+        # Taken out of service all at once: a request arriving while the first closes cannot get the next.
+        victims = [(victim, self._engines.pop(victim)) for victim in plan.evict]
+        for victim, engine in victims:
+            await self._unload(victim, engine)
 
     async def _start_engine(self, config: ModelConfig) -> Engine:
         def forget(engine: ModelProcess) -> None:

@@ -31,7 +31,8 @@ class OnnxProcess(ModelProcess):
     def stats(self) -> ModelStats:
         """`slots` is the most inputs one run takes; every unanswered request counts as in flight."""
         return ModelStats(loaded=self.failure is None, in_flight=self._requests, queued=0, slots=self.info.slots,
-                          decode_tps=None, pid=self.pid, providers=self.info.providers)
+                          decode_tps=None, pid=self.pid, providers=self.info.providers,
+                          submitted=self._submitted)
 
     async def _work(self, count: int, method: str, *args: Any) -> Any:
         settings = self.spec.settings
