@@ -129,20 +129,25 @@ def test_a_stream_is_continued_once_then_ends_with_an_explicit_error(swarm) -> N
     first = by_id[raw.headers["X-P2PAI-Served-By"]]
     chunks = iter(raw.parse())
     next(chunks)
-    for node in [n for n in by_id.values() if n is not first]:  # whichever continues, it stays in the middle
-        os.kill(model_pid(node, "tiny"), signal.SIGSTOP)
-    first.proc.send_signal(signal.SIGSTOP)
-    first.proc.send_signal(signal.SIGKILL)
-    continuing = serving([n for n in by_id.values() if n is not first])
-    continuing.proc.send_signal(signal.SIGKILL)
-    continuing.proc.wait(5)
-    with pytest.raises(openai.APIError) as broken:
-        for _ in chunks:
-            pass
-    assert broken.value.body["code"] == "peer_failed"
-    metrics = peer_metrics(swarm["a"])
-    spared = next(n for n in "bcd" if swarm[n] not in (first, continuing))
-    assert metrics[spared]["requests"] == 0
-    for node in by_id.values():
-        with contextlib.suppress(ProcessLookupError, KeyError, httpx.HTTPError):
-            os.kill(model_pid(node, "tiny"), signal.SIGCONT)
+    # Whichever continues, it stays in the middle. Their pids are kept: once its node is killed, a
+    # stopped model process can only end (its orphan check) when it runs again.
+    stopped = [model_pid(node, "tiny") for node in by_id.values() if node is not first]
+    try:
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        first.proc.send_signal(signal.SIGSTOP)
+        first.proc.send_signal(signal.SIGKILL)
+        continuing = serving([n for n in by_id.values() if n is not first])
+        continuing.proc.send_signal(signal.SIGKILL)
+        continuing.proc.wait(5)
+        with pytest.raises(openai.APIError) as broken:
+            for _ in chunks:
+                pass
+        assert broken.value.body["code"] == "peer_failed"
+        metrics = peer_metrics(swarm["a"])
+        spared = next(n for n in "bcd" if swarm[n] not in (first, continuing))
+        assert metrics[spared]["requests"] == 0
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
