@@ -87,7 +87,7 @@ class UnknownNodeError(LookupError):
         self.pin = pin
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Target:
     candidate: Candidate
     urls: tuple[str, ...]  # empty for this node
