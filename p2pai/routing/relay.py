@@ -269,7 +269,13 @@ class StreamThread:
             settled.set_result((error, client_gone))
 
     def _send(self, data: bytes) -> None:
-        view = memoryview(data)
+        try:
+            sent = self._client.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return  # the usual case: the client's socket had room for the whole event
+        view = memoryview(data)[sent:]
         while view:
             try:
                 view = view[self._client.send(view) :]
