@@ -207,10 +207,10 @@ class Router:
         """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first.
 
         Costs the number of nodes offering ``model``, not the size of the swarm."""
-        me = self._swarm.self_node()
         having = [(node, offer) for peer, offer in self._swarm.offers(model).items()
                   if (node := self._swarm.serving_peer(peer)) is not None]
-        if me.federated and model in self._manager.names():  # live, not the last announcement
+        # Live, not the last announcement; this node's own view is built only where it has the model.
+        if model in self._manager.names() and (me := self._swarm.self_node()).federated:
             having.append((me, self._own_offer(model)))
         if pin:
             pinned = self._swarm.find_serving(pin)
