@@ -11,6 +11,7 @@ cannot grow the registry without bound.
 from __future__ import annotations
 
 import threading
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 
@@ -43,6 +44,21 @@ class Bounded:
                 return OTHER
             self._seen.add(value)
         return value
+
+
+M = TypeVar("M", Counter, Histogram)
+_children: dict[tuple[Counter | Histogram, tuple[str, ...]], Counter | Histogram] = {}
+
+
+def labelled(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, looked up once: prometheus-client checks the values and takes a lock
+    on every labels() call (3-4 µs here, several times per forwarded request). The values are bounded
+    (Bounded guards, fixed sets), and so is this cache."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child  # type: ignore[return-value]  # the child of a Counter is a Counter
 
 
 model_label = Bounded()

@@ -50,6 +50,20 @@ def test_only_the_last_event_completes_a_stream_however_it_is_cut(kind: StreamKi
     assert not done_after_each_cut(kind, b"".join(events[:-1]), size)[-1]
 
 
+@pytest.mark.parametrize(("kind", "events"), [(OPENAI, CHAT), (ANTHROPIC, MESSAGES), (RESPONSES, RESPONSES_EVENTS)])
+def test_only_the_last_event_completes_a_stream_relayed_one_event_per_piece(kind: StreamKind,
+                                                                           events: list[bytes]) -> None:
+    """The usual cut (a peer writes each event at once), which the relay checks the quickest way."""
+    pieces = Pieces(None, None, kind.final)
+    states = []
+    for event in events:
+        sent = event if pieces.plain(event) else pieces.next(event)
+        assert sent == (b"" if event is events[-1] else event)
+        states.append(pieces.done)
+    assert states[-1] and not any(states[:-1])
+    assert pieces.held == events[-1]
+
+
 def test_an_error_event_ends_anthropic_and_responses_streams_but_not_chat() -> None:
     error = named("error", error={"type": "api_error", "message": "x"})
     assert done_after_each_cut(ANTHROPIC, MESSAGES[0] + error, 5)[-1]

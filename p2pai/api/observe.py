@@ -8,6 +8,7 @@ read here, at scrape time, so it costs nothing between scrapes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -17,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from ..metrics import API_CALL, OTHER, REGISTRY, model_label, path_label, peer_label
+from ..metrics import API_CALL, OTHER, REGISTRY, labelled, model_label, path_label, peer_label
 from ..protocol.localai import TraceList
 from ..routing.router import FORWARDED
 from .errors import APIError
@@ -56,17 +57,24 @@ def observer(peer: bool) -> Middleware:
             error = repr(exc)
             raise
         finally:
-            seconds = time.perf_counter() - started
-            resource = request.match_info.route.resource
-            path = resource.canonical if resource is not None else "unmatched"
-            if path != METRICS_PATH:
-                method = request.method if request.method in METHODS else OTHER
-                API_CALL.labels(method, path_label(path)).observe(seconds)
-            if (request.method not in UNTRACED_METHODS and path not in UNTRACED_PATHS
-                    and (FORWARDED in request if peer else response is None or response.status != UNAUTHORIZED)):
-                NodeState.of(request).traces.record(request, response, seconds, error)
+            # Recorded on the event loop's next turn, once aiohttp has sent the answer the handler
+            # returned: no client waits for its own trace (about 30 µs per request here).
+            asyncio.get_running_loop().call_soon(_record, request, response, time.perf_counter() - started, error,
+                                                 peer)
 
     return observe
+
+
+def _record(request: web.Request, response: web.StreamResponse | None, seconds: float, error: str | None,
+            peer: bool) -> None:
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else "unmatched"
+    if path != METRICS_PATH:
+        method = request.method if request.method in METHODS else OTHER
+        labelled(API_CALL, method, path_label(path)).observe(seconds)
+    if (request.method not in UNTRACED_METHODS and path not in UNTRACED_PATHS
+            and (FORWARDED in request if peer else response is None or response.status != UNAUTHORIZED)):
+        NodeState.of(request).traces.record(request, response, seconds, error)
 
 
 @observe_routes.get(METRICS_PATH)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pai.identity import Identity
-from p2pai.metrics import ANNOUNCEMENTS_SENT, TUNNEL_BYTES
+from p2pai.metrics import ANNOUNCEMENTS_SENT, TUNNEL_BYTES, labelled
 from p2pai.overlay.addresses import parse_tcp
 from p2pai.overlay.announcement import (
     MAX_ADDRS,
@@ -232,7 +232,7 @@ class Overlay:
 
         assert self._bridge is not None and self._host is not None
         bridge = self._bridge
-        TUNNEL_BYTES.labels("sent").inc(len(request))
+        labelled(TUNNEL_BYTES, "sent").inc(len(request))
         arrived: asyncio.Queue[tuple[int, bytes] | asyncio.Future[None]] = asyncio.Queue()
         exchange = asyncio.ensure_future(
             bridge.run(self._host.exchange, peer_id, request, lambda kind, data: bridge.to_asyncio(
@@ -251,7 +251,7 @@ class Overlay:
                 kind, data = item
                 if kind == DATA:
                     answering = True
-                    TUNNEL_BYTES.labels("received").inc(len(data))
+                    labelled(TUNNEL_BYTES, "received").inc(len(data))
                     yield data
                 elif kind == END:
                     return
@@ -276,12 +276,12 @@ class Overlay:
 
         assert self._bridge is not None
         bridge = self._bridge
-        TUNNEL_BYTES.labels("received").inc(len(request))
+        labelled(TUNNEL_BYTES, "received").inc(len(request))
         try:
             if self._tunnel_handler is None:
                 raise LookupError("this node answers no tunnelled requests")
             async for chunk in self._tunnel_handler(peer, request):
-                TUNNEL_BYTES.labels("sent").inc(len(chunk))
+                labelled(TUNNEL_BYTES, "sent").inc(len(chunk))
                 for start in range(0, len(chunk), MAX_DATA_BYTES):
                     await bridge.run(send.send, (DATA, chunk[start : start + MAX_DATA_BYTES]))
             await bridge.run(send.send, (END, b""))

@@ -44,6 +44,9 @@ IDLE_THREADS = 4  # threads kept waiting for the next stream
 WAIT_MS = 200  # a thread waiting for a slow client checks this often whether the answer was closed
 
 
+NEWLINE = ord("\n")
+
+
 class ClientGone(ConnectionResetError):
     """The client closed its connection while its answer was being relayed."""
 
@@ -148,6 +151,12 @@ class Pieces:
     def _see(self, payload: bytes) -> None:
         if self._keep is not None:
             self._keep.append(payload)
+        last = len(payload) - 2
+        if last > 0 and self._tail == b"\n\n" and payload.find(b"\n") == last and payload[-1] == NEWLINE:
+            # The usual piece: one whole event of one line (OpenAI's data-only events), found with a
+            # search for one byte; the general case below joins the piece to the tail and searches it backwards.
+            self._head = payload[: self._head_length]
+            return
         data = self._tail + payload
         start = data.rfind(b"\n\n", 0, len(data) - 1)  # the start of an event begun in this piece
         if start >= 0:
@@ -260,7 +269,13 @@ class StreamThread:
             settled.set_result((error, client_gone))
 
     def _send(self, data: bytes) -> None:
-        view = memoryview(data)
+        try:
+            sent = self._client.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return  # the usual case: the client's socket had room for the whole event
+        view = memoryview(data)[sent:]
         while view:
             try:
                 view = view[self._client.send(view) :]

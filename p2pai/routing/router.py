@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 from ..backends.base import InvalidRequestError, ModelLoadError, ModelRestartingError, QueueFullError
 from ..backends.tasks import TASKS, Task, task_not_served
 from ..event_stream import DONE, EventStream
-from ..metrics import CONTINUATIONS, FAILOVERS, FORWARDED_REQUESTS, PEER_FAILURES, PEER_LATENCY, peer_label
+from ..metrics import CONTINUATIONS, FAILOVERS, FORWARDED_REQUESTS, PEER_FAILURES, PEER_LATENCY, labelled, peer_label
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import FileOffer, ModelOffer
 from ..swarm.swarm import Swarm
@@ -87,7 +87,7 @@ class UnknownNodeError(LookupError):
         self.pin = pin
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Target:
     candidate: Candidate
     urls: tuple[str, ...]  # empty for this node
@@ -207,10 +207,10 @@ class Router:
         """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first.
 
         Costs the number of nodes offering ``model``, not the size of the swarm."""
-        me = self._swarm.self_node()
         having = [(node, offer) for peer, offer in self._swarm.offers(model).items()
                   if (node := self._swarm.serving_peer(peer)) is not None]
-        if me.federated and model in self._manager.names():  # live, not the last announcement
+        # Live, not the last announcement; this node's own view is built only where it has the model.
+        if model in self._manager.names() and (me := self._swarm.self_node()).federated:
             having.append((me, self._own_offer(model)))
         if pin:
             pinned = self._swarm.find_serving(pin)
@@ -297,7 +297,7 @@ class Router:
         for target in targets[:MAX_ATTEMPTS]:
             candidate = target.candidate
             if journey.hops and journey.hops[-1].via != "local":
-                FAILOVERS.labels(peer_label(journey.hops[-1].node)).inc()
+                labelled(FAILOVERS, peer_label(journey.hops[-1].node)).inc()
             hop = Hop(candidate.node_id, candidate.name, "local" if candidate.is_self else "direct")
             journey.hops.append(hop)
             self._note_load(target, model)
@@ -361,7 +361,7 @@ class Router:
         loop = asyncio.get_running_loop()
         body = await request.read()
         metrics.started()
-        FORWARDED_REQUESTS.labels(label).inc()
+        labelled(FORWARDED_REQUESTS, label).inc()
         if model is not None:
             self._outstanding[(peer, model)] += 1
         started = loop.time()
@@ -382,7 +382,7 @@ class Router:
                         raise PeerUnavailable(f"answered {upstream.status}: {answer.text}", lost=False)
                     metrics.crashed += 1  # its model died of this request: another node would too
                 metrics.answered(waited)
-                PEER_LATENCY.labels(label).observe(waited)
+                labelled(PEER_LATENCY, label).observe(waited)
                 return await self._relay(request, upstream, peer, waited, body, model, journey)
             finally:
                 upstream.release()
@@ -397,7 +397,7 @@ class Router:
 
     def _failed(self, peer: str, reason: str, lost: bool) -> None:
         self.metrics[peer].failed(reason, lost)
-        PEER_FAILURES.labels(peer_label(peer)).inc()
+        labelled(PEER_FAILURES, peer_label(peer)).inc()
 
     def _note_finished(self, peer: str, model: str) -> None:
         seen = self._swarm.last_seen(peer)
@@ -500,7 +500,7 @@ class Router:
                 hop.via, hop.status = _via(upstream), upstream.status
                 if upstream.status != 200:
                     continue
-                CONTINUATIONS.labels(peer_label(failed)).inc()
+                labelled(CONTINUATIONS, peer_label(failed)).inc()
                 log.info("continuing a broken stream of %s on %s", failed, target.candidate.name)
                 rewrite = Rewriter(done, path in CHAT_PATHS).feed
                 return await self._pump(node, upstream, relay(request, writer, upstream, rewrite=rewrite))

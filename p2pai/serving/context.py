@@ -25,6 +25,7 @@ from ..metrics import (
     PROMPT_TOKENS,
     REQUEST_DURATION,
     TIME_TO_FIRST_TOKEN,
+    labelled,
     model_label,
 )
 from ..models.config import ModelConfig
@@ -51,7 +52,7 @@ class ServedModel:
 
     def count_input(self, tokens: int) -> None:
         """Tokens read by a request that generates nothing (embeddings, rerank)."""
-        PROMPT_TOKENS.labels(model_label(self.name)).inc(tokens)
+        labelled(PROMPT_TOKENS, model_label(self.name)).inc(tokens)
 
     def sampling(self, request: Any, grammar: str | None) -> SamplingParams:
         """Request values first, then the model's YAML defaults, then llama.cpp's."""
@@ -121,7 +122,7 @@ class Serving:
         config = manager.config(name)
         if task is not None and task not in (served := manager.tasks(name)):
             raise task_not_served(name, task, served)
-        MODEL_REQUESTS.labels(model_label(name), task or "any").inc()
+        labelled(MODEL_REQUESTS, model_label(name), task or "any").inc()
         engine = await manager.engine(name)
         template = self._templates.get(name)
         if template is None:
@@ -138,11 +139,11 @@ async def _measured(chunks: AsyncIterator[GenerationChunk], model: str) -> Async
         async for chunk in chunks:
             if first:
                 first = False
-                TIME_TO_FIRST_TOKEN.labels(model).observe(time.perf_counter() - started)
+                labelled(TIME_TO_FIRST_TOKEN, model).observe(time.perf_counter() - started)
             if chunk.usage is not None:
-                REQUEST_DURATION.labels(model).observe(time.perf_counter() - started)
-                PROMPT_TOKENS.labels(model).inc(chunk.usage.prompt_tokens)
-                COMPLETION_TOKENS.labels(model).inc(chunk.usage.completion_tokens)
+                labelled(REQUEST_DURATION, model).observe(time.perf_counter() - started)
+                labelled(PROMPT_TOKENS, model).inc(chunk.usage.prompt_tokens)
+                labelled(COMPLETION_TOKENS, model).inc(chunk.usage.completion_tokens)
             yield chunk
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from ..backends.rpc.loader import load_rpc_model, place_locally
 from ..backends.rpc.relay import Credentials
 from ..backends.rpc.workers import WorkerInfo
 from ..backends.tasks import Task
-from ..metrics import CRASHES, LOAD_FAILURES, LOADS, UNLOADS, model_label
+from ..metrics import CRASHES, LOAD_FAILURES, LOADS, UNLOADS, labelled, model_label
 from ..models.catalog import ModelCatalog, prepare_builtin
 from ..models.config import ModelConfig
 from .residency import LoadPlan, LoadSpeed, Resident, plan_load
@@ -318,14 +318,14 @@ class ModelManager:
                 await self._make_room(config.name)
                 engine = await self._start_engine(config)
         except ModelLoadError as exc:
-            LOAD_FAILURES.labels(model_label(config.name)).inc()
+            labelled(LOAD_FAILURES, model_label(config.name)).inc()
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
             raise
         except Exception as exc:  # e.g. a damaged built-in model package
-            LOAD_FAILURES.labels(model_label(config.name)).inc()
+            labelled(LOAD_FAILURES, model_label(config.name)).inc()
             self._on_load(LoadEvent(config.name, "failed", time.perf_counter() - started, str(exc)))
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
-        LOADS.labels(model_label(config.name)).inc()
+        labelled(LOADS, model_label(config.name)).inc()
         self._engines[config.name] = engine
         self._handed[config.name] = (time.monotonic(), engine.stats().submitted)  # its waiters resume next
         seconds = time.perf_counter() - started
@@ -353,7 +353,7 @@ class ModelManager:
             if self._engines.get(config.name) is engine:
                 del self._engines[config.name]
             if isinstance(engine.failure, ModelCrashedError):
-                CRASHES.labels(model_label(config.name)).inc()
+                labelled(CRASHES, model_label(config.name)).inc()
                 crashes = self._crashes.setdefault(config.name, Crashes())
                 delay = crashes.record(str(engine.failure), time.monotonic())
                 log.error("model %r crashed (%d times so far); %s", config.name, crashes.count,
@@ -425,7 +425,7 @@ class ModelManager:
             task.cancel()
         for name, engine in self._engines.items():
             await engine.close()
-            UNLOADS.labels(model_label(name)).inc()
+            labelled(UNLOADS, model_label(name)).inc()
         self._engines.clear()
 
 
