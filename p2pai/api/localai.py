@@ -16,6 +16,7 @@ from ..protocol.localai import (
     AvailableModels,
     DeletedModel,
     GalleryList,
+    GalleryMetadata,
     GalleryModel,
     JobList,
     ModelDownload,
@@ -74,8 +75,7 @@ async def available(request: web.Request) -> web.Response:
     names = set(NodeState.of(request).manager.names())
     found = await _call(installer.gallery_entries())
     models = [GalleryModel(id=f"{f.gallery.name}@{f.entry.name}", installed=f.entry.name in names, gallery=f.gallery,
-                           **f.entry.model_dump(include={"name", "description", "license", "urls", "tags", "icon",
-                                                         "url", "files"}))
+                           **f.entry.model_dump(include=set(GalleryMetadata.model_fields)))
               for f in found]
     return json_reply(AvailableModels(models))
 
