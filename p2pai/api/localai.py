@@ -25,7 +25,7 @@ from ..protocol.localai import (
 from ..serving import rerank as reranking
 from .errors import APIError
 from .replies import json_reply
-from .routes import dispatch, json_answer, parse_body
+from .routes import answer_json, parse_body
 from .state import NodeState
 
 localai_routes = web.RouteTableDef()
@@ -35,8 +35,7 @@ localai_routes = web.RouteTableDef()
 @localai_routes.post("/rerank")
 async def rerank(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RerankRequest)
-    return await dispatch(request, body.model, "rerank", json_answer(request, body.model, "rerank", reranking.rerank,
-                                                                     body))
+    return await answer_json(request, "rerank", reranking.rerank, body)
 
 
 T = TypeVar("T")
