@@ -9,7 +9,7 @@ one longer than allowed) come as InvalidRequestError before AudioInfo.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 WhisperTask = Literal["transcribe", "translate"]
 
@@ -40,6 +40,10 @@ class AudioInfo:
     duration: float
     """Seconds of audio in the file."""
 
+    ends_stream: ClassVar[bool] = False
+    answer_tokens: ClassVar[int | None] = None
+    is_output: ClassVar[bool] = True
+
 
 @dataclass(frozen=True)
 class Word:
@@ -63,10 +67,18 @@ class Segment:
     no_speech_prob: float
     words: tuple[Word, ...] = ()
 
+    ends_stream: ClassVar[bool] = False
+    answer_tokens: ClassVar[int | None] = None
+    is_output: ClassVar[bool] = True
+
 
 @dataclass(frozen=True)
 class TranscriptionEnd:
-    """The last item of a transcription."""
+    """The last item of a transcription: it ends the stream and is not passed on."""
+
+    ends_stream: ClassVar[bool] = True
+    answer_tokens: ClassVar[int | None] = None
+    is_output: ClassVar[bool] = False
 
 
 TranscriptionItem = AudioInfo | Segment | TranscriptionEnd
