@@ -33,16 +33,21 @@ class TranscriptionJob:
     """Longest audio decoded; longer is refused while it decodes, never held whole in memory."""
 
 
-@dataclass(frozen=True)
-class AudioInfo:
-    language: str
-    language_probability: float
-    duration: float
-    """Seconds of audio in the file."""
+class _Item:
+    """What a transcription's items tell the node's handle on the model process (base.StreamItem):
+    all but the end are read by the caller, none is counted as an answer's tokens."""
 
     ends_stream: ClassVar[bool] = False
     answer_tokens: ClassVar[int | None] = None
     is_output: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class AudioInfo(_Item):
+    language: str
+    language_probability: float
+    duration: float
+    """Seconds of audio in the file."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Word:
 
 
 @dataclass(frozen=True)
-class Segment:
+class Segment(_Item):
     id: int
     seek: int
     start: float
@@ -67,17 +72,12 @@ class Segment:
     no_speech_prob: float
     words: tuple[Word, ...] = ()
 
-    ends_stream: ClassVar[bool] = False
-    answer_tokens: ClassVar[int | None] = None
-    is_output: ClassVar[bool] = True
-
 
 @dataclass(frozen=True)
-class TranscriptionEnd:
+class TranscriptionEnd(_Item):
     """The last item of a transcription: it ends the stream and is not passed on."""
 
     ends_stream: ClassVar[bool] = True
-    answer_tokens: ClassVar[int | None] = None
     is_output: ClassVar[bool] = False
 
 
