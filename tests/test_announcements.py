@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from p2pai.swarm.endpoints import OwnAddresses, usable_hosts, vetted
-from p2pai.swarm.payload import NodePayload, PeerEndpoint
+from p2pai.swarm.payload import ModelOffer, NodePayload, PeerEndpoint, announced
 from p2pai.swarm.view import WorkerOffer, parse_payload
 from p2pai.token import new_token
 from ports import free_port
@@ -72,6 +72,13 @@ def test_announced_tasks_are_read_leniently(announced: dict, tasks: list[str]) -
     rejected: Counter[str] = Counter()
     payload = NodePayload.parse({**GOOD, "models": [{"name": "m", **announced}]}, rejected)
     assert payload.models[0].tasks == tasks and not rejected
+
+
+@pytest.mark.parametrize("tasks", [[], ["rerank"], ["chat", "completion", "embeddings"]], ids=repr)
+def test_announced_tasks_survive_the_round_trip(tasks: list[str]) -> None:
+    """Even none: an offer without its tasks would read as an older node's (chat and completion)."""
+    payload = NodePayload(models=[ModelOffer(name="m", tasks=tasks, embeddings="embeddings" in tasks)])
+    assert NodePayload.parse(json.loads(json.dumps(announced(payload)))).models[0].tasks == tasks
 
 
 def hosts(announced: list[object], remote: str | None, own: list[tuple[str, int]] = (), port: int = 5000) -> list[str]:

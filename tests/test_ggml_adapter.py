@@ -10,7 +10,7 @@ import re
 import pytest
 
 from p2pai.backends.llama import ggml
-from p2pai.backends.llama.devices import DEVICES_ENV, Device, detect, gpus
+from p2pai.backends.llama.devices import DEVICES_ENV, Device, detect, detect_in_child, gpus
 
 SYMBOLS = (
     "ggml_backend_dev_count", "ggml_backend_dev_get", "ggml_backend_dev_by_name", "ggml_backend_dev_by_type",
@@ -40,6 +40,34 @@ def test_the_cpu_device_is_enumerated_with_its_memory() -> None:
     assert cpu[0].total > 2**28 and 0 < cpu[0].free <= cpu[0].total
     assert ggml.device_by_name("CPU") == ggml.cpu_device()
     assert ggml.device_by_name("no such device") is None
+
+
+CPU_BUILD = ("libggml.so", "libggml.so.0", "libggml-base.so.0.25.3", "libggml-cpu.so", "libggml-rpc.so.0",
+             "libllama.so", "libmtmd.so.0")
+
+
+@pytest.mark.parametrize(("files", "cpu_only"), [
+    (CPU_BUILD, True),
+    ((*CPU_BUILD, "libggml-cuda.so"), False),
+    ((*CPU_BUILD, "libggml-vulkan.so.0"), False),
+    ((*CPU_BUILD, "libggml-metal.dylib"), False),
+    ((*CPU_BUILD, "ggml-hip.dll"), False),
+    ((*CPU_BUILD, "libggml-blas.so"), False),  # an accel device beside the CPU
+    (("libggml.so", "libggml-base.so", "libggml-cpu-haswell.so", "libggml-cpu-x64.so"), False),  # loaded at run time
+    (("libllama.so", "libmtmd.so"), False),  # ggml linked into libllama: no telling
+])
+def test_a_cpu_only_build_is_known_from_its_library_files(files: tuple[str, ...], cpu_only: bool) -> None:
+    assert ggml.cpu_only(files) == cpu_only
+
+
+async def test_the_cpu_of_a_cpu_only_build_is_described_as_ggml_describes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What detection takes without loading llama.cpp is what ggml itself says of this machine."""
+    monkeypatch.delenv(DEVICES_ENV, raising=False)
+    assert ggml.cpu_only_build()
+    assert ggml.backend_devices() == [ggml.unloaded_cpu_device()]
+    without_child, from_child = await detect(), await detect_in_child()
+    assert [d.model_copy(update={"free": 0}) for d in without_child] == [
+        d.model_copy(update={"free": 0}) for d in from_child]  # what is available changes by the moment
 
 
 async def test_detection_on_this_cpu_only_machine_finds_the_cpu_and_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

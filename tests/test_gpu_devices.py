@@ -76,7 +76,7 @@ def test_peers_shows_the_gpus() -> None:
 
 
 def wait_devices(node: NodeProcess) -> list[dict]:
-    for _ in range(100):  # detection runs in the background, in a child process
+    for _ in range(100):  # detection runs in the background
         devices = httpx.get(node.url + "/system", timeout=5).json()["devices"]
         if devices:
             return devices

@@ -80,6 +80,27 @@ def puller(start_node, token: str, bootstrap) -> object:
     return start_node("--token", token, "--no-default-model", "--bootstrap", bootstrap.bootstrap_addr(), name="puller")
 
 
+@pytest.fixture
+def paced_pair(start_node, big, token: str) -> tuple:
+    """A source `a` serving `big` at SERVE_RATE and a puller `b` that has seen it announced."""
+    path, _ = big
+    a = source(start_node, token, "a", path)
+    b = puller(start_node, token, a)
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+    return a, b
+
+
+def pulled(node, job_id: str, chunks: int, what: str) -> dict:
+    """The job's status once it has at least ``chunks`` chunks of the file."""
+    return wait_for(lambda: (status := job(node, job_id))["downloaded_bytes"] >= chunks * MIN_CHUNK and status,
+                    JOB_TIMEOUT, what)
+
+
+def kill(node) -> None:
+    os.kill(node.proc.pid, signal.SIGKILL)
+    node.proc.wait(5)
+
+
 def only_from(status: dict, node) -> bool:
     """The job's sources are ``node`` alone (labels end with the peer id's last 8 characters)."""
     return len(status["sources"]) == 1 and status["sources"][0].endswith(f"({node.peer_id()[-8:]})")
@@ -116,25 +137,21 @@ def test_pull_from_two_peers_goes_on_when_one_is_killed(start_node, big, token: 
     b = puller(start_node, token, c)
     wait_for(lambda: announced_by(b, [a, c]), 30, "both announcements")
     job_id = start_pull(b)
-    status = wait_for(lambda: (s := job(b, job_id))["downloaded_bytes"] >= 3 * MIN_CHUNK and s, JOB_TIMEOUT,
-                      "a quarter of the file")
+    status = pulled(b, job_id, 3, "a quarter of the file")
     assert len(status["sources"]) == 2, status
-    os.kill(a.proc.pid, signal.SIGKILL)
+    kill(a)
     status = finished(b, job_id)
     assert status["error"] is None, status
     assert only_from(status, c)
     check_installed(b, sha256)
 
 
-def test_a_pull_resumes_when_its_only_source_comes_back(start_node, big, token: str) -> None:
-    path, sha256 = big
-    a = source(start_node, token, "a", path)
-    b = puller(start_node, token, a)
-    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+def test_a_pull_resumes_when_its_only_source_comes_back(paced_pair, big) -> None:
+    a, b = paced_pair
+    _, sha256 = big
     job_id = start_pull(b)
-    wait_for(lambda: job(b, job_id)["downloaded_bytes"] >= 4 * MIN_CHUNK, JOB_TIMEOUT, "a third of the file")
-    os.kill(a.proc.pid, signal.SIGKILL)
-    a.proc.wait(5)
+    pulled(b, job_id, 4, "a third of the file")
+    kill(a)
     stopped_at = job(b, job_id)["downloaded_bytes"]
     time.sleep(1.0)
     a.restart()
@@ -145,16 +162,13 @@ def test_a_pull_resumes_when_its_only_source_comes_back(start_node, big, token: 
     check_installed(b, sha256)
 
 
-def test_a_killed_puller_resumes_where_it_stopped(start_node, big, token: str) -> None:
-    path, sha256 = big
-    a = source(start_node, token, "a", path)
-    b = puller(start_node, token, a)
-    wait_for(lambda: announced_by(b, [a]), 30, "the announcement")
+def test_a_killed_puller_resumes_where_it_stopped(paced_pair, big) -> None:
+    a, b = paced_pair
+    _, sha256 = big
     first = start_pull(b)
-    wait_for(lambda: job(b, first)["downloaded_bytes"] >= 6 * MIN_CHUNK, JOB_TIMEOUT, "40 % of the file")
+    pulled(b, first, 6, "40 % of the file")
     time.sleep(1.5)  # the verified chunks are recorded every second
-    os.kill(b.proc.pid, signal.SIGKILL)
-    b.proc.wait(5)
+    kill(b)
     assert not (b.data_dir / "models" / f"{MODEL}.gguf").exists()  # a partial file is never a model
     b.restart()
     b.wait_ready()

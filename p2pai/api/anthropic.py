@@ -9,9 +9,8 @@ from ..protocol.anthropic import CountTokensRequest, MessagesRequest
 from ..serving import anthropic
 from .errors import from_exception
 from .replies import named_event
-from .routes import dispatch, json_answer, parse_body, stream_or_json
+from .routes import answer_json, answer_streamable, parse_body
 from .sse import StreamFormat
-from .state import NodeState
 
 PATHS = ("/v1/messages", "/messages")
 
@@ -34,18 +33,11 @@ anthropic_routes = web.RouteTableDef()
 @anthropic_routes.post("/messages")
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, MessagesRequest)
-
-    async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model, "chat")
-        return await stream_or_json(request, served, body.stream, lambda: anthropic.create(served, body),
-                                    lambda: anthropic.stream(served, body), STREAM)
-
-    return await dispatch(request, body.model, "chat", local)
+    return await answer_streamable(request, "chat", anthropic.create, anthropic.stream, body, STREAM)
 
 
 @anthropic_routes.post("/v1/messages/count_tokens")
 @anthropic_routes.post("/messages/count_tokens")
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, CountTokensRequest)
-    return await dispatch(request, body.model, "chat",
-                          json_answer(request, body.model, "chat", anthropic.count_tokens, body))
+    return await answer_json(request, "chat", anthropic.count_tokens, body)

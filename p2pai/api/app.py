@@ -22,6 +22,8 @@ from .state import STATE, NodeState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+FAMILY_ROUTES = (routes, anthropic_routes, responses_routes, localai_routes)
+"""The API families: served to clients, and on the peer endpoint to the nodes that forward requests."""
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 """With the dashboard's assets (DASHBOARD_PREFIX): they hold no data; the page asks for a key when the API needs one."""
 UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/audio/transcriptions", "/v1/audio/translations",
@@ -73,10 +75,8 @@ def create_app(state: NodeState) -> web.Application:
                                        api_keys],
                           client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
-    app.add_routes(routes)
-    app.add_routes(anthropic_routes)
-    app.add_routes(responses_routes)
-    app.add_routes(localai_routes)
+    for family in FAMILY_ROUTES:
+        app.add_routes(family)
     app.add_routes(p2p_routes)
     app.add_routes(model_routes)
     app.add_routes(observe_routes)

@@ -16,6 +16,7 @@ from ..protocol.localai import (
     AvailableModels,
     DeletedModel,
     GalleryList,
+    GalleryMetadata,
     GalleryModel,
     JobList,
     ModelDownload,
@@ -24,7 +25,7 @@ from ..protocol.localai import (
 from ..serving import rerank as reranking
 from .errors import APIError
 from .replies import json_reply
-from .routes import dispatch, json_answer, parse_body
+from .routes import answer_json, parse_body
 from .state import NodeState
 
 localai_routes = web.RouteTableDef()
@@ -34,8 +35,7 @@ localai_routes = web.RouteTableDef()
 @localai_routes.post("/rerank")
 async def rerank(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RerankRequest)
-    return await dispatch(request, body.model, "rerank", json_answer(request, body.model, "rerank", reranking.rerank,
-                                                                     body))
+    return await answer_json(request, "rerank", reranking.rerank, body)
 
 
 T = TypeVar("T")
@@ -74,8 +74,7 @@ async def available(request: web.Request) -> web.Response:
     names = set(NodeState.of(request).manager.names())
     found = await _call(installer.gallery_entries())
     models = [GalleryModel(id=f"{f.gallery.name}@{f.entry.name}", installed=f.entry.name in names, gallery=f.gallery,
-                           **f.entry.model_dump(include={"name", "description", "license", "urls", "tags", "icon",
-                                                         "url", "files"}))
+                           **f.entry.model_dump(include=set(GalleryMetadata.model_fields)))
               for f in found]
     return json_reply(AvailableModels(models))
 

@@ -108,15 +108,17 @@ class Operation:
 _MODEL_ERRORS = (400, 404, 413, 500, 502, 503)
 
 
-def _optional_query(*names: tuple[str, str]) -> tuple[dict[str, Any], ...]:
-    """Optional query parameters by (name, JSON schema type); integers are never negative."""
-    return tuple({"name": name, "in": "query", "required": False,
-                  "schema": {"type": type_, "minimum": 0} if type_ == "integer" else {"type": type_}}
-                 for name, type_ in names)
+_COUNT = {"type": "integer", "minimum": 0}
+_INTEGER = {"type": "integer"}
+_BOOLEAN = {"type": "boolean"}
 
 
-_RANGE = tuple({"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
-               for name in ("offset", "length"))
+def _query(required: bool = False, **schemas: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """Query parameters (OpenAPI parameter objects) by name and JSON schema."""
+    return tuple({"name": name, "in": "query", "required": required, "schema": dict(schema)}
+                 for name, schema in schemas.items())
+
+
 OPERATIONS = (
     Operation("post", ("/v1/chat/completions", "/chat/completions"), "createChatCompletion",
               "Chat completion (OpenAI), streamed as server-sent events with `stream`", ChatCompletion,
@@ -154,9 +156,7 @@ OPERATIONS = (
     Operation("get", ("/v1/responses/{id}", "/responses/{id}"), "retrieveResponse",
               "A stored (or running) response, from the node that has it; with `stream=true` its events again, "
               "after `starting_after`", responses.Response, None, responses.ResponseStreamEvent, (400, 404),
-              named_events=True, query=(
-                  {"name": "stream", "in": "query", "required": False, "schema": {"type": "boolean"}},
-                  {"name": "starting_after", "in": "query", "required": False, "schema": {"type": "integer"}})),
+              named_events=True, query=_query(stream=_BOOLEAN, starting_after=_INTEGER)),
     Operation("post", ("/v1/responses/{id}/cancel", "/responses/{id}/cancel"), "cancelResponse",
               "Cancel a background response", responses.Response, errors=(400, 404)),
     Operation("delete", ("/v1/responses/{id}", "/responses/{id}"), "deleteResponse", "Delete a stored response",
@@ -193,7 +193,8 @@ OPERATIONS = (
               ModelDownload, errors=(400, 404, 409), peer=False),
     Operation("get", ("/p2p/files/{sha256}",), "fileRange",
               "`length` bytes from `offset` of a model file this node announces (at most 64 MiB)", None,
-              errors=(400, 404, 416), binary=True, query=_RANGE, client=False),
+              errors=(400, 404, 416), binary=True, query=_query(required=True, offset=_COUNT, length=_COUNT),
+              client=False),
     Operation("get", ("/p2p/files/{sha256}/chunks",), "fileChunkHashes",
               "The file's chunk hashes, 32 bytes each, whose SHA-256 is the announced root", None, errors=(404,),
               binary=True, client=False),
@@ -205,7 +206,7 @@ OPERATIONS = (
               "The last requests this node handled, newest first, with their hops (LocalAI's shape: at most "
               "`limit`, default 50, 0 for all, after `offset`; bodies with `full`; the total in X-Total-Count; "
               "admin only when keys are set)", TraceList, errors=(403,), peer=False,
-              query=_optional_query(("limit", "integer"), ("offset", "integer"), ("full", "boolean"))),
+              query=_query(limit=_COUNT, offset=_COUNT, full=_BOOLEAN)),
     Operation("post", ("/api/traces/clear",), "clearTraces", "Forget the traces (admin only when keys are set)",
               None, errors=(403,), empty=True, peer=False),
     Operation("get", ("/",), "dashboard", "The web dashboard", None, text=("text/html",), peer=False, public=True),

@@ -18,15 +18,11 @@ from ..routing.peer_auth import Rejected, Signed, Verifier
 from ..routing.peer_tls import PeerTLS
 from ..routing.router import FORWARDED
 from . import openapi
-from .anthropic import anthropic_routes
-from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
+from .app import FAMILY_ROUTES, MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
-from .localai import localai_routes
 from .observe import observer
 from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
-from .responses import responses_routes
-from .routes import routes
 from .state import STATE, NodeState
 
 log = logging.getLogger(__name__)
@@ -80,10 +76,8 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
                           client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app[GUARD] = guard
-    app.add_routes(routes)
-    app.add_routes(anthropic_routes)
-    app.add_routes(responses_routes)
-    app.add_routes(localai_routes)
+    for family in FAMILY_ROUTES:
+        app.add_routes(family)
     app.add_routes(peer_file_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app

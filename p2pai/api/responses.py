@@ -9,11 +9,12 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from ..protocol import responses as r
 from ..routing.forward import PeerUnavailable
 from ..routing.router import FORWARDED, NoNodeAvailable
-from ..serving.responses import ResponseNotFound, node_tag, tag_of
+from ..serving.responses import ResponseNotFound, Responses, node_tag, tag_of
 from .errors import APIError, from_exception
 from .replies import json_reply, named_event
 from .routes import dispatch, parse_body, served_headers
@@ -62,12 +63,11 @@ async def create(request: web.Request) -> web.StreamResponse:
 @responses_routes.get("/v1/responses/{id}")
 @responses_routes.get("/responses/{id}")
 async def get(request: web.Request) -> web.StreamResponse:
-    ident = request.match_info["id"]
     stream = request.query.get("stream", "false").lower() == "true"
     after = _starting_after(request)
 
-    async def local() -> web.StreamResponse:
-        run = await NodeState.of(request).responses.get(ident)
+    async def answer(stored: Responses, ident: str) -> web.StreamResponse:
+        run = await stored.get(ident)
         if not stream:
             return json_reply(run.response)
         events = run.follow(after)
@@ -77,29 +77,23 @@ async def get(request: web.Request) -> web.StreamResponse:
             raise APIError(400, f"the response has no events after {after}", param="starting_after") from None
         return await send_stream(request, first, events, None, STREAM)
 
-    return await _on_owner(request, ident, local)
+    return await _on_owner(request, answer)
 
 
 @responses_routes.post("/v1/responses/{id}/cancel")
 @responses_routes.post("/responses/{id}/cancel")
 async def cancel(request: web.Request) -> web.StreamResponse:
-    ident = request.match_info["id"]
-
-    async def local() -> web.StreamResponse:
-        return json_reply(await NodeState.of(request).responses.cancel(ident))
-
-    return await _on_owner(request, ident, local)
+    return await _on_owner(request, lambda stored, ident: _json(stored.cancel(ident)))
 
 
 @responses_routes.delete("/v1/responses/{id}")
 @responses_routes.delete("/responses/{id}")
 async def delete(request: web.Request) -> web.StreamResponse:
-    ident = request.match_info["id"]
+    return await _on_owner(request, lambda stored, ident: _json(stored.delete(ident)))
 
-    async def local() -> web.StreamResponse:
-        return json_reply(await NodeState.of(request).responses.delete(ident))
 
-    return await _on_owner(request, ident, local)
+async def _json(answer: Awaitable[BaseModel]) -> web.StreamResponse:
+    return json_reply(await answer)
 
 
 def _starting_after(request: web.Request) -> int:
@@ -121,11 +115,16 @@ def _owner(request: web.Request, ident: str) -> str | None:
     return next((node for node in state.router.node_ids() if node_tag(node) == tag), None)
 
 
-async def _on_owner(request: web.Request, ident: str, local: Callable[[], Awaitable[web.StreamResponse]]
+async def _on_owner(request: web.Request, answer: Callable[[Responses, str], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
-    """Answer on the node that stores ``ident``; with an id naming no known node, on the first node
-    that has it (this one, then each peer)."""
+    """``answer`` about the response the path names, on the node that stores it; with an id naming no
+    known node, on the first node that has it (this one, then each peer)."""
+    ident = request.match_info["id"]
     state = NodeState.of(request)
+
+    async def local() -> web.StreamResponse:
+        return await answer(state.responses, ident)
+
     router = state.router
     if router is None or FORWARDED in request:
         return await local()
@@ -138,10 +137,10 @@ async def _on_owner(request: web.Request, ident: str, local: Callable[[], Awaita
         pass
     for node in router.node_ids()[1:]:
         try:
-            answer = await router.on_node(request, node, local)
+            reply = await router.on_node(request, node, local)
         except (PeerUnavailable, NoNodeAvailable) as exc:
             log.info("could not ask %s for response %s: %s", node, ident, exc)
             continue
-        if answer.status != 404:
-            return answer
+        if reply.status != 404:
+            return reply
     raise ResponseNotFound(ident)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -32,6 +32,24 @@ from .sse import OPENAI, StreamFormat, send_stream
 from .state import NodeState
 
 R = TypeVar("R", bound=BaseModel)
+
+
+class ForModel(Protocol):
+    """A request body that names the model to answer it (None: the node's default)."""
+
+    @property
+    def model(self) -> str | None: ...
+
+
+class Streamable(ForModel, Protocol):
+    """A request body whose answer may be streamed."""
+
+    @property
+    def stream(self) -> bool: ...
+
+
+B = TypeVar("B", bound=ForModel)
+S = TypeVar("S", bound=Streamable)
 
 routes = web.RouteTableDef()
 
@@ -71,73 +89,70 @@ async def dispatch(request: web.Request, model: str | None, task: Task | None,
     return await router.dispatch(request, model, task, local, pin)
 
 
+async def answer_json(request: web.Request, task: Task | None, serve: Callable[[ServedModel, B], Awaitable[BaseModel]],
+                      body: B) -> web.StreamResponse:
+    """Answer ``body`` with a JSON (never streamed) response, here or on the peer the router picks among
+    those whose model serves ``task`` (None: any model with a tokenizer)."""
+
+    async def local() -> web.StreamResponse:
+        state = NodeState.of(request)
+        served = await state.serving.model(body.model, task)
+        return json_reply(await serve(served, body), headers=served_headers(served, state))
+
+    return await dispatch(request, body.model, task, local)
+
+
+async def answer_streamable(
+    request: web.Request,
+    task: Task,
+    whole: Callable[[ServedModel, S], Awaitable[BaseModel]],
+    parts: Callable[[ServedModel, S], AsyncIterator[BaseModel]],
+    body: S,
+    form: StreamFormat = OPENAI,
+) -> web.StreamResponse:
+    """Answer ``body`` whole as JSON, or streamed in ``form`` when it asks for a stream, here or on the
+    peer the router picks among those whose model serves ``task``."""
+
+    async def local() -> web.StreamResponse:
+        served = await NodeState.of(request).serving.model(body.model, task)
+        return await stream_or_json(request, served, body.stream, lambda: whole(served, body),
+                                    lambda: parts(served, body), form)
+
+    return await dispatch(request, body.model, task, local)
+
+
 @routes.post("/v1/chat/completions")
 @routes.post("/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ChatCompletionRequest)
-
-    async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model, "chat")
-        return await stream_or_json(
-            request, served, body.stream, lambda: chat.complete(served, body), lambda: chat.stream(served, body)
-        )
-
-    return await dispatch(request, body.model, "chat", local)
+    return await answer_streamable(request, "chat", chat.complete, chat.stream, body)
 
 
 @routes.post("/v1/completions")
 @routes.post("/completions")
 async def text_completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, CompletionRequest)
-
-    async def local() -> web.StreamResponse:
-        served = await NodeState.of(request).serving.model(body.model, "completion")
-        return await stream_or_json(
-            request,
-            served,
-            body.stream,
-            lambda: completions.complete(served, body),
-            lambda: completions.stream(served, body),
-        )
-
-    return await dispatch(request, body.model, "completion", local)
+    return await answer_streamable(request, "completion", completions.complete, completions.stream, body)
 
 
 @routes.post("/v1/edits")
 @routes.post("/edits")
 async def edits(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, EditRequest)
-    return await dispatch(request, body.model, "completion",
-                          json_answer(request, body.model, "completion", completions.edit, body))
+    return await answer_json(request, "completion", completions.edit, body)
 
 
 @routes.post("/v1/embeddings")
 @routes.post("/embeddings")
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, EmbeddingRequest)
-    return await dispatch(request, body.model, "embeddings",
-                          json_answer(request, body.model, "embeddings", embeddings.embed, body))
+    return await answer_json(request, "embeddings", embeddings.embed, body)
 
 
 @routes.post("/v1/tokenize")
 async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, TokenizeRequest)
-    answer = json_answer(request, body.model, None, embeddings.tokenize, body)
-    return await dispatch(request, body.model, None, answer)  # any model with a tokenizer
-
-
-def json_answer(
-    request: web.Request, model: str | None, task: Task | None, serve: Callable[[ServedModel, R], Awaitable[BaseModel]],
-    body: R,
-) -> Callable[[], Awaitable[web.StreamResponse]]:
-    """This node's answer to a request with a JSON (never streamed) response."""
-
-    async def local() -> web.StreamResponse:
-        state = NodeState.of(request)
-        served = await state.serving.model(model, task)
-        return json_reply(await serve(served, body), headers=served_headers(served, state))
-
-    return local
+    return await answer_json(request, None, embeddings.tokenize, body)  # any model with a tokenizer
 
 
 @routes.post("/v1/audio/transcriptions")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -137,6 +137,36 @@ class GenerationChunk:
     usage: Usage | None = None
     stop_sequence: str | None = None
     """On the last chunk: the stop string that ended the generation, if one did."""
+
+    is_output: ClassVar[bool] = True
+
+    @property
+    def ends_stream(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def answer_tokens(self) -> int | None:
+        return None if self.usage is None else self.usage.completion_tokens
+
+
+class StreamItem(Protocol):
+    """What the node's handle on a model process (process.py) asks of each item a streamed call yields:
+    a generation's chunks (GenerationChunk) or a transcription's items (transcription.py)."""
+
+    @property
+    def ends_stream(self) -> bool:
+        """It is the last item: the child is done with the request."""
+        ...
+
+    @property
+    def answer_tokens(self) -> int | None:
+        """The answer's length in tokens, counted into the model's mean answer length (None: not counted)."""
+        ...
+
+    @property
+    def is_output(self) -> bool:
+        """The caller reads it (False: it only marks the end)."""
+        ...
 
 
 @dataclass(frozen=True)

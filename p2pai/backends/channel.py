@@ -109,3 +109,10 @@ class BlockingChannel:
         if len(body) < size:
             raise EOFError("the node closed the channel")
         return pickle.loads(body)
+
+    def receive_or_close(self) -> Message:
+        """The next message; ("close",) once the node is gone, so that a child ends as when told to."""
+        try:
+            return self.receive()
+        except (EOFError, OSError):
+            return ("close",)

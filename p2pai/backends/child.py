@@ -61,10 +61,7 @@ class ChildServer:
         host = self._host
         assert host is not None
         while True:
-            try:
-                message = self._channel.receive()
-            except (EOFError, OSError):
-                message = ("close",)
+            message = self._channel.receive_or_close()
             kind = message[0]
             if kind == "generate":
                 _, request_id, request = message

@@ -35,6 +35,7 @@ from .base import (
     ModelLoadError,
     ModelStats,
     QueueFullError,
+    StreamItem,
     WorkerLostError,
 )
 from .channel import Message, MessageReader, decode_error
@@ -42,7 +43,7 @@ from .ct2.settings import Ct2Settings
 from .llama.loading import LlamaSettings
 from .onnx.settings import OnnxSettings
 from .rpc.relay import Credentials, Endpoint
-from .transcription import AudioInfo, Segment, TranscriptionEnd, TranscriptionJob
+from .transcription import AudioInfo, Segment, TranscriptionJob
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,9 @@ class ModelProcess:
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
-                if isinstance(item, TranscriptionEnd):
-                    finished = True
-                    return
-                yield item
-                if _is_last(item):
+                if item.is_output:
+                    yield item
+                if item.ends_stream:
                     finished = True
                     return
         finally:
@@ -234,10 +233,10 @@ class ModelProcess:
             raise self.failure or ModelCrashedError(f"the model process of {self.name!r} is gone") from None
         return request_id, items
 
-    def _count_answer(self, last: object) -> None:
-        """The answers' mean length in tokens (recent ones weigh most); a transcription's end counts none."""
-        if isinstance(last, GenerationChunk) and last.usage is not None:
-            tokens = float(last.usage.completion_tokens)
+    def _count_answer(self, last: StreamItem) -> None:
+        """The answers' mean length in tokens (recent ones weigh most)."""
+        if last.answer_tokens is not None:
+            tokens = float(last.answer_tokens)
             old = self._answer_tokens
             self._answer_tokens = tokens if old is None else 0.8 * old + 0.2 * tokens
 
@@ -252,7 +251,7 @@ class ModelProcess:
                     if isinstance(item, tuple):  # an EncodedError
                         item = decode_error(item)
                         self._generating.discard(request_id)
-                    elif _is_last(item):
+                    elif item.ends_stream:
                         self._generating.discard(request_id)
                         self._count_answer(item)
                     queue.put_nowait(item)
@@ -317,7 +316,3 @@ class ModelProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
 
-
-def _is_last(item: object) -> bool:
-    """The item that ends a stream: a generation's final chunk, or the end of a transcription."""
-    return isinstance(item, TranscriptionEnd) or (isinstance(item, GenerationChunk) and item.finish_reason is not None)

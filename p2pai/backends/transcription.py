@@ -9,7 +9,7 @@ one longer than allowed) come as InvalidRequestError before AudioInfo.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 WhisperTask = Literal["transcribe", "translate"]
 
@@ -33,8 +33,17 @@ class TranscriptionJob:
     """Longest audio decoded; longer is refused while it decodes, never held whole in memory."""
 
 
+class _Item:
+    """What a transcription's items tell the node's handle on the model process (base.StreamItem):
+    all but the end are read by the caller, none is counted as an answer's tokens."""
+
+    ends_stream: ClassVar[bool] = False
+    answer_tokens: ClassVar[int | None] = None
+    is_output: ClassVar[bool] = True
+
+
 @dataclass(frozen=True)
-class AudioInfo:
+class AudioInfo(_Item):
     language: str
     language_probability: float
     duration: float
@@ -50,7 +59,7 @@ class Word:
 
 
 @dataclass(frozen=True)
-class Segment:
+class Segment(_Item):
     id: int
     seek: int
     start: float
@@ -65,8 +74,11 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class TranscriptionEnd:
-    """The last item of a transcription."""
+class TranscriptionEnd(_Item):
+    """The last item of a transcription: it ends the stream and is not passed on."""
+
+    ends_stream: ClassVar[bool] = True
+    is_output: ClassVar[bool] = False
 
 
 TranscriptionItem = AudioInfo | Segment | TranscriptionEnd

@@ -19,9 +19,9 @@ from urllib.parse import urljoin
 
 import aiohttp
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from ..protocol.localai import Gallery, GalleryFile
+from ..protocol.localai import Gallery, GalleryFile, GalleryMetadata
 from .builtin import BUILTIN_GGUF, BuiltinGGUF
 
 BUILTIN_GALLERY = "p2pai"
@@ -37,20 +37,13 @@ class GalleryError(Exception):
     """A gallery or model definition cannot be read; the message names it."""
 
 
-class GalleryEntry(BaseModel):
+class GalleryEntry(GalleryMetadata):
+    """An entry of an index or a model definition, with what installing it needs."""
+
     model_config = ConfigDict(extra="ignore")
 
-    name: str
-    description: str = ""
-    license: str = ""
-    urls: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
-    icon: str = ""
-    url: str = ""
-    """A model definition (YAML with `config_file` and `files`) this entry starts from."""
     config_file: dict[str, Any] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
-    files: list[GalleryFile] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

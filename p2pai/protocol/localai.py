@@ -66,11 +66,9 @@ class GalleryFile(BaseModel):
     uri: str = ""
 
 
-class GalleryModel(BaseModel):
-    """gallery.Metadata, one entry of GET /models/available, plus its `id` for /models/apply."""
+class GalleryMetadata(BaseModel):
+    """gallery.Metadata: what a gallery index says of one model (models/gallery.py reads the rest)."""
 
-    id: str
-    """`gallery@name`."""
     name: str
     description: str = ""
     license: str = ""
@@ -78,7 +76,15 @@ class GalleryModel(BaseModel):
     tags: list[str] = Field(default_factory=list)
     icon: str = ""
     url: str = ""
+    """A model definition (YAML with `config_file` and `files`) this entry starts from."""
     files: list[GalleryFile] = Field(default_factory=list)
+
+
+class GalleryModel(GalleryMetadata):
+    """One entry of GET /models/available: the gallery's metadata plus its `id` for /models/apply."""
+
+    id: str
+    """`gallery@name`."""
     gallery: Gallery
     installed: bool
 

@@ -286,8 +286,12 @@ def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: F
 
 def announced(payload: NodePayload) -> dict[str, Any]:
     """The payload as it is announced: fields at their defaults are left out (receivers parse them
-    back), so that 64 models with long names and every figure fit the overlay's 32 KiB."""
-    return payload.model_dump(exclude_defaults=True)
+    back), so that 64 models with long names and every figure fit the overlay's 32 KiB. A model's
+    `tasks` never are: an offer without them reads as an older node's (text generation)."""
+    dumped = payload.model_dump(exclude_defaults=True)
+    for offer, model in zip(payload.models, dumped.get("models", ()), strict=True):
+        model["tasks"] = list(offer.tasks)
+    return dumped
 
 
 def _within_limit(payload: NodePayload) -> NodePayload:

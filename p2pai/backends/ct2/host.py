@@ -46,10 +46,7 @@ class Ct2Server:
 
     def _receive(self, host: WhisperHost | GeneratorHost, pool: ThreadPoolExecutor) -> None:
         while True:
-            try:
-                message = self._channel.receive()
-            except (EOFError, OSError):
-                return
+            message = self._channel.receive_or_close()
             kind = message[0]
             if kind == "generate" and isinstance(host, GeneratorHost):
                 self._start(pool, host.generate, *message[1:])

@@ -7,6 +7,8 @@ Detection enumerates ggml's backend devices through the installed llama-cpp-pyth
 path and no vendor tool is needed. It runs in a short-lived child process: starting a
 GPU backend creates a driver context (hundreds of MB of GPU memory with CUDA) that the
 node must not hold for its whole life, and a broken driver can abort the process.
+A build for the CPU alone (known from its library files, on Linux) needs no child: its
+one device is described as ggml describes it.
 
 P2PAI_DEVICES, a JSON list of devices, replaces detection: GPUs fed in for tests, or
 fewer devices offered than the machine has.
@@ -23,6 +25,8 @@ import sys
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from . import ggml
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +70,35 @@ def gpus(devices: list[Device]) -> list[Device]:
 
 def enumerate_here() -> list[Device]:
     """This process's devices through the real library (loads llama.cpp and its GPU backends)."""
+    return [_device(device) for device in ggml.backend_devices()]
+
+
+def _device(device: ggml.BackendDevice) -> Device:
     import psutil
 
-    from . import ggml
-
-    found = []
-    for device in ggml.backend_devices():
-        free = device.free
-        if device.type == "cpu":  # ggml reports all of RAM as free; what is available is what counts
-            free = min(free or device.total, psutil.virtual_memory().available)
-        found.append(Device(name=device.name, description=device.description, backend=device.backend,
-                            type=device.type, free=free, total=device.total))
-    return found
+    free = device.free
+    if device.type == "cpu":  # ggml reports all of RAM as free; what is available is what counts
+        free = min(free or device.total, psutil.virtual_memory().available)
+    return Device(name=device.name, description=device.description, backend=device.backend, type=device.type,
+                  free=free, total=device.total)
 
 
 async def detect() -> list[Device]:
-    """This machine's devices (from P2PAI_DEVICES if set); [] when llama.cpp cannot tell."""
+    """This machine's devices (from P2PAI_DEVICES if set); [] when llama.cpp cannot tell. A CPU-only
+    build of llama.cpp is known from its files: its one device is described without a child."""
     given = os.environ.get(DEVICES_ENV)
     if given:
         try:
             return DEVICE_LIST.validate_json(given)
         except ValidationError as exc:
             raise SystemExit(f"{DEVICES_ENV} is not a JSON list of devices: {exc}") from None
+    if ggml.cpu_only_build():
+        return [_device(ggml.unloaded_cpu_device())]
+    return await detect_in_child()
+
+
+async def detect_in_child() -> list[Device]:
+    """The devices a child process finds through llama.cpp ([] when it cannot tell)."""
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", __name__, stdin=asyncio.subprocess.DEVNULL,

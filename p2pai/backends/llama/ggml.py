@@ -9,7 +9,10 @@ tests/test_ggml_adapter.py fails when an upgrade changes them.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -103,6 +106,48 @@ def backend_devices() -> list[BackendDevice]:
 def device_by_name(name: str) -> int | None:
     """A registered device's handle, None if there is no such device."""
     return libggml().ggml_backend_dev_by_name(name.encode()) or None
+
+
+CPU_ONLY_LIBRARIES = frozenset({"ggml", "ggml-base", "ggml-cpu", "ggml-rpc"})
+"""The ggml libraries of a build with no device but the CPU: every other backend (CUDA, ROCm, Metal,
+Vulkan, BLAS, a CPU variant loaded at run time...) is a library of its own (ggml-cuda...)."""
+
+
+def cpu_only(library_files: Iterable[str]) -> bool:
+    """Whether these files of llama-cpp-python's lib directory are a CPU-only build's ggml. Anything
+    else (another ggml library, or ggml linked into libllama: no ggml-cpu of its own) is not."""
+    ggml_libraries = {name.split(".")[0].removeprefix("lib") for name in library_files}
+    ggml_libraries = {name for name in ggml_libraries if name.startswith("ggml")}
+    return "ggml-cpu" in ggml_libraries and ggml_libraries <= CPU_ONLY_LIBRARIES
+
+
+def cpu_only_build() -> bool:
+    """Whether the installed llama.cpp computes on the CPU alone, known from its files without loading it
+    (only on Linux, where `unloaded_cpu_device` knows what ggml says of the CPU)."""
+    spec = importlib.util.find_spec("llama_cpp")  # finds the package without importing it
+    if not sys.platform.startswith("linux") or spec is None or spec.origin is None:
+        return False
+    directory = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(spec.origin).parent / "lib")
+    try:
+        return cpu_only(path.name for path in directory.iterdir())
+    except OSError:
+        return False
+
+
+def unloaded_cpu_device() -> BackendDevice:
+    """The CPU device as ggml-cpu describes it on Linux, without loading ggml: the first `model name`
+    of /proc/cpuinfo, and all physical memory as both total and free."""
+    description = "CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name") and ":" in line:
+                    description = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return BackendDevice(name="CPU", description=description, backend="CPU", type="cpu", free=total, total=total)
 
 
 def _text(value: bytes | None) -> str:

@@ -44,10 +44,7 @@ class OnnxServer:
 
     def _receive(self, encoder: Encoder, batcher: Batcher) -> None:
         while True:
-            try:
-                message = self._channel.receive()
-            except (EOFError, OSError):
-                message = ("close",)
+            message = self._channel.receive_or_close()
             kind = message[0]
             if kind == "close":
                 batcher.stop()
