@@ -92,6 +92,12 @@ class AddressBook:
             return
         self._entries[peer_id] = _Entry(usable, now, confirmed=True)
 
+    def touch(self, peer_id: str, now: float) -> None:
+        """A confirmed peer is still a member (it may not announce again for minutes in a large swarm)."""
+        entry = self._entries.get(peer_id)
+        if entry is not None and entry.confirmed:
+            entry.heard = now
+
     def hint(self, peer_id: str, addrs: list[str], now: float) -> None:
         """Where someone else says a peer is; ignored for a peer already in the book (a hint
         neither renews another hint nor changes what a confirmed peer said)."""

@@ -325,9 +325,14 @@ class Overlay:
             self._gossiped(self._gossip.tick(time.time()))
 
     async def _sweep_forever(self) -> None:
+        assert self._book is not None
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            self._push_dial_targets(time.time())
+            now = time.time()
+            for member in self._members.values():
+                if member.online:
+                    self._book.touch(member.peer_id, now)
+            self._push_dial_targets(now)
 
     def _gossiped(self, sends: list[Send]) -> None:
         """Send what a gossip call asked for, and publish the membership changes it made."""
