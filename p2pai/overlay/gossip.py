@@ -1,11 +1,12 @@
 """Membership whose cost per node stays bounded as the swarm grows (a pure state machine).
 
-Today's overlay (membership.py) sends every node's full announcement to every
-other node each second: N announcements in and out per node per second. Here:
+The overlay (overlay.py) runs it over libp2p. Sending every node's full
+announcement to every other node each second (the overlay's first protocol)
+costs N announcements in and out per node per second. Here:
 
 - Failure detection: each node sends a small heartbeat each second to its
   WATCHERS successors on the ring of member ids (in a swarm of up to
-  SMALL_SWARM nodes: to everyone, as today). A watcher that has heard nothing
+  SMALL_SWARM nodes: to everyone). A watcher that has heard nothing
   for HEARTBEAT_TIMEOUT pings the node once (SWIM's direct probe: the ring may
   look different from the other side) and, without an answer within
   PROBE_TIMEOUT, spreads a verdict that it is offline. Detection stays within
@@ -20,7 +21,7 @@ other node each second: N announcements in and out per node per second. Here:
   the size of the swarm (about every N x size x FANOUT / budget seconds):
   large swarms learn live figures less often, never at more bytes per node.
   In a small swarm (every member watches every other) a node sends its
-  announcements to everyone directly, within MIN_ANNOUNCE_GAP, as today.
+  announcements to everyone directly, within MIN_ANNOUNCE_GAP.
 - A joining node gets the current announcements once from the member it joins through.
 - A node announces again when its announcement is REFRESH_AFTER older than the gap, so that the
   announcements a joining node is handed are never too old to accept.
@@ -173,7 +174,7 @@ class GossipNode:
         return self.tick(now) if now - self._announced >= self.announce_gap() else []
 
     def small(self) -> bool:
-        """A swarm where every member watches every other: announcements go to everyone directly, as today."""
+        """A swarm where every member watches every other: announcements go to everyone directly."""
         return len(self._ring) <= self._small_swarm
 
     def announce_gap(self) -> float:
