@@ -50,7 +50,7 @@ from p2pai.overlay.announcement import MAX_CLOCK_SKEW, MAX_MESSAGE_BYTES, Announ
 
 WATCHERS = 6
 SMALL_SWARM = 16
-"""Up to this many nodes, every node watches every other and sends its announcements to all (as today)."""
+"""Up to this many nodes, every node watches every other and sends its announcements to all."""
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 0.5
