@@ -15,6 +15,7 @@ from typing import TypedDict
 from platformdirs import user_data_dir
 
 from .backends.llama.loading import FlashAttention
+from .overlay.gossip import SMALL_SWARM
 from .routing.placement import Policy
 from .serving.limits import Limits
 
@@ -57,6 +58,9 @@ class NodeSettings:
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: every interface."""
+    small_swarm: int = SMALL_SWARM
+    """Up to this many nodes, every node watches and dials every other (overlay/gossip.py); lowered only to test
+    the large-swarm protocol with a few nodes."""
     routing: Policy = Policy.LEAST_LOADED
     flash_attention: FlashAttention = "auto"
     """llama.cpp flash attention for models whose config sets none: auto, on or off."""
@@ -235,6 +239,11 @@ def add_swarm_arguments(parser: argparse.ArgumentParser,
                         help="no LAN discovery; join through --bootstrap only (P2PAI_NO_MDNS=1)")
     parser.add_argument("--mdns-interface", action="append", default=env_list("MDNS_INTERFACE"), metavar="IP",
                         help="run LAN discovery on this interface only (repeatable; P2PAI_MDNS_INTERFACE)")
+    parser.add_argument("--small-swarm", type=positive_int, default=env_default("SMALL_SWARM", str(SMALL_SWARM)),
+                        metavar="N",
+                        help=f"advanced, for testing: up to N nodes every node heartbeats and dials every other; "
+                             f"larger swarms watch a ring and gossip. Every node of a swarm needs the same value "
+                             f"(default {SMALL_SWARM}; P2PAI_SMALL_SWARM)")
 
 
 class SwarmFields(TypedDict):
@@ -247,6 +256,7 @@ class SwarmFields(TypedDict):
     bootstrap: tuple[str, ...]
     mdns: bool
     mdns_interfaces: tuple[str, ...]
+    small_swarm: int
 
 
 def swarm_fields(args: argparse.Namespace) -> SwarmFields:
@@ -260,6 +270,7 @@ def swarm_fields(args: argparse.Namespace) -> SwarmFields:
         "bootstrap": tuple(args.bootstrap),
         "mdns": args.mdns,
         "mdns_interfaces": tuple(args.mdns_interface),
+        "small_swarm": int(args.small_swarm),
     }
 
 

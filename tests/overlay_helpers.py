@@ -36,10 +36,11 @@ class Node:
         port: int | None = None,
         bootstrap: list[str] = (),
         mdns: bool = False,
+        small_swarm: int | None = None,
     ) -> None:
         self.data_dir, self.seed, self.name = data_dir, seed, name
         self.port = port or free_port()
-        self.bootstrap, self.mdns = list(bootstrap), mdns
+        self.bootstrap, self.mdns, self.small_swarm = list(bootstrap), mdns, small_swarm
         self.lines: list[Line] = []
         self._changed = threading.Condition()
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,6 +57,8 @@ class Node:
         for addr in self.bootstrap:
             args += ["--bootstrap", addr]
         args += ["--mdns-interface", "127.0.0.1"] if self.mdns else ["--no-mdns"]
+        if self.small_swarm is not None:
+            args += ["--small-swarm", str(self.small_swarm)]
         self.lines = []
         self.started_at = time.time()
         with open(self.stderr_path, "ab") as stderr:

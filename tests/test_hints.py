@@ -1,4 +1,4 @@
-"""mDNS answers (and other members' lists of peers) are hints, not members: bounded in number and
+"""mDNS answers are hints, not members: bounded in number and
 in the dials they cause, forgotten unless the peer's own announcement follows, never displacing
 an authenticated peer."""
 
@@ -116,3 +116,12 @@ async def test_forged_mdns_answers_from_a_non_member_make_no_member_and_few_dial
         await forger.async_close()
         await member.stop()
         await victim.stop()
+
+
+def test_a_member_still_online_stays_in_the_book_without_announcing_again() -> None:
+    book = AddressBook(peer(), ttl=10.0)
+    quiet = peer()
+    book.learn(quiet, addr(quiet), now=0.0)
+    book.touch(quiet, now=8.0)  # seen online, no new announcement (a large swarm's gap is minutes)
+    assert quiet in book.targets(now=15.0)
+    assert book.targets(now=19.0) == {}

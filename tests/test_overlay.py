@@ -28,7 +28,8 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.membership import HEARTBEAT_TIMEOUT, MEMBER_TTL, Membership
+from p2pai.overlay.gossip import RUMOUR
+from p2pai.overlay.host import MEMBERSHIP_PROTOCOL
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
 
 DETECTION_LIMIT = 3.0  # a dead or frozen peer must be offline on the others within this
@@ -115,7 +116,6 @@ def announcement(identity: Identity, seq: int = 1, **changes) -> Announcement:
         seq=seq,
         timestamp=time.time(),
         payload={"models": ["gemma"]},
-        peers={},
     )
     return Announcement(**{**fields, **changes})
 
@@ -136,7 +136,7 @@ def reason(message: bytes, now: float | None = None) -> str:
 
 def test_a_sealed_announcement_opens_to_the_same_announcement() -> None:
     alice = Identity.generate()
-    sent = announcement(alice, peers={Identity.generate().peer_id: ["/ip4/127.0.0.1/tcp/5"]})
+    sent = announcement(alice)
     assert open_sealed(seal(sent, alice, SEAL_KEY, NET), SEAL_KEY, NET, time.time()) == sent
 
 
@@ -211,43 +211,6 @@ def test_oversized_announcements_are_refused_both_ways() -> None:
     assert reason(b"x" * (MAX_MESSAGE_BYTES + 1)) == "oversized"
     with pytest.raises(ValueError):
         seal(announcement(alice, payload={"blob": "x" * MAX_MESSAGE_BYTES}), alice, SEAL_KEY, NET)
-
-
-# ---------------------------------------------------------------- membership
-
-
-def test_replayed_and_relayed_announcements_are_dropped() -> None:
-    alice = Identity.generate()
-    table = Membership()
-    now = time.time()
-    first = open_sealed(seal(announcement(alice, seq=5), alice, SEAL_KEY, NET), SEAL_KEY, NET, now)
-    assert [e.kind for e in table.accept(alice.peer_id, first, now)] == ["online"]
-    for seq in (5, 4):  # the same message again, or an older one
-        old = open_sealed(seal(announcement(alice, seq=seq), alice, SEAL_KEY, NET), SEAL_KEY, NET, now)
-        with pytest.raises(Rejected, match="replay"):
-            table.accept(alice.peer_id, old, now)
-    newer = announcement(alice, seq=6, payload={"models": []})
-    with pytest.raises(Rejected, match="wrong_sender"):
-        table.accept(Identity.generate().peer_id, newer, now)
-    assert [e.kind for e in table.accept(alice.peer_id, newer, now)] == ["updated"]
-    assert table.members()[0].payload == {"models": []}
-
-
-def test_liveness_is_judged_by_the_receivers_clock() -> None:
-    alice, bob = Identity.generate(), Identity.generate()
-    table = Membership(max_peers=1)
-    now = 1000.0
-    table.accept(alice.peer_id, announcement(alice, timestamp=0.0), now)  # its clock is irrelevant
-    assert table.sweep(now + HEARTBEAT_TIMEOUT) == []
-    assert [(e.kind, e.member.online) for e in table.sweep(now + HEARTBEAT_TIMEOUT + 0.1)] == [("offline", False)]
-    table.accept(alice.peer_id, announcement(alice, seq=2), now + 10)
-    assert [e.kind for e in table.set_connected(frozenset(), now + 10)] == ["offline"]
-    # The table is full, but an offline member makes room for a new one.
-    assert [e.kind for e in table.accept(bob.peer_id, announcement(bob), now + 11)] == ["removed", "online"]
-    with pytest.raises(Rejected, match="too_many_peers"):
-        table.accept(alice.peer_id, announcement(alice, seq=3), now + 11)
-    assert [e.kind for e in table.sweep(now + 11 + MEMBER_TTL + 1)] == ["offline", "removed"]
-    assert table.members() == []
 
 
 # ---------------------------------------------------------------- real nodes
@@ -328,7 +291,8 @@ def test_a_flooding_peer_is_rate_limited_and_oversized_frames_end_its_stream(nod
     frames = 500
 
     async def flood(stream) -> None:
-        await stream.write(b"".join(len(f).to_bytes(4, "big") + f for f in [os.urandom(100)] * frames))
+        forged = bytes([RUMOUR]) + os.urandom(99)  # an announcement to relay, undecryptable
+        await stream.write(b"".join(len(f).to_bytes(4, "big") + f for f in [forged] * frames))
         await stream.write((MAX_MESSAGE_BYTES + 1).to_bytes(4, "big"))
         await trio.sleep(0.5)
 
@@ -374,7 +338,7 @@ def run_bare_host(addr: str, psk_hex: str, *, plaintext: bool, then=None) -> boo
             with trio.move_on_after(8):
                 try:
                     await host.connect(target)
-                    stream = await host.new_stream(target.peer_id, ["/p2pai/announce/1.0.0"])
+                    stream = await host.new_stream(target.peer_id, [MEMBERSHIP_PROTOCOL])
                 except Exception:  # noqa: BLE001 - any refusal by the node, whatever libp2p raises
                     return False
                 if then is not None:
@@ -447,3 +411,30 @@ async def test_overlay_facade_announces_payload_changes_and_stops_quickly(tmp_pa
         assert time.monotonic() - changed < 0.5  # promptly, not at the next heartbeat
         with pytest.raises(ValueError):
             a.set_payload({"blob": "x" * MAX_MESSAGE_BYTES})
+
+
+# ---------------------------------------------------------------- the large-swarm protocol, with a few nodes
+
+LARGE = 8  # more than WATCHERS + 1: one member does not watch the victim and learns of it by a verdict
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
+def test_with_a_lowered_threshold_nodes_join_through_one_and_see_a_dead_or_frozen_one_offline(
+        nodes, signum: int) -> None:
+    """--small-swarm 2: ring heartbeats, relayed announcements and verdicts instead of a full mesh."""
+    first = nodes("n0", small_swarm=2)
+    everyone = [first, *(nodes(f"n{i}", bootstrap=[first.addr], small_swarm=2) for i in range(1, LARGE))]
+    ids = {node.peer_id: node for node in everyone}
+    for node in everyone:
+        line = node.wait_for(sees_online(*(ids.keys() - {node.peer_id})), 10.0, "every member")
+        assert line["stats"]["small_swarm"] is False
+    victim = everyone[-1]
+    struck = victim.signal(signum)
+    for node in everyone[:-1]:
+        line = node.wait_for(sees_offline(victim.peer_id), DETECTION_LIMIT + 2, "the victim offline", since=struck)
+        print_timing(f"{signal.Signals(signum).name}: offline on {node.name}", line["t"] - struck)
+        assert line["t"] - struck < DETECTION_LIMIT
+    if signum == signal.SIGSTOP:
+        resumed = victim.signal(signal.SIGCONT)
+        for node in everyone[:-1]:
+            node.wait_for(sees_online(victim.peer_id), 5.0, "the victim online again", since=resumed)

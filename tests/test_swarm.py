@@ -107,3 +107,25 @@ def test_a_dead_or_frozen_node_goes_offline_and_comes_back(start_node, tiny_path
     else:
         b.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: b_id in online_peers(a), 5.0)
+
+
+def test_with_a_lowered_threshold_requests_route_to_a_peers_model(start_node, models_dir: Path, token: str) -> None:
+    """--small-swarm 2: three nodes run the large-swarm protocol (ring heartbeats, relayed announcements).
+    C joins through A and learns of B, and of B's model, from them; its requests reach B."""
+    lowered = ("--token", token, "--small-swarm", "2", "--threads", "1")
+    a = start_node(*lowered, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a")
+    seed = ("--bootstrap", a.bootstrap_addr())
+    b = start_node(*lowered, *seed, "--model", str(models_dir / "tiny.gguf"), name="b", ready=False)
+    c = start_node(*lowered, *seed, "--no-default-model", "--models-dir", str(models_dir / "none"), name="c",
+                   ready=False)
+    b.wait_ready()
+    c.wait_ready()
+    ids = {node.peer_id() for node in (a, b, c)}
+    for node in (a, b, c):
+        wait_for(lambda node=node: set(online_peers(node)) == ids - {node.peer_id()}, 10.0)
+        assert node.swarm()["self"]["stats"]["small_swarm"] is False
+    wait_for(lambda: online_peers(c)[b.peer_id()]["models"] == ["tiny"], 10.0)
+    answer = httpx.post(c.url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-P2PAI-Served-By"] == b.peer_id()
+    assert answer.json()["usage"]["completion_tokens"] == 4

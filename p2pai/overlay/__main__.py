@@ -2,7 +2,7 @@
 multi-process tests.
 
     python -m p2pai.overlay --data-dir D --psk-seed S [--listen MA] [--bootstrap MA]
-        [--no-mdns] [--mdns-interface IP] [--name N]
+        [--no-mdns] [--mdns-interface IP] [--name N] [--small-swarm N]
 
 Keys are derived from --psk-seed, which is for testing only: real nodes use a
 swarm token. A line is printed at start, on every membership change and every
@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from p2pai import __version__
+from p2pai.overlay.gossip import SMALL_SWARM
 from p2pai.overlay.overlay import Overlay, OverlayConfig
 from p2pai.token import FORMAT_VERSION, NetworkKeys, SwarmToken, derive_keys
 
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mdns-interface", action="append", help="restrict mDNS to this interface IP (repeatable)")
     parser.add_argument("--name", default="overlay-runner")
     parser.add_argument("--role", action="append", default=[], dest="roles")
+    parser.add_argument("--small-swarm", type=int, default=SMALL_SWARM, metavar="N",
+                        help=f"up to N nodes every node watches every other (default {SMALL_SWARM}); "
+                             "lower it to test the large-swarm protocol with a few nodes")
     return parser.parse_args(argv)
 
 
@@ -65,6 +69,7 @@ async def run(args: argparse.Namespace) -> None:
         bootstrap=args.bootstrap,
         mdns=args.mdns,
         mdns_interfaces=args.mdns_interface,
+        small_swarm=args.small_swarm,
     )
     if args.listen:
         config.listen = args.listen

@@ -3,9 +3,9 @@
 Wire format: nonce (12) | ChaCha20Poly1305(seal_key) of
 public key (32) | Ed25519 signature (64) | JSON body.
 The seal keeps announcements private to holders of the swarm token; the
-signature binds them to the sender's peer id, so one member cannot speak for
-another. Replay (sequence numbers) is judged by the membership table, which
-knows what it has already seen.
+signature binds them to their author's peer id, so one member cannot speak for
+another, nor change an announcement it relays. Replay (sequence numbers) is
+judged by the gossip node (gossip.py), which knows what it has already seen.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -27,7 +27,6 @@ MAX_CLOCK_SKEW = 30.0  # seconds an announcement's timestamp may differ from our
 MAX_ROLES = 16
 MAX_ADDRS = 8
 MAX_ADDR_CHARS = 128
-MAX_HINTED_PEERS = 24
 MAX_TEXT_CHARS = 256
 _CONTEXT = b"p2pai/announce/1\x00"
 _NONCE_BYTES = 12
@@ -53,9 +52,6 @@ class Announcement:
     seq: int
     timestamp: float
     payload: dict[str, Any]
-    # Addresses of other online members the sender knows: how a bootstrap
-    # chain becomes a full mesh.
-    peers: dict[str, list[str]] = field(default_factory=dict)
 
 
 def seal(announcement: Announcement, identity: Identity, seal_key: bytes, discriminator: str) -> bytes:
@@ -112,7 +108,6 @@ def _to_json(a: Announcement) -> dict[str, Any]:
         "seq": a.seq,
         "ts": a.timestamp,
         "payload": a.payload,
-        "peers": a.peers,
     }
 
 
@@ -120,15 +115,13 @@ def _from_json(obj: Any) -> Announcement:
     """Build an Announcement from untrusted JSON, enforcing types and size caps."""
     if not isinstance(obj, dict):
         raise TypeError("announcement is not an object")
-    seq, timestamp, payload, peers = obj["seq"], obj["ts"], obj["payload"], obj["peers"]
+    seq, timestamp, payload = obj["seq"], obj["ts"], obj["payload"]
     if type(seq) is not int or seq < 0:
         raise TypeError("seq")
     if type(timestamp) not in (int, float) or not math.isfinite(timestamp):
         raise TypeError("ts")  # json.loads accepts NaN, which no skew check rejects
     if not isinstance(payload, dict):
         raise TypeError("payload")
-    if not isinstance(peers, dict) or len(peers) > MAX_HINTED_PEERS:
-        raise TypeError("peers")
     return Announcement(
         peer_id=_text(obj["id"]),
         name=_text(obj["name"]),
@@ -138,7 +131,6 @@ def _from_json(obj: Any) -> Announcement:
         seq=seq,
         timestamp=float(timestamp),
         payload=payload,
-        peers={_text(k): _texts(v, MAX_ADDRS, MAX_ADDR_CHARS) for k, v in peers.items()},
     )
 
 

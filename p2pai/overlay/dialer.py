@@ -3,7 +3,7 @@
 New peers are dialed at once, lost ones redialed with capped exponential
 backoff: a restarted peer comes back within seconds while a dead one costs
 one failed dial every few seconds until the overlay forgets it. A peer only
-hinted at (mDNS, another member) is dialed once: if that fails, it is not
+hinted at (an mDNS answer) is dialed once: if that fails, it is not
 dialed again while it stays a hint.
 """
 

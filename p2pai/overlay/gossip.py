@@ -1,11 +1,12 @@
 """Membership whose cost per node stays bounded as the swarm grows (a pure state machine).
 
-Today's overlay (membership.py) sends every node's full announcement to every
-other node each second: N announcements in and out per node per second. Here:
+The overlay (overlay.py) runs it over libp2p. Sending every node's full
+announcement to every other node each second (the overlay's first protocol)
+costs N announcements in and out per node per second. Here:
 
 - Failure detection: each node sends a small heartbeat each second to its
   WATCHERS successors on the ring of member ids (in a swarm of up to
-  SMALL_SWARM nodes: to everyone, as today). A watcher that has heard nothing
+  SMALL_SWARM nodes: to everyone). A watcher that has heard nothing
   for HEARTBEAT_TIMEOUT pings the node once (SWIM's direct probe: the ring may
   look different from the other side) and, without an answer within
   PROBE_TIMEOUT, spreads a verdict that it is offline. Detection stays within
@@ -20,8 +21,11 @@ other node each second: N announcements in and out per node per second. Here:
   the size of the swarm (about every N x size x FANOUT / budget seconds):
   large swarms learn live figures less often, never at more bytes per node.
   In a small swarm (every member watches every other) a node sends its
-  announcements to everyone directly, within MIN_ANNOUNCE_GAP, as today.
+  announcements to everyone directly, within MIN_ANNOUNCE_GAP.
 - A joining node gets the current announcements once from the member it joins through.
+- A node announces again when its announcement is REFRESH_AFTER older than the gap, so that the
+  announcements a joining node is handed are never too old to accept.
+- At most ``max_members`` members are kept: an offline one makes room, else a newcomer is refused.
 
 The transport is the caller's: `tick` and `receive` return (peer, message)
 pairs to send, so the same code runs over libp2p or the in-memory network of
@@ -36,7 +40,7 @@ import hashlib
 import math
 import random
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +50,7 @@ from p2pai.overlay.announcement import MAX_CLOCK_SKEW, MAX_MESSAGE_BYTES, Announ
 
 WATCHERS = 6
 SMALL_SWARM = 16
-"""Up to this many nodes, every node watches every other and sends its announcements to all (as today)."""
+"""Up to this many nodes, every node watches every other and sends its announcements to all."""
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 0.5
@@ -57,8 +61,11 @@ RUMOUR_BUDGET = 6 * 1024
 """Bytes per second of rumours about payload changes a node may cause swarm-wide, divided by N."""
 MIN_ANNOUNCE_GAP = 0.1
 MEMBER_TTL = 300.0
+MAX_MEMBERS = 4096
+REFRESH_AFTER = MAX_CLOCK_SKEW / 2
+"""An announcement older than announce_gap() + this is sealed again (nothing else may have changed)."""
 
-HEARTBEAT, PING, ACK, RUMOUR, VERDICT, DIGEST, WANT, JOIN, STATE = b"hpkavdwjs"
+HEARTBEAT, PING, ACK, RUMOUR, VERDICT, DIGEST, WANT, JOIN, STATE = _KINDS = b"hpkavdwjs"
 _SEQ = struct.Struct(">Q")
 _KEY = struct.Struct(">8sQ")  # a rumour in a digest: the first 8 bytes of its peer id's hash, and its seq
 
@@ -71,6 +78,8 @@ class Peer:
     sealed: bytes
     heard: float
     """Last heartbeat, ack or announcement of its own (this node's clock)."""
+    arrived: float
+    """When its current announcement arrived (this node's clock)."""
     online: bool = True
     since: float = 0.0
     """When it went offline."""
@@ -88,7 +97,10 @@ class Counters:
     received_messages: int = 0
     received_bytes: int = 0
     verified: int = 0
-    rejected: int = 0
+    accepted: int = 0
+    """Announcements newer than what this node had."""
+    rejected: Counter[str] = field(default_factory=Counter)
+    """Announcements and messages dropped, by reason."""
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -98,16 +110,30 @@ class Keys:
     discriminator: str
 
 
+@dataclass(frozen=True)
+class About:
+    """What a node says of itself besides its payload."""
+
+    name: str
+    version: str = "gossip"
+    roles: tuple[str, ...] = ()
+    addrs: tuple[str, ...] = ()
+
+
 class GossipNode:
-    def __init__(self, identity: Identity, keys: Keys, name: str, payload: dict[str, Any], now: float,
+    def __init__(self, identity: Identity, keys: Keys, about: About | str, payload: dict[str, Any], now: float,
                  rng: random.Random | None = None,
-                 opener: Callable[[bytes, float, float], Announcement] | None = None) -> None:
-        """``opener(sealed, now, max_age)`` checks a sealed announcement (default: announcement.open_sealed
-        with ``keys``)."""
+                 opener: Callable[[bytes, float, float], Announcement] | None = None,
+                 small_swarm: int = SMALL_SWARM, max_members: int = MAX_MEMBERS) -> None:
+        """``about``: a name alone is enough for a simulation. ``opener(sealed, now, max_age)`` checks a
+        sealed announcement (default: announcement.open_sealed with ``keys``). ``small_swarm``: up to this
+        many nodes, every node watches every other (lowered only to test the large-swarm protocol)."""
         self.identity = identity
         self.id = identity.peer_id
         self._keys = keys
-        self._name = name
+        self._about = About(about) if isinstance(about, str) else about
+        self._small_swarm = small_swarm
+        self._max_members = max_members
         self._rng = rng or random.Random()
         self._open = opener or (lambda sealed, at, max_age: open_sealed(sealed, keys.seal_key, keys.discriminator,
                                                                          at, max_age))
@@ -148,8 +174,8 @@ class GossipNode:
         return self.tick(now) if now - self._announced >= self.announce_gap() else []
 
     def small(self) -> bool:
-        """A swarm where every member watches every other: announcements go to everyone directly, as today."""
-        return len(self._ring) <= SMALL_SWARM
+        """A swarm where every member watches every other: announcements go to everyone directly."""
+        return len(self._ring) <= self._small_swarm
 
     def announce_gap(self) -> float:
         """Seconds between payload announcements at this swarm size."""
@@ -160,6 +186,8 @@ class GossipNode:
     def tick(self, now: float) -> list[Send]:
         """Call at least every 0.25 s: heartbeats, probes, verdicts, digests, pending announcements."""
         sends: list[Send] = []
+        if now - self._announced >= self.announce_gap() + REFRESH_AFTER:
+            self._pending_payload = True
         if self._pending_payload and now - self._announced >= self.announce_gap():
             self._pending_payload = False
             sends += self._announce(now)
@@ -186,7 +214,8 @@ class GossipNode:
         """A message ``sender`` (authenticated by the transport) sent this node."""
         self.counters.received_messages += 1
         self.counters.received_bytes += len(message)
-        if not message:
+        if not message or message[0] not in _KINDS:
+            self.counters.rejected["unknown_message"] += 1
             return []
         kind, body = message[0], message[1:]
         known = self.peers.get(sender)
@@ -229,7 +258,9 @@ class GossipNode:
 
     def _seal(self, now: float) -> bytes:
         self._seq += 1
-        announcement = Announcement(self.id, self._name, "gossip", [], [], self._seq, now, self._payload)
+        about = self._about
+        announcement = Announcement(self.id, about.name, about.version, list(about.roles), list(about.addrs),
+                                    self._seq, now, self._payload)
         return seal(announcement, self.identity, self._keys.seal_key, self._keys.discriminator)
 
     def stagger(self, offset: float) -> None:
@@ -260,8 +291,8 @@ class GossipNode:
             # A member announces at most every announce_gap(): an announcement relayed (or handed to a
             # joining node) may be that old. Replays are refused by sequence number below.
             announcement = self._open(sealed, now, 2 * self.announce_gap() + MAX_CLOCK_SKEW)
-        except Rejected:
-            self.counters.rejected += 1
+        except Rejected as rejected:
+            self.counters.rejected[rejected.reason] += 1
             return None
         self.counters.verified += 1
         peer_id = announcement.peer_id
@@ -270,14 +301,18 @@ class GossipNode:
         known = self.peers.get(peer_id)
         if known is not None and announcement.seq <= max(known.announcement.seq, known.judged):
             return None
+        if known is None and len(self.peers) >= self._max_members and not self._make_room():
+            self.counters.rejected["too_many_members"] += 1
+            return None
+        self.counters.accepted += 1
         key = _key(peer_id, announcement.seq)
         self._remember(key, now)
         self._current[key] = peer_id
         if known is None:
-            known = self.peers[peer_id] = Peer(announcement, sealed, now)
+            known = self.peers[peer_id] = Peer(announcement, sealed, now, now)
         else:
             self._current.pop(_key(peer_id, known.announcement.seq), None)
-            known.announcement, known.sealed = announcement, sealed
+            known.announcement, known.sealed, known.arrived = announcement, sealed, now
             known.heard = max(known.heard, now)
         if not known.online:
             known.online = True
@@ -350,28 +385,35 @@ class GossipNode:
             del self._ring[index]
             self._neighbours = None
 
+    def _make_room(self) -> bool:
+        """Forget the member offline the longest, if any is."""
+        if not self._offline:
+            return False
+        self._remove(min(self._offline, key=self._offline.__getitem__))
+        return True
+
     def _watchers_of(self, peer_id: str) -> list[str]:
         """The WATCHERS members after ``peer_id`` on the ring (everyone else in a small swarm)."""
         ring = self._ring
-        if len(ring) <= SMALL_SWARM:
+        if self.small():
             return [p for p in ring if p != peer_id]
         start = bisect.bisect_right(ring, peer_id)
-        return [ring[(start + i) % len(ring)] for i in range(WATCHERS)]
+        return [ring[(start + i) % len(ring)] for i in range(min(WATCHERS, len(ring) - 1))]
 
     def _watched(self) -> list[str]:
         """The members whose heartbeats this node checks: the WATCHERS before it on the ring."""
         ring = self._ring
-        if len(ring) <= SMALL_SWARM:
+        if self.small():
             return [p for p in ring if p != self.id]
         index = bisect.bisect_left(ring, self.id)
-        return [ring[(index - i) % len(ring)] for i in range(1, WATCHERS + 1)]
+        return [ring[(index - i) % len(ring)] for i in range(1, min(WATCHERS, len(ring) - 1) + 1)]
 
     def neighbours(self) -> list[str]:
         """The members this node talks to: its ring successors and predecessors, and one member at each
         power-of-two distance along the ring (as Chord's fingers): about 2 x WATCHERS + log2(N), so
         the connections a node keeps stay few while a rumour still crosses the ring in log2(N) hops."""
         ring = self._ring
-        if len(ring) <= SMALL_SWARM:
+        if self.small():
             return [p for p in ring if p != self.id]
         if self._neighbours is None:
             index = bisect.bisect_left(ring, self.id)

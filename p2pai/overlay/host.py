@@ -1,17 +1,18 @@
 """The libp2p side of the overlay; every object here lives in the trio thread.
 
 A TCP + yamux host that accepts Noise only (py-libp2p would otherwise also
-accept TLS, SECIO and PLAINTEXT) inside a PSK private network, and streams
-length-prefixed announcement frames to every connected peer over one
-long-lived stream each. Frames are opaque here: the overlay seals and checks
-them; this side only bounds their size and rate.
+accept TLS, SECIO and PLAINTEXT) inside a PSK private network, and sends
+length-prefixed membership messages (gossip.py) to connected peers over one
+long-lived stream each. Messages are opaque here: the overlay makes and checks
+them; this side only bounds their size and rate, and drops what is addressed
+to a peer it is not connected to (the protocol repeats what matters).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,12 +32,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ANNOUNCE_PROTOCOL = cast("TProtocol", "/p2pai/announce/1.0.0")  # a cast: libp2p is imported lazily
+MEMBERSHIP_PROTOCOL = cast("TProtocol", "/p2pai/membership/2.0.0")  # a cast: libp2p is imported lazily
 SEND_TIMEOUT = 2.0
 LINK_RETRY_DELAY = 1.0  # after a failed link, before the next stream to that peer
 POLL_INTERVAL = 0.1  # how often connections are checked; bounds detection of a closed one
-FRAMES_PER_SECOND = 20.0  # per peer; a healthy peer sends about 1, more on changes
+FRAMES_PER_SECOND = 20.0  # per peer; a healthy peer sends a few, more on changes
 FRAME_BURST = 40
+MAX_OUTBOX = 64  # messages waiting for one peer's stream; the oldest go first
 MAX_STREAMS_PER_PEER = 2
 _LENGTH_BYTES = 4
 
@@ -69,8 +71,9 @@ class OverlayHost:
         self._max_peers = max_peers
         self._on_frame = on_frame
         self._on_connections = on_connections
-        self._frame: bytes | None = None
-        self._frame_changed = trio.Event()
+        self._outboxes: dict[str, deque[bytes]] = {}
+        """Messages to send, per connected peer."""
+        self._queued: dict[str, trio.Event] = {}
         self._links: set[str] = set()
         self._streams: defaultdict[str, int] = defaultdict(int)
         self._buckets: dict[str, TokenBucket] = {}
@@ -81,7 +84,8 @@ class OverlayHost:
         self._nursery: trio.Nursery | None = None
         # Read by the overlay from the asyncio thread: keys never change, so
         # reading while the trio thread increments is safe.
-        self.drops = dict.fromkeys(("rate_limited", "overloaded", "oversized", "too_many_streams"), 0)
+        self.drops = dict.fromkeys(("rate_limited", "overloaded", "oversized", "too_many_streams",
+                                    "not_connected", "outbox_full"), 0)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then report (the addresses listened on, wildcards included; the advertised
@@ -90,7 +94,7 @@ class OverlayHost:
 
         host = self._new_host()
         async with host.run([Multiaddr(a) for a in self._listen]), trio.open_nursery() as nursery:
-            host.set_stream_handler(ANNOUNCE_PROTOCOL, self._receive)
+            host.set_stream_handler(MEMBERSHIP_PROTOCOL, self._receive)
             host.set_stream_handler(TUNNEL_PROTOCOL, self._tunnel.handle)
             self._host, self._nursery = host, nursery
             self._dialer = Dialer(host, self._bootstrap)
@@ -137,11 +141,17 @@ class OverlayHost:
         network.auto_connector.maybe_connect = _no_auto_dials  # type: ignore[method-assign]  # see above
         return host
 
-    def broadcast(self, frame: bytes) -> None:
-        """Make ``frame`` the current announcement and send it to every peer."""
-        self._frame = frame
-        self._frame_changed.set()
-        self._frame_changed = trio.Event()
+    def send(self, messages: list[tuple[str, bytes]]) -> None:
+        """Queue (peer id, message) pairs; those to a peer this node is not connected to are dropped."""
+        for peer, message in messages:
+            outbox = self._outboxes.get(peer)
+            if outbox is None:
+                self.drops["not_connected"] += 1
+                continue
+            if len(outbox) == outbox.maxlen:
+                self.drops["outbox_full"] += 1
+            outbox.append(message)
+            self._queued[peer].set()
 
     async def exchange(self, peer_id: str, request: bytes, deliver: Callable[[int, bytes], None]) -> None:
         """One tunnelled request to a connected peer (see tunnel.TunnelClient)."""
@@ -169,6 +179,11 @@ class OverlayHost:
                     nursery.start_soon(self._link, host, peer)
             connected = frozenset(peers)
             if connected != reported:
+                for gone in set(self._outboxes) - connected:
+                    del self._outboxes[gone]
+                    self._queued.pop(gone).set()  # its link ends
+                for new in connected - set(self._outboxes):
+                    self._outboxes[new], self._queued[new] = deque(maxlen=MAX_OUTBOX), trio.Event()
                 self._on_connections(connected)
                 reported = connected
                 for gone in set(self._buckets) - connected - set(self._streams):
@@ -176,25 +191,28 @@ class OverlayHost:
             await trio.sleep(POLL_INTERVAL)
 
     async def _link(self, host: IHost, peer: ID) -> None:
-        """Send the current frame, then every new one, over one stream to ``peer``."""
+        """Send the messages queued for ``peer``, as they come, over one stream."""
         stream: INetStream | None = None
+        key = str(peer)
         try:
             with trio.fail_after(SEND_TIMEOUT):
-                stream = await host.new_stream(peer, [ANNOUNCE_PROTOCOL])
-            sent: bytes | None = None
-            while True:
-                frame, changed = self._frame, self._frame_changed
-                if frame is not None and frame is not sent:
-                    with trio.fail_after(SEND_TIMEOUT):  # a frozen peer stops reading
-                        await stream.write(len(frame).to_bytes(_LENGTH_BYTES, "big") + frame)
-                    sent = frame
-                await changed.wait()
+                stream = await host.new_stream(peer, [MEMBERSHIP_PROTOCOL])
+            while (outbox := self._outboxes.get(key)) is not None:
+                if not outbox:
+                    self._queued[key] = queued = trio.Event()  # a trio.Event cannot be cleared
+                    await queued.wait()
+                    continue
+                frames = b"".join(len(m).to_bytes(_LENGTH_BYTES, "big") + m for m in outbox)
+                outbox.clear()
+                with trio.fail_after(SEND_TIMEOUT):  # a frozen peer stops reading
+                    await stream.write(frames)
+            await _reset(stream)
         except Exception as exc:  # noqa: BLE001 - a lost peer surfaces as many different exception types
-            log.debug("announce link to %s ended: %r", peer, exc)
+            log.debug("membership link to %s ended: %r", peer, exc)
             await _reset(stream)
             await trio.sleep(LINK_RETRY_DELAY)
         finally:
-            self._links.discard(str(peer))
+            self._links.discard(key)
 
     async def _receive(self, stream: INetStream) -> None:
         """Read frames from one peer's stream, dropping oversized and excess ones."""
@@ -221,7 +239,7 @@ class OverlayHost:
                 elif not self._on_frame(peer, frame, remote):
                     self.drops["overloaded"] += 1
         except Exception as exc:  # noqa: BLE001 - end of stream, reset or a dead peer
-            log.debug("announce stream from %s ended: %r", peer, exc)
+            log.debug("membership stream from %s ended: %r", peer, exc)
         finally:
             self._streams[peer] -= 1
             if not self._streams[peer]:

@@ -1,9 +1,14 @@
 """The overlay facade the node uses from asyncio: start, stop, announce a
 payload, list members.
 
-Policy lives here, on the asyncio side: what to announce, which frames to
-believe, who is alive and whom to dial. The trio thread (OverlayHost) only
-moves bytes and dials what it is told to.
+Policy lives here, on the asyncio side: the membership protocol (gossip.py:
+what to announce, which messages to believe, who is alive), and whom to dial.
+The trio thread (OverlayHost) only moves bytes and dials what it is told to.
+
+A member is shown online while the protocol judges it so and, for a member this
+node keeps a connection to (every member in a small swarm, its ring neighbours
+in a large one), while that connection is up: libp2p notices a killed peer in
+about 0.2 s, the protocol a frozen one within about 3 s.
 """
 
 from __future__ import annotations
@@ -12,10 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +27,9 @@ from typing import TYPE_CHECKING, Any
 from p2pai.identity import Identity
 from p2pai.metrics import ANNOUNCEMENTS_SENT, TUNNEL_BYTES, labelled
 from p2pai.overlay.addresses import parse_tcp
-from p2pai.overlay.announcement import (
-    MAX_ADDRS,
-    MAX_HINTED_PEERS,
-    MAX_PAYLOAD_BYTES,
-    Announcement,
-    Rejected,
-    open_sealed,
-    seal,
-)
-from p2pai.overlay.membership import MAX_HINT_ADDRS, MAX_PEERS, AddressBook, Member, MemberEvent, Membership
+from p2pai.overlay.announcement import MAX_ADDRS, MAX_PAYLOAD_BYTES
+from p2pai.overlay.gossip import SMALL_SWARM, About, GossipNode, Keys, Peer, Send
+from p2pai.overlay.membership import MAX_PEERS, AddressBook, Member, MemberEvent
 
 if TYPE_CHECKING:
     from p2pai.overlay.discovery import MdnsDiscovery
@@ -45,9 +41,8 @@ log = logging.getLogger(__name__)
 
 TunnelHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 
-ANNOUNCE_INTERVAL = 1.0  # announcements double as the heartbeat
-MIN_ANNOUNCE_GAP = 0.1  # coalesces bursts of changes
-SWEEP_INTERVAL = 0.25
+TICK_INTERVAL = 0.1  # gossip asks for 0.25 s at most; 0.1 keeps a frozen peer's detection well under 3 s
+SWEEP_INTERVAL = 0.25  # dial targets
 EVENT_QUEUE_SIZE = 1000
 MAX_QUEUED_FRAMES = 256  # frames handed to asyncio but not yet checked; more are dropped
 STOP_TIMEOUT = 1.0  # per stage (mDNS, trio thread): stop() stays under 3 s
@@ -64,6 +59,8 @@ class OverlayConfig:
     bootstrap: list[str] = field(default_factory=list)  # multiaddrs ending in /p2p/<peer id>
     mdns: bool = True
     mdns_interfaces: list[str] | None = None  # None = all interfaces
+    small_swarm: int = SMALL_SWARM
+    """Up to this many nodes every node watches and dials every other; lowered only to test the large-swarm protocol."""
 
 
 class Overlay:
@@ -74,19 +71,24 @@ class Overlay:
         self._bridge: TrioBridge | None = None
         self._host: OverlayHost | None = None
         self._discovery: MdnsDiscovery | None = None
-        self._membership = Membership()
+        self._gossip: GossipNode | None = None
+        self._members: dict[str, Member] = {}
+        self._events: list[tuple[str, Member]] = []
+        """Changes made by the current gossip call, published when it returns."""
+        self._remote: dict[str, str | None] = {}
+        """Peer id -> the IP its messages last came from over its own connection."""
+        self._connected: frozenset[str] = frozenset()
+        self._learned = False
+        """A member's addresses were learnt: dial targets to push."""
         self._book: AddressBook | None = None
         self._addrs: list[str] = []
         self._listening: list[str] = []
         self._payload: dict[str, Any] = {}
-        self._seq = 0
-        self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
         self._listeners: list[Callable[[MemberEvent], None]] = []
         self._pushed_targets: tuple[dict[str, list[str]], frozenset[str]] | None = None
         self._connections = 0
-        self._counts: Counter[str] = Counter()
         self._running = False  # trio callbacks may still arrive after stop()
         self._frame_slots = threading.BoundedSemaphore(MAX_QUEUED_FRAMES)
         self._tunnel_handler: TunnelHandler | None = None
@@ -102,8 +104,8 @@ class Overlay:
         from p2pai.overlay.tunnel import TunnelServer
 
         config = self.config
-        self._identity = Identity.load_or_create(config.data_dir)
-        self.peer_id = self._identity.peer_id
+        identity = self._identity = Identity.load_or_create(config.data_dir)
+        self.peer_id = identity.peer_id
         self._book = AddressBook(self.peer_id, now=time.time())
         bridge = self._bridge = TrioBridge()
         self._host = OverlayHost(
@@ -120,17 +122,18 @@ class Overlay:
         self._running = True
         try:
             self._listening, self._addrs = await bridge.start_task(self._host.serve)
-            # Microseconds since the epoch: stays above what peers saw before a restart.
-            self._seq = time.time_ns() // 1000
-            first = self._sealed_announcement()  # raises now if name or roles are too big
+            about = About(config.name, config.version, tuple(config.roles), tuple(self._addrs[:MAX_ADDRS]))
+            # Seals the first announcement: raises now if name or roles are too big. Its sequence
+            # numbers (microseconds since the epoch) stay above what peers saw before a restart.
+            self._gossip = GossipNode(identity, Keys(config.keys.seal_key, config.keys.discriminator), about,
+                                      self._payload, time.time(), small_swarm=config.small_swarm)
         except BaseException:
             self._running = False
             await bridge.stop(STOP_TIMEOUT)
             raise
-        bridge.call_soon(self._host.broadcast, first)
-        ANNOUNCEMENTS_SENT.inc()
+        self._gossip.listeners.append(self._on_member)
         self._tasks = [
-            asyncio.create_task(self._announce_forever(), name="overlay-announce"),
+            asyncio.create_task(self._tick_forever(), name="overlay-gossip"),
             asyncio.create_task(self._sweep_forever(), name="overlay-sweep"),
         ]
         for task in self._tasks:
@@ -170,15 +173,17 @@ class Overlay:
         copy = json.loads(text)
         if copy != self._payload:
             self._payload = copy
-            self._changed.set()
+            if self._gossip is not None:
+                self._gossiped(self._gossip.set_payload(copy, time.time()))
 
     def members(self) -> list[Member]:
         """Known peers (not this node): online ones and offline ones not yet pruned."""
-        return self._membership.members()
+        return [member.snapshot() for member in self._members.values()]
 
     def last_seen(self, peer_id: str) -> float | None:
-        """When the last announcement of ``peer_id`` arrived (None: not a member)."""
-        return self._membership.last_seen(peer_id)
+        """When the current announcement of ``peer_id`` arrived (None: not a member)."""
+        member = self._members.get(peer_id)
+        return member.last_seen if member is not None else None
 
     def listening(self) -> list[tuple[str, int]]:
         """The (IP, port) pairs libp2p listens on, wildcard IPs included."""
@@ -296,57 +301,87 @@ class Overlay:
                 bridge.call_soon(send.close)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for diagnostics: connections, accepted and dropped announcements, dials,
-        and the hints (mDNS answers, other members' lists) in the address book and dropped."""
+        """Counters for diagnostics: connections, accepted and dropped announcements and messages,
+        dials, and the hints (mDNS answers) in the address book and dropped."""
         host_drops = self._host.drops if self._host is not None else {}
+        counters = self._gossip.counters if self._gossip is not None else None
         return {
             "connections": self._connections,
-            "accepted": self._counts["accepted"],
-            "dropped": {**{k: v for k, v in self._counts.items() if k != "accepted"}, **host_drops},
+            "accepted": counters.accepted if counters is not None else 0,
+            "received": counters.received_messages if counters is not None else 0,
+            "sent": counters.sent_messages if counters is not None else 0,
+            "dropped": {**(counters.rejected if counters is not None else {}), **host_drops},
+            "small_swarm": self._gossip.small() if self._gossip is not None else True,
             "dials": self._host.dials if self._host is not None else 0,
             "hints": self._book.hints() if self._book is not None else 0,
             "hints_dropped": {**(self._book.dropped_hints if self._book is not None else {}),
                               **(self._discovery.dropped if self._discovery is not None else {})},
         }
 
-    def _sealed_announcement(self) -> bytes:
-        assert self._identity is not None
-        self._seq += 1
-        hints = self._membership.online_addrs()
-        if len(hints) > MAX_HINTED_PEERS:  # a random share each time still reaches everyone
-            hints = dict(random.sample(sorted(hints.items()), MAX_HINTED_PEERS))
-        announcement = Announcement(
-            peer_id=self.peer_id,
-            name=self.config.name,
-            version=self.config.version,
-            roles=list(self.config.roles),
-            addrs=self._addrs[:MAX_ADDRS],
-            seq=self._seq,
-            timestamp=time.time(),
-            payload=self._payload,
-            peers={peer: addrs[:MAX_HINT_ADDRS] for peer, addrs in hints.items()},
-        )
-        keys = self.config.keys
-        return seal(announcement, self._identity, keys.seal_key, keys.discriminator)
-
-    async def _announce_forever(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _tick_forever(self) -> None:
+        assert self._gossip is not None
         while True:
-            sent = loop.time()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), ANNOUNCE_INTERVAL)
-            await asyncio.sleep(max(0.0, sent + MIN_ANNOUNCE_GAP - loop.time()))
-            self._changed.clear()
-            assert self._bridge is not None and self._host is not None
-            self._bridge.call_soon(self._host.broadcast, self._sealed_announcement())
-            ANNOUNCEMENTS_SENT.inc()
+            await asyncio.sleep(TICK_INTERVAL)
+            self._gossiped(self._gossip.tick(time.time()))
 
     async def _sweep_forever(self) -> None:
+        assert self._book is not None
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.time()
-            self._publish(self._membership.sweep(now))
+            for member in self._members.values():
+                if member.online:
+                    self._book.touch(member.peer_id, now)
             self._push_dial_targets(now)
+
+    def _gossiped(self, sends: list[Send]) -> None:
+        """Send what a gossip call asked for, and publish the membership changes it made."""
+        if sends:
+            assert self._bridge is not None and self._host is not None
+            self._bridge.call_soon(self._host.send, sends)
+            ANNOUNCEMENTS_SENT.inc(len(sends))
+        near = frozenset(self._gossip.neighbours()) if self._gossip is not None else frozenset()
+        for member in self._members.values():
+            self._refresh(member, near)
+        if self._learned:
+            self._learned = False
+            self._push_dial_targets(time.time())
+        events, self._events = self._events, []
+        self._publish([MemberEvent(kind, member.snapshot()) for kind, member in events])
+
+    def _on_member(self, peer_id: str, peer: Peer | None) -> None:
+        """Called by the gossip node (inside a gossip call) when a member changes."""
+        member = self._members.get(peer_id)
+        if peer is None:
+            if member is not None:
+                del self._members[peer_id]
+                self._remote.pop(peer_id, None)
+                self._events.append(("removed", member))
+            return
+        a = peer.announcement
+        if member is None:
+            member = self._members[peer_id] = Member(peer_id, "", "", [], [], {}, peer.arrived, online=False,
+                                                     connected=peer_id in self._connected,
+                                                     remote=self._remote.get(peer_id))
+        elif member.last_seen == peer.arrived:
+            return  # its online state changed; _refresh tells
+        elif (member.name, member.version, member.roles, member.addrs, member.payload) != (
+                a.name, a.version, a.roles, a.addrs, a.payload):
+            self._events.append(("updated", member))
+        member.name, member.version, member.roles, member.addrs = a.name, a.version, a.roles, a.addrs
+        member.payload, member.last_seen = a.payload, peer.arrived
+        assert self._book is not None
+        self._book.learn(peer_id, a.addrs, time.time())  # signed by the member itself
+        self._learned = True
+
+    def _refresh(self, member: Member, near: frozenset[str]) -> None:
+        """Judge ``member`` online or not; ``near``: the gossip neighbours (this node dials them)."""
+        assert self._gossip is not None
+        peer = self._gossip.peers.get(member.peer_id)
+        online = peer is not None and peer.online and (member.connected or member.peer_id not in near)
+        if online != member.online:
+            member.online = online
+            self._events.append(("online" if online else "offline", member))
 
     def _hand_over_frame(self, sender: str, frame: bytes, remote: str | None) -> bool:
         """In the trio thread: queue a frame for checking, unless too many are queued."""
@@ -360,27 +395,31 @@ class Overlay:
         self._frame_slots.release()
         if not self._running:
             return
-        assert self._book is not None
-        now = time.time()
-        keys = self.config.keys
-        try:
-            announcement = open_sealed(frame, keys.seal_key, keys.discriminator, now)
-            events = self._membership.accept(sender, announcement, now, remote)
-        except Rejected as rejected:
-            self._counts[rejected.reason] += 1
-            return
-        self._counts["accepted"] += 1
-        self._book.learn(announcement.peer_id, announcement.addrs, now)
-        for peer_id, addrs in announcement.peers.items():
-            self._book.hint(peer_id, addrs, now)
-        self._push_dial_targets(now)
-        self._publish(events)
+        assert self._gossip is not None
+        if self._remote.get(sender) != remote:
+            self._remote[sender] = remote
+            if (member := self._members.get(sender)) is not None:
+                member.remote = remote  # where its announced endpoints may be (swarm/endpoints.py)
+                self._events.append(("updated", member))
+        self._gossiped(self._gossip.receive(sender, frame, time.time()))
 
     def _on_connections(self, peers: frozenset[str]) -> None:
         if not self._running:
             return
+        assert self._gossip is not None
         self._connections = len(peers)
-        self._publish(self._membership.set_connected(peers, time.time()))
+        new = peers - self._connected
+        self._connected = peers
+        for member in self._members.values():
+            member.connected = member.peer_id in peers
+        for gone in self._remote.keys() - peers - self._members.keys():
+            del self._remote[gone]
+        sends: list[Send] = []
+        for peer_id in new:  # a peer this node does not know online: introduce each to the other
+            known = self._gossip.peers.get(peer_id)
+            if known is None or not known.online:
+                sends += self._gossip.join(peer_id)
+        self._gossiped(sends)
 
     def _on_discovered(self, peer_id: str, addrs: list[str]) -> None:
         if not self._running:
@@ -391,15 +430,20 @@ class Overlay:
         self._push_dial_targets(now)
 
     def _push_dial_targets(self, now: float) -> None:
+        """Every member in a small swarm (offline ones too, until pruned: a restarted one comes
+        back); in a large one, its ring neighbours only. And the hints, once each."""
         assert self._book is not None and self._bridge is not None and self._host is not None
-        targets = self._book.targets(now), self._book.unconfirmed()
+        assert self._gossip is not None
+        everyone, hints = self._book.targets(now), self._book.unconfirmed()
+        if not self._gossip.small():
+            keep = hints | set(self._gossip.neighbours())
+            everyone = {peer_id: addrs for peer_id, addrs in everyone.items() if peer_id in keep}
+        targets = everyone, hints
         if targets != self._pushed_targets:
             self._bridge.call_soon(self._host.set_dial_targets, *targets)
             self._pushed_targets = targets
 
     def _publish(self, events: list[MemberEvent]) -> None:
-        if any(event.kind != "updated" for event in events):
-            self._changed.set()  # tell the others promptly whom we now see online
         for event in events:
             for listener in self._listeners:
                 listener(event)

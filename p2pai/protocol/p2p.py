@@ -39,7 +39,7 @@ class OverlayStats(BaseModel):
     """Announcements dropped, by reason."""
     dials: int
     hints: int
-    """Addresses learnt from mDNS answers and other members' lists, in the address book."""
+    """Addresses learnt from mDNS answers, in the address book (until the peer's own announcement confirms one)."""
     hints_dropped: dict[str, int]
     rejected: dict[str, int]
     """Announced payloads (or parts) refused as malformed, by reason."""

@@ -57,5 +57,6 @@ def build_overlay(settings: NodeSettings, keys: NetworkKeys, roles: list[str]) -
             bootstrap=list(settings.bootstrap),
             mdns=settings.mdns,
             mdns_interfaces=list(settings.mdns_interfaces) or None,
+            small_swarm=settings.small_swarm,
         )
     )

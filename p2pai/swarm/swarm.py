@@ -35,7 +35,7 @@ class Swarm:
         self._payload = payload
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._parsed: dict[str, tuple[float, tuple[NodePayload, WorkerOffer | None]]] = {}
+        self._parsed: dict[str, tuple[tuple[float, str | None], tuple[NodePayload, WorkerOffer | None]]] = {}
         self._self_parsed: tuple[dict[str, Any], tuple[NodePayload, WorkerOffer | None]] | None = None
         self._own = OwnAddresses()
         self.rejected: Counter[str] = Counter()
@@ -143,11 +143,13 @@ class Swarm:
         return self.overlay.last_seen(peer_id)
 
     def _parsed_payload(self, member: Member) -> tuple[NodePayload, WorkerOffer | None]:
-        """Parsed and vetted once per announcement: routing reads the swarm on every request."""
+        """Parsed and vetted once per announcement (and where it connects from): routing reads the swarm
+        on every request."""
         cached = self._parsed.get(member.peer_id)
-        if cached is None or cached[0] != member.last_seen:
+        stamp = (member.last_seen, member.remote)
+        if cached is None or cached[0] != stamp:
             parsed = vetted(parse_payload(member.payload, self.rejected), member.remote, self._own, self.rejected)
-            cached = self._parsed[member.peer_id] = (member.last_seen, parsed)
+            cached = self._parsed[member.peer_id] = (stamp, parsed)
         return cached[1]
 
     def workers(self) -> list[WorkerInfo]:
