@@ -23,6 +23,7 @@ from .app import MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .localai import localai_routes
 from .observe import observer
+from .peer_figures import peer_figures_routes
 from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .responses import responses_routes
@@ -85,6 +86,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     app.add_routes(responses_routes)
     app.add_routes(localai_routes)
     app.add_routes(peer_file_routes)
+    app.add_routes(peer_figures_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app
 
