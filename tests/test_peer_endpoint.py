@@ -20,6 +20,7 @@ from p2pai.api.peer_site import PeerSite, RefusalLog
 from p2pai.api.state import NodeState
 from p2pai.identity import Identity
 from p2pai.models.catalog import build_catalog
+from p2pai.protocol.figures import ModelFigures
 from p2pai.routing.peer_auth import SIGNED_HEADERS, TIMESTAMP, sign
 from p2pai.routing.peer_http import PeerClient, Unreachable, WrongPeer
 from p2pai.routing.peer_tls import PeerTLS
@@ -114,6 +115,20 @@ async def test_a_member_request_is_served_and_every_altered_one_refused(endpoint
         for case, pending in cases.items():
             response = await pending  # type: ignore[misc]
             assert refused(response), (case, response.status_code, response.text)
+
+
+async def test_a_member_may_ask_for_the_current_figures_of_a_model(endpoint: Endpoint) -> None:
+    """What an entry node of a large swarm asks before sending (routing/probe.py): typed, for members only."""
+    async with endpoint.client() as client:
+        path = "/p2p/figures?model=tiny"
+        answer = await client.get(path, headers=endpoint.signed("GET", path))
+        assert answer.status_code == 200
+        figures = ModelFigures.model_validate_json(answer.content)
+        assert (figures.name, figures.loaded, figures.in_flight, figures.fits) == ("tiny", False, 0, True)
+        unknown = "/p2p/figures?model=nope"
+        missing = await client.get(unknown, headers=endpoint.signed("GET", unknown))
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "model_not_found")
+        assert (await client.get(path)).status_code == 401
 
 
 @pytest.mark.parametrize("garbage", [b"", b"nan", b"\xff\xfe\xc3", b"x" * 4000, b"1 2", b"%00", b"\xef\xbc\x91"])
