@@ -58,10 +58,6 @@ def test_the_entry_asks_candidates_and_a_frozen_one_costs_at_most_the_probe_time
         raw = api.completions.with_raw_response.create(model="x", prompt="the people of", max_tokens=4)
         return names[raw.headers["X-P2PAI-Served-By"]]
 
-    # Everyone answers: the entry asked (and one idle answer was enough).
-    ask()
-    assert probes(a, "answered") >= 1
-
     # B busy with its one slot, C frozen (still online in A's view for seconds: heartbeats time out
     # after 2 s). No answer can start the request at once, so the round waits for C until the
     # timeout; then B, whose figures are current, goes before C, whose figures are not.
@@ -91,4 +87,5 @@ def test_the_entry_asks_candidates_and_a_frozen_one_costs_at_most_the_probe_time
             assert [hop["name"] for hop in last_trace(a)["hops"]] == ["b"]
     finally:
         c.proc.send_signal(signal.SIGCONT)
-    assert probes(a, "abandoned") >= 2  # C's answers, not waited for beyond the timeout or B's answer
+    assert probes(a, "answered") >= 5  # B's
+    assert probes(a, "abandoned") >= 5  # C's, not waited for beyond the timeout or once B's answer was enough
