@@ -21,8 +21,8 @@ that answered are ranked first (`rank_probed`). bench/simulate_swarm.py
 measured the choice (bench/README.md, "Swarm at scale"): asking the four best
 by their stale figures was 1.3 and 5 times an oracle's mean time to first token
 at 100 and 1,000 nodes; sampling the nodes said to have the model loaded at
-random, in up to two rounds of four of them and the two that would load the model soonest, comes
-within 0.87-1.35 times the oracle's (seeds 1-8 at 100 nodes, 1-3 at 1,000).
+random, in up to two rounds of four of them and the two that would load the model soonest, is
+0.85-1.13 times the oracle's at 100 nodes (eight seeds) and 1.15-1.40 at 1,000 (three seeds).
 """
 
 from __future__ import annotations
