@@ -43,15 +43,25 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pai.identity import Identity
 from p2pai.overlay.announcement import MAX_CLOCK_SKEW, Announcement, Rejected, open_sealed
-from p2pai.overlay.gossip import GossipNode, Keys, Peer
-from p2pai.routing.placement import Candidate, Policy, load_wait, rank, time_to_first_token
+from p2pai.overlay.gossip import SMALL_SWARM, GossipNode, Keys, Peer
+from p2pai.routing.placement import (
+    PROBE_ROUNDS,
+    PROBES_PER_ROUND,
+    Candidate,
+    Policy,
+    load_wait,
+    rank,
+    rank_probed,
+    settled,
+    to_probe,
+)
 from p2pai.swarm.payload import Capacity, DataEndpoint, Memory, ModelOffer, NodePayload
 from p2pai.swarm.swarm import PUBLISH_INTERVAL
 
@@ -316,16 +326,20 @@ class RoutingResult:
     queue_mean: float
     queue_p95: float
     queue_max: int
+    probes: float
+    """Candidates asked for their figures, per request."""
 
 
 MODES = ("oracle", "mesh", "gossip", "probe")
-"""oracle: exact figures of every node; mesh: the router's view (announced figures, its own requests
-and the loads they triggered) with today's full mesh, where figures are at most PUBLISH_INTERVAL old;
-gossip: the same view with figures as old as GossipNode.announce_gap() makes them at that size;
-probe: the gossip view picks PROBED nodes (the best ones, and one at random among those it says have
-the model loaded), whose exact figures are then asked for (one round trip, as an entry could do over
-the data plane before sending)."""
-PROBED = 4
+"""oracle: exact figures of every node; mesh: the router's view (its own live figures, the others'
+announced figures, its own requests and the loads they triggered) with today's full mesh, where
+figures are at most PUBLISH_INTERVAL old; gossip: the same view with figures as old as
+GossipNode.announce_gap() makes them at that size; probe: the router's policy beyond SMALL_SWARM
+nodes: the gossip view, with rounds of `placement.to_probe` candidates asked for their exact
+figures (one round trip each) until one is `settled` or PROBE_ROUNDS are done (up to SMALL_SWARM
+nodes it is the mesh view, as the router does not probe there)."""
+PROBE_RTT = 0.002
+"""One probe round trip (loopback or LAN), added to a request's time to first token per round."""
 
 
 class RoutingSim:
@@ -335,6 +349,7 @@ class RoutingSim:
         self.gap = PUBLISH_INTERVAL if mode == "mesh" else max(gap, PUBLISH_INTERVAL)
         self.mode = mode
         self.oracle = mode == "oracle"
+        self.probing = mode == "probe" and n > SMALL_SWARM
         self.duration = duration
         rng = self.rng
         count = max(6, min(40, n // 3))
@@ -360,6 +375,7 @@ class RoutingSim:
         self.ttfts: list[float] = []
         self.queue_samples: list[int] = []
         self.loads = 0
+        self.probes = 0
         for node in self.nodes.values():
             self._announce(node)
 
@@ -387,23 +403,31 @@ class RoutingSim:
         queues = sorted(self.queue_samples)
         return RoutingResult(len(self.nodes), self.mode, len(self.ttfts),
                              statistics.fmean(warm), _quantile(warm, 0.95), self.loads,
-                             statistics.fmean(queues), _quantile(queues, 0.95), queues[-1])
+                             statistics.fmean(queues), _quantile(queues, 0.95), queues[-1],
+                             self.probes / len(self.ttfts))
 
-    def _candidates(self, entry: str, spec: ModelSpec) -> list[Candidate]:
-        candidates = self._view(entry, spec, self.holders[spec.name], exact=self.oracle)
-        if self.mode != "probe":
-            return candidates
-        pool = [c for c in rank(candidates, Policy.LEAST_LOADED, self.rng) if time_to_first_token(c) < math.inf]
-        rest = pool[PROBED - 1:]
-        loaded = [c for c in rest if c.loaded] or rest  # the random pick: a node said to have it loaded
-        probed = pool[:PROBED - 1] + self.rng.sample(loaded, min(1, len(loaded)))
-        exact = self._view(entry, spec, [self.nodes[c.node_id] for c in probed], exact=True)
-        return [replace(c, outstanding=0) for c in exact]
+    def _ranked(self, entry: str, spec: ModelSpec) -> tuple[list[Candidate], int]:
+        """The candidates best first, and the probe rounds that took."""
+        view = self._view(entry, spec, self.holders[spec.name], exact=self.oracle)
+        if not self.probing:
+            return rank(view, Policy.LEAST_LOADED, self.rng), 0
+        current = [c for c in view if c.is_self]
+        announced = [c for c in view if not c.is_self]
+        rounds = 0
+        while rounds < PROBE_ROUNDS and not any(settled(c) for c in current):
+            asked = [c.node_id for c in to_probe(announced, PROBES_PER_ROUND, self.rng)]
+            if not asked:
+                break
+            rounds += 1
+            self.probes += len(asked)
+            announced = [c for c in announced if c.node_id not in asked]
+            current += self._view(entry, spec, [self.nodes[node] for node in asked], exact=True)
+        return rank_probed(current, announced, Policy.LEAST_LOADED, self.rng), rounds
 
     def _view(self, entry: str, spec: ModelSpec, nodes: list[SimNode], exact: bool) -> list[Candidate]:
         candidates = []
         for node in nodes:
-            if exact:
+            if exact or node.id == entry:  # a node knows its own figures
                 loaded, loading, in_flight, queued = node.figures(spec.name)
                 outstanding = 0
                 hosted = node.models[spec.name]
@@ -424,7 +448,7 @@ class RoutingSim:
         return candidates
 
     def _arrive(self, entry: str, spec: ModelSpec, tokens: float) -> None:
-        ranked = rank(self._candidates(entry, spec), Policy.LEAST_LOADED, self.rng)
+        ranked, rounds = self._ranked(entry, spec)
         best = next((c for c in ranked if c.loaded or c.fits), None)
         if best is None:
             self.at(self.now + 1.0, lambda: self._arrive(entry, spec, tokens))  # no room anywhere: retry
@@ -433,7 +457,7 @@ class RoutingSim:
         if not best.loaded and key not in self.loads_triggered:
             self.loads_triggered[key] = self.now + load_wait(best)
         self.outstanding[key] += 1
-        hop = (0.0 if best.is_self else 0.002) + (0.002 if self.mode == "probe" else 0.0)
+        hop = (0.0 if best.is_self else 0.002) + rounds * PROBE_RTT
         self.at(self.now + hop, lambda: self._start(self.nodes[best.node_id], spec, tokens, self.now, key))
 
     def _start(self, node: SimNode, spec: ModelSpec, tokens: float, arrived: float, key: tuple[str, str, str]) -> None:
@@ -545,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
             oracle = routes[-1 - MODES.index(mode)].mean_ttft
             print(f"  {result.mode:7s} {result.requests} requests: TTFT mean {result.mean_ttft:.3f} s "
                   f"({result.mean_ttft / oracle:.2f} x oracle), p95 {result.p95_ttft:.3f} s, {result.loads} loads; "
-                  f"queue mean {result.queue_mean:.2f}, p95 {result.queue_p95:.0f}, max {result.queue_max}", flush=True)
+                  f"queue mean {result.queue_mean:.2f}, p95 {result.queue_p95:.0f}, max {result.queue_max}; "
+                  f"{result.probes:.1f} probes per request", flush=True)
     if args.plot:
         _plot(members, routes, args.plot)
     return 0

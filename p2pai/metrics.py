@@ -96,6 +96,10 @@ FAILOVERS = Counter("p2pai_peer_failovers", "Requests tried on another node afte
 CONTINUATIONS = Counter("p2pai_peer_continuations",
                         "Streams of this peer that broke and were continued on another node", ["peer"],
                         registry=REGISTRY)
+PROBES = Counter("p2pai_peer_probes",
+                 "Peers asked for their current figures before placing a request (swarms above --probe-above "
+                 "nodes), by outcome: answered, failed, abandoned (the round timed out or another answer was enough)",
+                 ["outcome"], registry=REGISTRY)
 PEER_LATENCY = Histogram("p2pai_peer_added_latency_seconds",
                          "Time from forwarding a request to the peer's response headers: what a hop adds before "
                          "the first byte (the peer's own time to first token included)", ["peer"],

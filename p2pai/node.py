@@ -29,6 +29,7 @@ from .overlay.addresses import ips
 from .routing.forward import Forwarder
 from .routing.peer_files import SwarmFiles
 from .routing.peer_tls import PLAINTEXT_ENV, PeerTLS, plaintext_requested
+from .routing.probe import Prober
 from .routing.router import Router
 from .routing.tunnel_http import serve_locally
 from .serving.manager import LoadEvent, ModelManager
@@ -80,7 +81,8 @@ async def run_node(settings: NodeSettings, stop: asyncio.Event | None = None) ->
         await store.close()
         raise SystemExit(f"cannot join the swarm: {exc}") from exc
     forwarder = Forwarder(swarm.peer_id, membership.keys.http_key, tls, tunnel=overlay.tunnel)
-    router = Router(manager, swarm, forwarder, settings.routing)
+    router = Router(manager, swarm, forwarder, settings.routing, probe_above=settings.probe_above,
+                    prober=Prober(forwarder, settings.probe_timeout))
     await router.start()
     files.start()
 

@@ -17,6 +17,7 @@ from platformdirs import user_data_dir
 from .backends.llama.loading import FlashAttention
 from .overlay.gossip import SMALL_SWARM
 from .routing.placement import Policy
+from .routing.probe import PROBE_ABOVE, PROBE_TIMEOUT
 from .serving.limits import Limits
 
 ENV_PREFIX = "P2PAI_"
@@ -62,6 +63,10 @@ class NodeSettings:
     """Up to this many nodes, every node watches and dials every other (overlay/gossip.py); lowered only to test
     the large-swarm protocol with a few nodes."""
     routing: Policy = Policy.LEAST_LOADED
+    probe_above: int = PROBE_ABOVE
+    """In a swarm of more nodes, the router asks candidates for their current figures before sending."""
+    probe_timeout: float = PROBE_TIMEOUT
+    """Seconds a round of those questions waits for answers."""
     flash_attention: FlashAttention = "auto"
     """llama.cpp flash attention for models whose config sets none: auto, on or off."""
     limits: Limits = field(default_factory=Limits)
@@ -153,6 +158,15 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         default=env_default("ROUTING", "least-loaded"),
                         help="which node answers a request: least-loaded (default), local-first or random "
                              "(P2PAI_ROUTING)")
+    parser.add_argument("--probe-above", type=whole_number, default=env_default("PROBE_ABOVE", str(PROBE_ABOVE)),
+                        metavar="N",
+                        help="in a swarm of more than N nodes, ask a few candidates for their current load before "
+                             f"sending a request (announced figures get older as a swarm grows; default {PROBE_ABOVE}; "
+                             "P2PAI_PROBE_ABOVE)")
+    parser.add_argument("--probe-timeout", type=seconds, default=env_default("PROBE_TIMEOUT", str(PROBE_TIMEOUT)),
+                        metavar="SECONDS",
+                        help="how long the router waits for those answers; a candidate that does not answer in "
+                             f"time is judged by its announced figures (default {PROBE_TIMEOUT}; P2PAI_PROBE_TIMEOUT)")
     parser.add_argument("--flash-attention", choices=["auto", "on", "off"],
                         default=env_default("FLASH_ATTENTION", "auto"),
                         help="llama.cpp flash attention for models whose config sets none: auto (default, where "
@@ -193,6 +207,22 @@ def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return int(value)
+
+
+def whole_number(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    return int(value)
+
+
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 60, got {value!r}")
+    return number
 
 
 def positive_gib(value: str) -> int:
@@ -298,6 +328,8 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         memory_budget=args.memory_budget,
         log_level=args.log_level,
         routing=Policy(args.routing),
+        probe_above=args.probe_above,
+        probe_timeout=args.probe_timeout,
         flash_attention=args.flash_attention,  # argparse checked the choices
         limits=limits_from_args(args),
         galleries=tuple(args.gallery),

@@ -27,7 +27,9 @@ def test_simulation_at_50_nodes() -> None:
     assert result.detection_max_s <= 3.0
     oracle = RoutingSim(50, result.announce_gap, 3, "oracle", duration=40.0).run()
     ours = RoutingSim(50, result.announce_gap, 3, "gossip", duration=40.0).run()
-    assert ours.requests == oracle.requests > 100  # every request was answered
+    probed = RoutingSim(50, result.announce_gap, 3, "probe", duration=40.0).run()
+    assert ours.requests == probed.requests == oracle.requests > 100  # every request was answered
+    assert probed.probes > 0 and probed.mean_ttft < ours.mean_ttft  # asking beats trusting stale figures
 
 
 def _swarm(n: int, small_swarm: int = SMALL_SWARM) -> tuple[Network, list[GossipNode]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -20,9 +21,12 @@ from p2pai.api.peer_site import PeerSite, RefusalLog
 from p2pai.api.state import NodeState
 from p2pai.identity import Identity
 from p2pai.models.catalog import build_catalog
+from p2pai.protocol.figures import ModelFigures
+from p2pai.routing.forward import Forwarder
 from p2pai.routing.peer_auth import SIGNED_HEADERS, TIMESTAMP, sign
 from p2pai.routing.peer_http import PeerClient, Unreachable, WrongPeer
 from p2pai.routing.peer_tls import PeerTLS
+from p2pai.routing.probe import Prober
 from p2pai.serving.manager import ModelManager
 from p2pai.token import derive_keys, new_token, parse_token
 
@@ -114,6 +118,44 @@ async def test_a_member_request_is_served_and_every_altered_one_refused(endpoint
         for case, pending in cases.items():
             response = await pending  # type: ignore[misc]
             assert refused(response), (case, response.status_code, response.text)
+
+
+async def test_a_member_may_ask_for_the_current_figures_of_a_model(endpoint: Endpoint) -> None:
+    """What an entry node of a large swarm asks before sending (routing/probe.py): typed, for members only."""
+    async with endpoint.client() as client:
+        path = "/p2p/figures?model=tiny"
+        answer = await client.get(path, headers=endpoint.signed("GET", path))
+        assert answer.status_code == 200
+        figures = ModelFigures.model_validate_json(answer.content)
+        assert (figures.name, figures.loaded, figures.in_flight, figures.fits) == ("tiny", False, 0, True)
+        unknown = "/p2p/figures?model=nope"
+        missing = await client.get(unknown, headers=endpoint.signed("GET", unknown))
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "model_not_found")
+        assert (await client.get(path)).status_code == 401
+
+
+async def test_a_probe_round_waits_for_a_silent_peer_at_most_its_timeout(endpoint: Endpoint) -> None:
+    """routing/probe.py against the real peer app and a peer that accepts connections but never
+    answers (a frozen process: the kernel accepts for it)."""
+    silent = socket.create_server((HOST, 0))
+    forwarder = Forwarder(endpoint.member.peer_id, endpoint.key, endpoint.member)
+    prober = Prober(forwarder, timeout=0.5)
+    frozen = (Identity.generate().peer_id, (f"https://{HOST}:{silent.getsockname()[1]}",))
+    asked = [(endpoint.node_id, (endpoint.url,)), frozen]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        answers = await prober.round("tiny", asked, lambda peer, figures: False)  # no answer is enough: wait for all
+        waited = loop.time() - started
+        assert list(answers) == [endpoint.node_id] and answers[endpoint.node_id].name == "tiny"
+        assert 0.5 <= waited < 1.5, waited
+        started = loop.time()
+        answers = await prober.round("tiny", asked, lambda peer, figures: True)  # the first answer is enough
+        assert list(answers) == [endpoint.node_id]
+        assert loop.time() - started < 0.5
+    finally:
+        await forwarder.close()
+        silent.close()
 
 
 @pytest.mark.parametrize("garbage", [b"", b"nan", b"\xff\xfe\xc3", b"x" * 4000, b"1 2", b"%00", b"\xef\xbc\x91"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.routing.placement import Candidate, Policy, rank
+from p2pai.routing.placement import Candidate, Policy, rank, rank_probed, settled, to_probe
 from p2pai.serving.residency import Resident, plan_load
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "placement.json").read_text())
@@ -34,6 +34,37 @@ def test_equal_nodes_share_the_load_and_random_uses_everyone() -> None:
         rng = random.Random(1)
         firsts = Counter(rank(equal, policy, rng)[0].node_id for _ in range(300))
         assert set(firsts) == {"a", "b", "c"} and min(firsts.values()) > 60
+
+
+PROBES = json.loads((Path(__file__).parent / "fixtures" / "probe.json").read_text())
+
+
+@pytest.mark.parametrize("case", PROBES, ids=[c["case"] for c in PROBES])
+def test_probe_fixtures(case: dict) -> None:
+    """Which candidates a round asks for their current figures (routing.placement.to_probe)."""
+    seen: Counter[str] = Counter()
+    for seed in range(50):
+        asked = [c.node_id for c in to_probe(candidates(case["nodes"]), case["count"], random.Random(seed))]
+        assert len(asked) == len(set(asked)) == case["expect_size"]
+        assert set(case.get("expect_always", ())) <= set(asked)
+        assert not set(case.get("expect_never", ())) & set(asked)
+        seen.update(asked)
+    assert set(case.get("expect_sometimes", ())) <= set(seen)  # the loaded ones are sampled, not ranked
+
+
+def test_settled_means_loaded_with_a_free_slot() -> None:
+    free = Candidate("a", "a", False, True, 2, 1, 0, 40.0)
+    assert settled(free)
+    assert not settled(Candidate("b", "b", False, True, 2, 2, 0, 40.0))  # every slot taken
+    assert not settled(Candidate("c", "c", False, True, 2, 0, 0, 40.0, outstanding=2))  # taken by our own requests
+    assert not settled(Candidate("d", "d", False, False, 2, 0, 0, 40.0, load_s=0.1))  # a load first
+
+
+def test_candidates_with_current_figures_come_before_announced_ones_that_look_better() -> None:
+    answered = Candidate("answered", "answered", False, True, 1, 1, 2, 40.0)
+    stale = Candidate("stale", "stale", False, True, 4, 0, 0, 40.0)  # idle, as of minutes ago
+    ranked = rank_probed([answered], [stale], Policy.LEAST_LOADED, random.Random(1))
+    assert [c.node_id for c in ranked] == ["answered", "stale"]
 
 
 EVICTIONS = json.loads((Path(__file__).parent / "fixtures" / "eviction.json").read_text())

@@ -215,3 +215,17 @@ def test_max_loaded_and_memory_budget() -> None:
     for bad in (["--max-loaded", "0"], ["--memory-budget", "-1"], ["--memory-budget", "lots"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["start", *bad])
+
+
+def test_probe_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probing starts above the gossip's small swarm (16 nodes) unless set; 0 probes in any swarm."""
+    default = settings_from_args(build_parser().parse_args(["start"]))
+    assert (default.probe_above, default.probe_timeout) == (16, 0.25)
+    settings = settings_from_args(build_parser().parse_args(["start", "--probe-above", "0", "--probe-timeout", "1.5"]))
+    assert (settings.probe_above, settings.probe_timeout) == (0, 1.5)
+    monkeypatch.setenv("P2PAI_PROBE_ABOVE", "3")
+    assert settings_from_args(build_parser().parse_args(["start"])).probe_above == 3
+    for bad in (["--probe-above", "-1"], ["--probe-above", "many"], ["--probe-timeout", "0"],
+                ["--probe-timeout", "nan"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["start", *bad])

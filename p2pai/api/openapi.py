@@ -30,6 +30,7 @@ from ..protocol.audio import (
     TranslationRequest,
 )
 from ..protocol.errors import ErrorResponse
+from ..protocol.figures import ModelFigures
 from ..protocol.localai import (
     ApplyRequest,
     ApplyResponse,
@@ -198,6 +199,10 @@ OPERATIONS = (
     Operation("get", ("/p2p/files/{sha256}/chunks",), "fileChunkHashes",
               "The file's chunk hashes, 32 bytes each, whose SHA-256 is the announced root", None, errors=(404,),
               binary=True, client=False),
+    Operation("get", ("/p2p/figures",), "modelFigures",
+              "This node's current figures for one of its models, which an entry node of a large swarm asks for "
+              "before sending it a request", ModelFigures, errors=(404,), client=False,
+              query=({"name": "model", "in": "query", "required": True, "schema": {"type": "string"}},)),
     Operation("get", ("/p2p/models/{name}",), "sharedModel", "A model's config and file, for a peer installing it",
               SharedModel, errors=(404,), client=False),
     Operation("get", ("/metrics",), "metrics", "Prometheus metrics of this node (text format 0.0.4)", None,

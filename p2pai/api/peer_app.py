@@ -21,6 +21,7 @@ from . import openapi
 from .app import FAMILY_ROUTES, MAX_BODY_BYTES, Handler, body_limit, openai_errors
 from .errors import APIError
 from .observe import observer
+from .peer_figures import peer_figures_routes
 from .peer_files import peer_file_routes
 from .peer_site import PEER_CERTIFICATE, RefusalLog
 from .state import STATE, NodeState
@@ -79,6 +80,7 @@ def create_peer_app(state: NodeState, guard: PeerGuard) -> web.Application:
     for family in FAMILY_ROUTES:
         app.add_routes(family)
     app.add_routes(peer_file_routes)
+    app.add_routes(peer_figures_routes)
     app.router.add_get("/openapi.json", openapi.handler("peer"))
     return app
 

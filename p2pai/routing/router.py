@@ -31,6 +31,7 @@ from ..backends.base import InvalidRequestError, ModelLoadError, ModelRestarting
 from ..backends.tasks import TASKS, Task, task_not_served
 from ..event_stream import DONE, EventStream
 from ..metrics import CONTINUATIONS, FAILOVERS, FORWARDED_REQUESTS, PEER_FAILURES, PEER_LATENCY, labelled, peer_label
+from ..protocol.figures import ModelFigures
 from ..serving.manager import ModelManager, UnknownModelError
 from ..swarm.payload import FileOffer, ModelOffer
 from ..swarm.swarm import Swarm
@@ -46,7 +47,19 @@ from .continuation import (
 )
 from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
-from .placement import DEFAULT_LOAD_S, Candidate, Policy, load_wait, rank
+from .placement import (
+    DEFAULT_LOAD_S,
+    PROBE_ROUNDS,
+    PROBES_PER_ROUND,
+    Candidate,
+    Policy,
+    load_wait,
+    rank,
+    rank_probed,
+    settled,
+    to_probe,
+)
+from .probe import PROBE_ABOVE, Prober, own_figures
 from .relay import relay
 from .streams import stream_kind
 from .tunnel_http import TunnelResponse
@@ -144,11 +157,15 @@ class SwarmModel:
 
 class Router:
     def __init__(self, manager: ModelManager, swarm: Swarm, forwarder: Forwarder,
-                 policy: Policy = Policy.LEAST_LOADED, rng: random.Random | None = None) -> None:
+                 policy: Policy = Policy.LEAST_LOADED, rng: random.Random | None = None,
+                 probe_above: int = PROBE_ABOVE, prober: Prober | None = None) -> None:
         self._manager = manager
         self._swarm = swarm
         self._forwarder = forwarder
         self._policy = policy
+        self._probe_above = probe_above
+        """Swarms of more nodes than this: ask candidates for their current figures (probe.py)."""
+        self._prober = prober or Prober(forwarder)
         self._rng = rng or random.Random()
         self._outstanding: Counter[tuple[str, str]] = Counter()
         # (peer, model) -> (the peer's last announcement time, requests finished since): an
@@ -204,9 +221,50 @@ class Router:
         return models
 
     def targets(self, model: str, task: Task | None, pin: str | None = None) -> list[Target]:
-        """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first.
+        """Where ``model`` can be served now for ``task`` (None: any of its tasks), best first, by
+        the figures this node has.
 
         Costs the number of nodes offering ``model``, not the size of the swarm."""
+        online = self._serving(model, task, pin)
+        now = asyncio.get_running_loop().time()
+        candidates = {node.id: (node, self._candidate(node, offer, now)) for node, offer in online}
+        ranked = rank([c for _, c in candidates.values()], self._policy, self._rng)
+        return [Target(c, tuple(candidates[c.node_id][0].endpoint_urls())) for c in ranked]
+
+    async def placed(self, model: str, task: Task | None, pin: str | None = None) -> list[Target]:
+        """As targets(); in a swarm of more than ``probe_above`` nodes, after asking rounds of
+        candidates for their current figures (placement.to_probe), until one can start the
+        request at once or PROBE_ROUNDS are done. The ones that answered come first."""
+        if pin or self._policy is not Policy.LEAST_LOADED or len(self._swarm.serving_ids()) <= self._probe_above:
+            return self.targets(model, task, pin)
+        online = {node.id: (node, offer) for node, offer in self._serving(model, task, None)}
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        current = [self._candidate(node, offer, now) for node, offer in online.values() if node.is_self]
+        announced = [self._candidate(node, offer, now) for node, offer in online.values() if not node.is_self]
+        unanswered: list[Candidate] = []
+
+        def fresh(peer: str, figures: ModelFigures) -> Candidate:
+            node, offer = online[peer]
+            return self._candidate(node, offer, loop.time(), figures)
+
+        for _ in range(PROBE_ROUNDS):
+            if any(settled(c) for c in current):
+                break
+            asked = to_probe(announced, PROBES_PER_ROUND, self._rng)
+            if not asked:
+                break
+            names = {c.node_id for c in asked}
+            announced = [c for c in announced if c.node_id not in names]
+            answers = await self._prober.round(model, [(c.node_id, tuple(online[c.node_id][0].endpoint_urls()))
+                                                       for c in asked], lambda p, f: settled(fresh(p, f)))
+            current += [fresh(peer, figures) for peer, figures in answers.items()]
+            unanswered += [c for c in asked if c.node_id not in answers]
+        ranked = rank_probed(current, announced + unanswered, self._policy, self._rng)
+        return [Target(c, tuple(online[c.node_id][0].endpoint_urls())) for c in ranked]
+
+    def _serving(self, model: str, task: Task | None, pin: str | None) -> list[tuple[SwarmNode, ModelOffer]]:
+        """The online nodes (this one included) that serve ``model`` for ``task``, on node ``pin`` if given."""
         having = [(node, offer) for peer, offer in self._swarm.offers(model).items()
                   if (node := self._swarm.serving_peer(peer)) is not None]
         # Live, not the last announcement; this node's own view is built only where it has the model.
@@ -227,10 +285,7 @@ class Router:
         online = [(node, offer) for node, offer in having if node.online]
         if not online:
             raise NoNodeAvailable(f"every node serving {model!r} is offline")
-        now = asyncio.get_running_loop().time()
-        candidates = {node.id: (node, self._candidate(node, offer, now)) for node, offer in online}
-        ranked = rank([c for _, c in candidates.values()], self._policy, self._rng)
-        return [Target(c, tuple(candidates[c.node_id][0].endpoint_urls())) for c in ranked]
+        return online
 
     def _own_offer(self, name: str) -> ModelOffer:
         """What this node would announce for its model now (routing needs only the name and tasks)."""
@@ -240,15 +295,16 @@ class Router:
     def _loaded(self, node: SwarmNode, offer: ModelOffer) -> bool:
         return self._manager.stats(offer.name).loaded if node.is_self else offer.loaded
 
-    def _candidate(self, node: SwarmNode, offer: ModelOffer, now: float) -> Candidate:
+    def _candidate(self, node: SwarmNode, offer: ModelOffer, now: float, current: ModelFigures | None = None
+                   ) -> Candidate:
+        """``node`` as a candidate for ``offer``'s model: by its ``current`` figures (a probe's answer;
+        this node's own are always current), else by what it announced."""
         model = offer.name
         if node.is_self:
-            stats = self._manager.stats(model)
-            loaded = stats.loaded
-            figures = (stats.slots, stats.in_flight, stats.queued, stats.decode_tps, stats.answer_tokens)
-            loading = self._manager.loading(model)
-            load_s: float | None = self._manager.load_seconds(model)
-            fits = loaded or loading or self._manager.plan(model).fits
+            current = own_figures(self._manager, model)
+        if current is not None:
+            loaded, loading, load_s, fits = current.loaded, current.loading, current.load_s, current.fits
+            figures = (current.slots, current.in_flight, current.queued, current.decode_tps, current.answer_tokens)
         else:
             stamp, finished = self._finished.get((node.id, model), (None, 0))
             if stamp != self._swarm.last_seen(node.id):
@@ -290,7 +346,7 @@ class Router:
         else the one X-P2PAI-Node names, if any). Requests from peers are always answered here (one hop)."""
         if FORWARDED in request or not model:
             return await local()
-        targets = self.targets(model, task, pin or request.headers.get(PIN_HEADER))
+        targets = await self.placed(model, task, pin or request.headers.get(PIN_HEADER))
         failures = []
         journey = Journey()
         request[HOPS] = journey.hops
