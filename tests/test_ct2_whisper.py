@@ -8,7 +8,6 @@ import itertools
 import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,18 +22,7 @@ from conftest import _client
 from p2pai.backends.base import InvalidRequestError
 from p2pai.backends.ct2.audio import decode
 from p2pai.serving.limits import Limits
-from speech import (
-    JFK,
-    JFK_TEXT,
-    LIBRIVOX,
-    SPANISH,
-    joined,
-    transcript,
-    whisper_dir,
-    word_errors,
-    words,
-    write_whisper_config,
-)
+from speech import JFK, JFK_TEXT, LIBRIVOX, SPANISH, joined, transcript, word_errors, words, write_whisper_config
 from test_api import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -272,43 +260,6 @@ async def test_a_crash_of_the_model_costs_its_requests_not_the_node(client: Test
     assert_openai_error(await crashed.json(), "model_crashed")
     again = await post(client, JFK.read_bytes(), model="whisper")  # the model starts again
     assert again.status == 200 and words((await again.json())["text"]) == words(JFK_TEXT)
-
-
-def minor_faults(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-
-
-PLAIN_WHISPER = """
-import resource, sys
-from faster_whisper import WhisperModel
-model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads=1, num_workers=2)
-def run():
-    segments, _ = model.transcribe(sys.argv[2], beam_size=5, language="en")
-    return "".join(segment.text for segment in segments)
-run()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts page faults in /proc")
-async def test_a_transcription_faults_in_no_more_memory_than_faster_whisper_alone(client: TestClient) -> None:
-    """The node's malloc settings (malloc_tuning.py) once reached the model's process: CTranslate2's large
-    buffers then each became a fresh mapping, faulted in page by page (half as many faults again as
-    faster-whisper in a plain process, and the time they take: bench/README.md, audio)."""
-    audio = JFK.read_bytes()
-    assert (await post(client, audio, model="whisper", language="en")).status == 200
-    system = await (await client.get("/system")).json()
-    [whisper] = [m for m in system["loaded_models"] if m["id"] == "whisper"]
-    before = minor_faults(whisper["pid"])
-    assert (await post(client, audio, model="whisper", language="en")).status == 200
-    ours = minor_faults(whisper["pid"]) - before
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", PLAIN_WHISPER, str(whisper_dir()), str(JFK),
-                                                   stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
-    plain = int(out)
-    assert ours <= 1.15 * plain, f"{ours} page faults in the model's process against {plain} in a plain one"
 
 
 async def test_the_bounded_decoder_matches_faster_whispers_own() -> None:
