@@ -114,7 +114,6 @@ class ChildServer:
 
 def main() -> None:
     die_with_parent()
-    tune_malloc()
     channel = BlockingChannel(socket.socket(fileno=int(sys.argv[1])))
     try:
         _, spec = channel.receive()
@@ -128,6 +127,10 @@ def main() -> None:
 
             Ct2Server(channel).run(spec.name, settings)
         else:
+            # A llama.cpp model's RPC forwarders read sockets through asyncio (malloc_tuning.py). Not the
+            # others: their fixed mmap threshold makes every large buffer of CTranslate2 a fresh mapping,
+            # faulted in page by page (50 % more page faults per transcription; bench/README.md, audio).
+            tune_malloc()
             ChildServer(channel).run(spec, settings)
     except (EOFError, OSError):
         pass  # the node is gone

@@ -105,8 +105,10 @@ class Encoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.threads
         options.inter_op_num_threads = 1
-        # Spinning threads burn a core between runs, which the tokenizer and the node need on a small machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The threads spin while a run lasts (waking a sleeping one costs more than the operators of a short
+        # input), and stop when it ends: between runs the tokenizer and the node need the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3
         providers = choose_providers(settings.providers, ort.get_available_providers())
         try:
