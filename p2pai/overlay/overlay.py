@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -72,6 +73,9 @@ class Overlay:
         self._host: OverlayHost | None = None
         self._discovery: MdnsDiscovery | None = None
         self._gossip: GossipNode | None = None
+        self._early: list[Callable[[], None]] = []
+        """What the trio side handed over before the gossip node existed (a bootstrap peer connects and
+        sends its join while libp2p starts): replayed in order once it does."""
         self._members: dict[str, Member] = {}
         self._events: list[tuple[str, Member]] = []
         """Changes made by the current gossip call, published when it returns."""
@@ -132,6 +136,9 @@ class Overlay:
             await bridge.stop(STOP_TIMEOUT)
             raise
         self._gossip.listeners.append(self._on_member)
+        early, self._early = self._early, []
+        for call in early:
+            call()
         self._tasks = [
             asyncio.create_task(self._tick_forever(), name="overlay-gossip"),
             asyncio.create_task(self._sweep_forever(), name="overlay-sweep"),
@@ -392,6 +399,9 @@ class Overlay:
         return True
 
     def _on_frame(self, sender: str, frame: bytes, remote: str | None) -> None:
+        if self._running and self._gossip is None:
+            self._early.append(functools.partial(self._on_frame, sender, frame, remote))  # its slot kept till then
+            return
         self._frame_slots.release()
         if not self._running:
             return
@@ -406,7 +416,9 @@ class Overlay:
     def _on_connections(self, peers: frozenset[str]) -> None:
         if not self._running:
             return
-        assert self._gossip is not None
+        if self._gossip is None:
+            self._early.append(functools.partial(self._on_connections, peers))
+            return
         self._connections = len(peers)
         new = peers - self._connected
         self._connected = peers
