@@ -185,8 +185,7 @@ class Worker:
                     holder = self.relay.lease.holder  # a node took or left the GPU: measure its free memory again
                     measuring = asyncio.create_task(self._measure_gpu())
                 self._publish()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
+                await event_loop.wait_set(stop, STATUS_INTERVAL)
         finally:
             if measuring is not None:
                 measuring.cancel()

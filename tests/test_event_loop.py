@@ -22,3 +22,23 @@ def test_processes_run_on_uvloop_where_it_is_installed(monkeypatch: pytest.Monke
 def test_asyncio_own_loop_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(event_loop.EVENT_LOOP_ENV, "asyncio")
     assert event_loop.run(_loop_module()).startswith("asyncio")
+
+
+async def test_wait_set_answers_whether_the_event_came() -> None:
+    event = asyncio.Event()
+    assert not await event_loop.wait_set(event, 0.01)
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await event_loop.wait_set(event, 5)
+
+
+async def test_wait_set_never_swallows_a_cancellation_that_comes_with_the_event() -> None:
+    """A task stopped by cancelling it while its event was just set must end (a node hung on SIGTERM
+    when asyncio.wait_for, on Python 3.11 and before, swallowed that cancellation)."""
+    event = asyncio.Event()
+    waiting = asyncio.create_task(event_loop.wait_set(event, 10))
+    await asyncio.sleep(0)
+    event.set()
+    await asyncio.sleep(0)  # the event's waiter is done; the task is woken but has not run yet
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ..event_loop import wait_set
 from ..store import Store
 from .digests import READ_BLOCK, FileDigest, chunk_count, chunk_size_for, chunk_span, digest_file
 
@@ -218,8 +219,7 @@ class Fetch:
             if index is None and self._queue and not self._others_alive(state):
                 index = self._queue.popleft()  # only chunks it failed are left, and nobody else to ask
             if index is None:  # nothing for it now: the rest is in flight elsewhere, or for others to take
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 1.0)
+                await wait_set(self._changed, 1.0)
                 continue
             offset, length = self._span(index)
             try:

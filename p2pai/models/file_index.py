@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..event_loop import wait_set
 from ..store import Store
 from .digests import FileDigest, digest_file
 
@@ -116,5 +117,4 @@ class FileIndex:
                 await self.update()
             except Exception:  # a file system surprise must not stop the announcements of the others
                 log.exception("could not index the model files")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHECK_S)
+            await wait_set(self._wake, CHECK_S)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends.rpc.workers import WorkerInfo
+from ..event_loop import wait_set
 from ..overlay import Member, MemberEvent, Overlay
 from .endpoints import OwnAddresses, vetted
 from .payload import ModelOffer, NodePayload
@@ -158,8 +159,7 @@ class Swarm:
 
     async def _publish_forever(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), PUBLISH_INTERVAL)
+            await wait_set(self._wake, PUBLISH_INTERVAL)
             self._wake.clear()
             try:
                 self.overlay.set_payload(self._payload())
