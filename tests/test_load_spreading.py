@@ -14,15 +14,22 @@ import openai
 from p2pai.token import new_token
 from test_swarm import online_peers, wait_for
 
+
+def x_models(tmp_path: Path, models_dir: Path, settings: str) -> Path:
+    """A models directory holding one model `x`: the tiny GGUF with these YAML ``settings``."""
+    config = tmp_path / "x-models"
+    config.mkdir()
+    (config / "x.yaml").write_text(f"name: x\nparameters:\n  model: {models_dir / 'tiny.gguf'}\n  temperature: 0\n"
+                                   + settings)
+    return config
+
+
 MAX_TOKENS = 600  # a few tenths of a second per answer: a queue of 7 takes longer than loading the tiny model
 
 
 def test_a_node_with_the_model_on_disk_takes_load_once_the_loaded_nodes_queue_is_longer_than_a_load(
         start_node, models_dir: Path, tmp_path: Path) -> None:
-    config = tmp_path / "x-models"
-    config.mkdir()
-    (config / "x.yaml").write_text(f"name: x\nparameters:\n  model: {models_dir / 'tiny.gguf'}\n  temperature: 0\n"
-                                   "context_size: 1024\nparallel: 1\nmax_queue: 64\n")
+    config = x_models(tmp_path, models_dir, "context_size: 1024\nparallel: 1\nmax_queue: 64\n")
     token = new_token()
     a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a")
     common = ("--token", token, "--bootstrap", a.bootstrap_addr(), "--threads", "1", "--models-dir", str(config))

@@ -18,6 +18,7 @@ import httpx
 import openai
 
 from p2pai.token import new_token
+from test_load_spreading import x_models
 from test_swarm import online_peers, wait_for
 
 PROBE_TIMEOUT = 1.0
@@ -36,10 +37,7 @@ def last_trace(node) -> dict:
 
 def test_the_entry_asks_candidates_and_a_frozen_one_costs_at_most_the_probe_timeout(
         start_node, models_dir: Path, tmp_path: Path) -> None:
-    config = tmp_path / "x-models"
-    config.mkdir()
-    (config / "x.yaml").write_text(f"name: x\nparameters:\n  model: {models_dir / 'tiny.gguf'}\n  temperature: 0\n"
-                                   "context_size: 4096\nparallel: 1\n")
+    config = x_models(tmp_path, models_dir, "context_size: 4096\nparallel: 1\n")
     token = new_token()
     probing = {"P2PAI_PROBE_ABOVE": "1", "P2PAI_PROBE_TIMEOUT": str(PROBE_TIMEOUT)}
     a = start_node("--token", token, "--no-default-model", "--models-dir", str(models_dir / "none"), name="a",
