@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from ..malloc_tuning import tune_malloc
+from ..malloc_tuning import keep_tensor_memory, tune_malloc
 from .base import GenerationChunk
 from .channel import BlockingChannel, EncodedError, encode_error
 from .ct2.settings import Ct2Settings
@@ -123,13 +123,12 @@ def main() -> None:
 
             OnnxServer(channel).run(spec.name, settings)
         elif isinstance(settings, Ct2Settings):
+            keep_tensor_memory()  # before any thread: CTranslate2's buffers reused, not faulted in per request
             from .ct2.host import Ct2Server
 
             Ct2Server(channel).run(spec.name, settings)
         else:
-            # A llama.cpp model's RPC forwarders read sockets through asyncio (malloc_tuning.py). Not the
-            # others: their fixed mmap threshold makes every large buffer of CTranslate2 a fresh mapping,
-            # faulted in page by page (50 % more page faults per transcription; bench/README.md, audio).
+            # A llama.cpp model's RPC forwarders read sockets through asyncio (malloc_tuning.py).
             tune_malloc()
             ChildServer(channel).run(spec, settings)
     except (EOFError, OSError):

@@ -9,6 +9,7 @@ piece of output (a segment, a token's text) leaves as a `step` message as soon a
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ class Ct2Server:
         except Exception as exc:  # noqa: BLE001 - whatever it is, the node reports it as a load failure
             self._channel.send("load_failed", encode_error(exc))
             return
+        gc.freeze()  # the modules and the model are never garbage: the collections a request runs skip them
         self._channel.send("ready", host.info())
         with ThreadPoolExecutor(settings.workers, thread_name_prefix="ct2") as pool:
             self._receive(host, pool)
