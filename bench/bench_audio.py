@@ -11,8 +11,13 @@ alternate between the two (A/B, the order swapped every repeat), each after the 
   ~/.cache/p2pai-bench) and the five LibriVox clips of tests/fixtures/speech one after another;
 - aggregate audio seconds per second with 1 and 4 concurrent clients over a workload of 12 files
   (the LibriVox clips and jfk.wav, twice: 71.5 s of audio), each client taking the next file;
+- the cores each contender kept busy during each measurement (its processes' CPU time / wall time):
+  how much of the machine one client leaves idle, which bounds what concurrency can add;
 - `--layouts 1x2,2x1,4x1` compares pool layouts (W x T) in one invocation; `--batched` also times
-  faster-whisper's BatchedInferencePipeline on two_cities.wav (it batches the VAD chunks of one file).
+  faster-whisper's BatchedInferencePipeline on two_cities.wav (it batches the VAD chunks of one file);
+- `--batch-probe N`: direct, the Whisper model's own calls (encode, then beam-5 generate of one 30-s
+  window) for the first window of N different LibriVox clips, one after another and as one batch of N:
+  what batched decoding of concurrent requests could gain at most, at the same threads.
 
 Run `python bench/bench_audio.py --help`; see bench/README.md, "Audio".
 """
@@ -39,7 +44,16 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
-from bench_single_node import HOST, CpuMeter, ServerProcess, free_port, machine, markdown_table  # noqa: E402
+from bench_single_node import (  # noqa: E402
+    CLOCK_TICKS,
+    HOST,
+    CpuMeter,
+    ServerProcess,
+    free_port,
+    machine,
+    markdown_table,
+    tree_ticks,
+)
 
 SPEECH = REPO / "tests" / "fixtures" / "speech"
 LIBRIVOX = sorted(SPEECH.glob("sense_and_sensibility_*.wav"))
@@ -94,6 +108,9 @@ def direct_worker(workers: int, threads: int) -> None:
     print(json.dumps({"ready": True, "load_s": load_s}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
+        if command.get("probe"):
+            print(json.dumps(batch_probe(model, command["probe"])), flush=True)
+            continue
         started = time.perf_counter()
         if command.get("batched"):
             segments, _ = batched.transcribe(command["files"][0], beam_size=5, batch_size=8)
@@ -102,6 +119,31 @@ def direct_worker(workers: int, threads: int) -> None:
             with ThreadPoolExecutor(command["clients"]) as pool:
                 texts = list(pool.map(transcribe, command["files"]))
         print(json.dumps({"seconds": time.perf_counter() - started, "chars": sum(map(len, texts))}), flush=True)
+
+
+def batch_probe(model: Any, clips: int) -> dict[str, float]:
+    """Seconds for the model calls of one window of each of `clips` LibriVox clips: one by one, then batched."""
+    import numpy as np
+    from faster_whisper.audio import decode_audio, pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+    prompt = model.get_prompt(tokenizer, previous_tokens=[], without_timestamps=False)
+    windows = [pad_or_trim(model.feature_extractor(decode_audio(str(path)))) for path in (LIBRIVOX * clips)[:clips]]
+
+    def decode(batch: list[Any]) -> None:
+        encoded = model.encode(np.stack(batch))
+        model.model.generate(encoded, [prompt] * len(batch), beam_size=5, max_length=model.max_length,
+                             suppress_blank=True, suppress_tokens=[-1])
+
+    decode(windows[:1])  # warm-up
+    started = time.perf_counter()
+    for window in windows:
+        decode([window])
+    alone = time.perf_counter() - started
+    started = time.perf_counter()
+    decode(windows)
+    return {"one_by_one_s": alone, "batched_s": time.perf_counter() - started}
 
 
 class Direct:
@@ -126,6 +168,12 @@ class Direct:
                                           "batched": batched}) + "\n")
         self.proc.stdin.flush()
         return float(json.loads(self._line())["seconds"])
+
+    def probe(self, clips: int) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"probe": clips}) + "\n")
+        self.proc.stdin.flush()
+        return {k: float(v) for k, v in json.loads(self._line()).items()}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -188,6 +236,7 @@ async def bench_layout(workers: int, threads: int, args: argparse.Namespace, wor
             await server.wait_ready(session)
             await p2pai_run(session, server.url, LIBRIVOX[:1], 1)  # warm-up
             meter = CpuMeter([server.pid, direct.proc.pid])
+            pids = {"p2pai": server.pid, "direct": direct.proc.pid}
             for repeat in range(args.repeat):
                 for key, (files, clients) in cases.items():
                     audio = sum(duration(f) for f in files)
@@ -195,18 +244,28 @@ async def bench_layout(workers: int, threads: int, args: argparse.Namespace, wor
                     for name in order:
                         meter.wait_quiet()
                         since = meter.mark()
+                        ticks = tree_ticks([pids[name]])
                         if name == "p2pai":
                             seconds = await p2pai_run(session, server.url, files, clients)
                         else:
                             seconds = direct.run(files, clients)
+                        cores = (tree_ticks([pids[name]]) - ticks) / CLOCK_TICKS / seconds
                         others.append(meter.others_cores(since))
                         results[name].setdefault(key, []).append(audio / seconds)
-                        print(f"  {workers}x{threads} {name:6} {key:15} {audio / seconds:5.2f} audio s/s "
-                              f"(others {others[-1]:.2f} cores)", flush=True)
+                        results[name].setdefault(f"{key}_cores", []).append(cores)
+                        print(f"  {workers}x{threads} {name:6} {key:15} {audio / seconds:5.2f} audio s/s, "
+                              f"{cores:.2f} cores (others {others[-1]:.2f} cores)", flush=True)
                 if args.batched:
                     meter.wait_quiet()
                     seconds = direct.run([long], 1, batched=True)
                     results["direct"].setdefault("rtf_two_cities_batched", []).append(duration(long) / seconds)
+                if args.batch_probe:
+                    meter.wait_quiet()
+                    probe = direct.probe(args.batch_probe)
+                    results["direct"].setdefault("batch_probe_gain", []).append(
+                        probe["one_by_one_s"] / probe["batched_s"])
+                    print(f"  {workers}x{threads} direct batch of {args.batch_probe} windows: "
+                          f"{probe['batched_s']:.2f} s, one by one {probe['one_by_one_s']:.2f} s", flush=True)
     finally:
         server.stop()
         direct.stop()
@@ -220,17 +279,18 @@ def medians(layout: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def table(layouts: dict[str, dict[str, Any]]) -> str:
     rows = [["layout (W x T)", "contender", "RTF two_cities", "RTF LibriVox", "1 client audio s/s",
-             "4 clients audio s/s", "4 / 1 clients"]]
+             "4 clients audio s/s", "4 / 1 clients", "cores 1 client", "cores 4 clients"]]
     for name, layout in layouts.items():
         values = medians(layout)
         for contender in ("p2pai", "direct"):
             v = values[contender]
             rows.append([name, contender, f"{v['rtf_two_cities']:.2f}", f"{v['rtf_librivox']:.2f}",
                          f"{v['aggregate_1']:.2f}", f"{v['aggregate_4']:.2f}",
-                         f"{v['aggregate_4'] / v['aggregate_1']:.2f}"])
+                         f"{v['aggregate_4'] / v['aggregate_1']:.2f}", f"{v['aggregate_1_cores']:.2f}",
+                         f"{v['aggregate_4_cores']:.2f}"])
         p, d = values["p2pai"], values["direct"]
         rows.append([name, "p2pai / direct", *(f"{p[k] / d[k]:.2f}" for k in (
-            "rtf_two_cities", "rtf_librivox", "aggregate_1", "aggregate_4")), ""])
+            "rtf_two_cities", "rtf_librivox", "aggregate_1", "aggregate_4")), "", "", ""])
     return markdown_table(rows)
 
 
@@ -239,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layouts", default="2x1", help="pool layouts W x T to measure, comma-separated (2x1)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement; medians are reported")
     parser.add_argument("--batched", action="store_true", help="also time BatchedInferencePipeline on two_cities")
+    parser.add_argument("--batch-probe", type=int, default=0, metavar="N",
+                        help="also time the model calls for N windows batched against one by one (direct)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--direct", nargs=2, type=int, metavar=("W", "T"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -269,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                                       for k, v in checks.items()))
         if "rtf_two_cities_batched" in d:
             print(f"{name}: direct BatchedInferencePipeline RTF on two_cities {d['rtf_two_cities_batched']:.2f}")
+        if "batch_probe_gain" in d:
+            print(f"{name}: direct model calls, a batch of {args.batch_probe} windows against one by one: "
+                  f"{d['batch_probe_gain']:.2f} x the throughput")
         print(f"{name}: most cores used by other processes during a measurement: {layout['others_cores_max']:.2f}; "
               f"WhisperModel loaded in {layout['load_s']:.2f} s")
     print(f"({time.monotonic() - started:.0f} s)")
