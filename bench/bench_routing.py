@@ -480,6 +480,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+async def start_pair(session: aiohttp.ClientSession, workdir: Path, token: str, mode: str, tiny: Path,
+                     started: list[Node], entry_launcher: list[str] | None = None) -> tuple[Node, Node]:
+    """An entry node and a serving node with the tiny model, node-to-node over TLS or in plaintext (``mode``)."""
+    env = PLAINTEXT if mode == "plaintext" else {}
+    entry = Node(f"{mode}-entry", workdir, token, launcher=entry_launcher or [], p2pai=["--no-default-model"], env=env)
+    entry.start()
+    started.append(entry)
+    await entry.ready(session)
+    server = Node(f"{mode}-tiny1", workdir, token, bootstrap=entry.bootstrap_addr, launcher=[],
+                  # Flash attention off: the tiny model decodes about 2,000 tokens/s without it and
+                  # 850 with it (gemma-3-270m is faster with it, hence the node's default, auto).
+                  p2pai=["--model", str(tiny), "--threads", "1", "--context-size", str(TINY_CONTEXT),
+                         "--flash-attention", "off", "--preload"], env=env)
+    server.start()
+    started.append(server)
+    await server.ready(session)
+    await wait_for_nodes(session, entry, TINY_MODEL, 1)
+    return entry, server
+
+
 async def run(args: argparse.Namespace, workdir: Path, started: list[Node]) -> dict[str, Any]:
     from p2pai.token import new_token
     from tiny_gguf import write_tiny_gguf
@@ -493,23 +513,8 @@ async def run(args: argparse.Namespace, workdir: Path, started: list[Node]) -> d
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         swarms: dict[str, tuple[Node, Node]] = {}
         for mode in MODES:
-            env = PLAINTEXT if mode == "plaintext" else {}
             profile = ["--profile", str(args.profile_entry.resolve())] if args.profile_entry and mode == "tls" else []
-            entry = Node(f"{mode}-entry", workdir, tokens[mode], launcher=profile, p2pai=["--no-default-model"],
-                         env=env)
-            entry.start()
-            started.append(entry)
-            await entry.ready(session)
-            server = Node(f"{mode}-tiny1", workdir, tokens[mode], bootstrap=entry.bootstrap_addr, launcher=[],
-                          # Flash attention off: the tiny model decodes about 2,000 tokens/s without it and
-                          # 850 with it (gemma-3-270m is faster with it, hence the node's default, auto).
-                          p2pai=["--model", str(tiny), "--threads", "1", "--context-size", str(TINY_CONTEXT),
-                                 "--flash-attention", "off", "--preload"], env=env)
-            server.start()
-            started.append(server)
-            await server.ready(session)
-            await wait_for_nodes(session, entry, TINY_MODEL, 1)
-            swarms[mode] = (entry, server)
+            swarms[mode] = await start_pair(session, workdir, tokens[mode], mode, tiny, started, profile)
         meter = CpuMeter([os.getpid(), *(node.pid for pair in swarms.values() for node in pair)])
         results: dict[str, Any] = {}
         print("1. added latency (tiny model, sequential, direct and through the entry node interleaved) ...",
