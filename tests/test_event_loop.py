@@ -42,3 +42,25 @@ async def test_wait_set_never_swallows_a_cancellation_that_comes_with_the_event(
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_wait_get_answers_the_next_item_or_none() -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    assert await event_loop.wait_get(queue, 0.01) is None
+    asyncio.get_running_loop().call_later(0.01, queue.put_nowait, "item")
+    assert await event_loop.wait_get(queue, 5) == "item"
+    assert queue.empty()
+
+
+async def test_wait_get_never_swallows_a_cancellation_that_comes_with_the_item() -> None:
+    """The overlay runner's report loop waits on its event queue and is stopped by cancelling it
+    (SIGTERM); asyncio.wait_for swallowed such a cancellation on Python 3.11 and before."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    waiting = asyncio.create_task(event_loop.wait_get(queue, 10))
+    await asyncio.sleep(0)
+    queue.put_nowait("item")
+    await asyncio.sleep(0)  # the getter takes the item and ends
+    await asyncio.sleep(0)  # the task is woken but has not run yet
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
