@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from overlay_helpers import Node, member, overlay_pair, sees_offline, sees_online
 from p2pai.identity import Identity
+from p2pai.overlay import Overlay, OverlayConfig
 from p2pai.overlay.__main__ import keys_from_seed
 from p2pai.overlay.announcement import (
     MAX_CLOCK_SKEW,
@@ -28,9 +29,11 @@ from p2pai.overlay.announcement import (
     open_sealed,
     seal,
 )
-from p2pai.overlay.gossip import RUMOUR
+from p2pai.overlay.gossip import RUMOUR, SMALL_SWARM, GossipNode, Keys
 from p2pai.overlay.host import MEMBERSHIP_PROTOCOL
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
+from p2pai.token import NetworkKeys
+from ports import free_port
 
 DETECTION_LIMIT = 3.0  # a dead or frozen peer must be offline on the others within this
 
@@ -413,6 +416,52 @@ async def test_overlay_facade_announces_payload_changes_and_stops_quickly(tmp_pa
         assert time.monotonic() - changed < 0.5  # promptly, not at the next heartbeat
         with pytest.raises(ValueError):
             a.set_payload({"blob": "x" * MAX_MESSAGE_BYTES})
+
+
+async def test_a_gossip_message_judges_only_the_members_it_changed(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each gossip message and tick judged every member online or not (work growing with the swarm);
+    a member's new announcement now judges that member alone, in a small swarm and a large one."""
+    keys = NetworkKeys(*(os.urandom(32) for _ in range(5)), discriminator=os.urandom(4).hex())
+    overlay = Overlay(OverlayConfig(data_dir=tmp_path / "a", keys=keys, name="a", version="0.1.0", roles=[],
+                                    listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], mdns=False))
+    await overlay.start()
+    judged = 0
+    judge = overlay._refresh
+
+    def counted(*args: object) -> None:
+        nonlocal judged
+        judged += 1
+        judge(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(overlay, "_refresh", counted)
+
+    def deliver(sender: str, message: bytes) -> None:
+        """As the trio side hands over a frame from a member's connection (_hand_over_frame)."""
+        assert overlay._frame_slots.acquire(blocking=False)
+        overlay._on_frame(sender, message, "127.0.0.1")
+
+    try:
+        members: list[GossipNode] = []
+        per_announcement = []
+        for size in (4, 4 * SMALL_SWARM):  # no await in here: the overlay's ticks wait
+            while len(members) < size:
+                member = GossipNode(Identity.generate(), Keys(keys.seal_key, keys.discriminator), f"m{len(members)}",
+                                    {}, time.time())
+                for _, join in member.join(overlay.peer_id):
+                    deliver(member.id, join)
+                members.append(member)
+            changed = members[-1]
+            changed.stagger(60)  # may announce again at once
+            changed.set_payload({"size": size}, time.time())
+            judged = 0
+            (_, join), = changed.join(overlay.peer_id)  # its newest announcement
+            deliver(changed.id, bytes([RUMOUR]) + join[1:])
+            per_announcement.append(judged)
+            assert {m.peer_id: m.payload for m in overlay.members()}[changed.id] == {"size": size}
+        assert per_announcement == [1, 1]
+    finally:
+        await overlay.stop()
 
 
 # ---------------------------------------------------------------- the large-swarm protocol, with a few nodes

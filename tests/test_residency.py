@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from p2pai.backends.base import Engine, GenerationRequest, ModelLoadError
 from p2pai.models.catalog import build_catalog
-from p2pai.serving.manager import LoadEvent, ModelManager
+from p2pai.routing.probe import own_figures
+from p2pai.serving.manager import FREE_MEMORY_MAX_AGE_S, LoadEvent, ModelManager
 
 
 async def test_max_loaded_unloads_the_least_recently_used_idle_model(models_dir: Path, tmp_path: Path) -> None:
@@ -97,3 +101,55 @@ async def test_a_model_larger_than_the_memory_budget_is_not_loaded(models_dir: P
         assert manager.loaded() == [] and [e.phase for e in events] == ["start", "failed"]
     finally:
         await manager.close()
+
+
+class MemoryReads:
+    """Counts the manager's reads of the system's free memory (psutil's answer is kept)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        read = psutil.virtual_memory
+
+        def counted() -> Any:
+            self.count += 1
+            return read()
+
+        monkeypatch.setattr(psutil, "virtual_memory", counted)
+
+
+async def test_own_figures_read_the_free_memory_at_most_once_a_second(models_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router weighs this node's figures on every request (and answers every probe with them)."""
+    reads = MemoryReads(monkeypatch)
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1)
+    started = time.monotonic()
+    for _ in range(100):
+        assert own_figures(manager, "tiny").fits
+    assert reads.count <= 1 + (time.monotonic() - started) / FREE_MEMORY_MAX_AGE_S
+
+
+async def test_a_load_and_an_unload_read_the_free_memory_again(models_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model loaded or unloaded took or gave back memory: the figures do not weigh what was free before."""
+    reads = MemoryReads(monkeypatch)
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1, max_loaded=1)
+    try:
+        own_figures(manager, "tiny-b")
+        await manager.engine("tiny")
+        before = reads.count
+        own_figures(manager, "tiny-b")
+        assert reads.count == before + 1
+        await manager.remove("tiny")
+        own_figures(manager, "tiny-b")
+        assert reads.count == before + 2
+    finally:
+        await manager.close()
+
+
+def test_a_model_installed_again_under_its_name_is_estimated_again(models_dir: Path, tmp_path: Path) -> None:
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1)
+    small = manager.memory_needed("tiny")
+    assert small is not None
+    manager.add(manager.config("tiny").model_copy(update={"context_size": 8192}))
+    larger = manager.memory_needed("tiny")
+    assert larger is not None and larger > small

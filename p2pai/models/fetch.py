@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..event_loop import wait_set
+from ..event_loop import wait_set, within
 from ..store import Store
 from .digests import READ_BLOCK, FileDigest, chunk_count, chunk_size_for, chunk_span, digest_file
 
@@ -224,7 +224,7 @@ class Fetch:
             offset, length = self._span(index)
             try:
                 await self._rate.take(length)
-                data = await asyncio.wait_for(state.source.read(offset, length), CHUNK_TIMEOUT_S)
+                data = await within(state.source.read(offset, length), CHUNK_TIMEOUT_S)
                 if len(data) != length:
                     raise SourceError(f"sent {len(data)} bytes for a chunk of {length}")
                 if not await self._verified(index, data):

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from p2pai import __version__
+from p2pai.event_loop import wait_get
 from p2pai.overlay.gossip import SMALL_SWARM
 from p2pai.overlay.overlay import Overlay, OverlayConfig
 from p2pai.token import FORMAT_VERSION, NetworkKeys, SwarmToken, derive_keys
@@ -84,11 +85,8 @@ async def run(args: argparse.Namespace) -> None:
     try:
         report(overlay, "started")
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), REPORT_INTERVAL)
-                report(overlay, f"{event.kind} {event.member.peer_id}")
-            except asyncio.TimeoutError:
-                report(overlay, None)
+            event = await wait_get(events, REPORT_INTERVAL)
+            report(overlay, None if event is None else f"{event.kind} {event.member.peer_id}")
     except asyncio.CancelledError:  # SIGINT or SIGTERM
         pass
     finally:

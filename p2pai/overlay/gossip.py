@@ -142,6 +142,8 @@ class GossipNode:
         """Ids of online members and this node, sorted."""
         self._neighbours: list[str] | None = None
         """Cached until the ring changes."""
+        self.ring_changes = 0
+        """How often the ring changed: `neighbours()` and `small()` change only with it."""
         self._recent: deque[tuple[float, bytes]] = deque()
         self._seen: dict[bytes, float] = {}
         """Rumour keys heard (announcements and verdicts) -> when, oldest first; forgotten after RECENT_S * 3."""
@@ -380,10 +382,12 @@ class GossipNode:
         present = index < len(self._ring) and self._ring[index] == peer_id
         if online and not present:
             self._ring.insert(index, peer_id)
-            self._neighbours = None
         elif not online and present:
             del self._ring[index]
-            self._neighbours = None
+        else:
+            return
+        self._neighbours = None
+        self.ring_changes += 1
 
     def _make_room(self) -> bool:
         """Forget the member offline the longest, if any is."""

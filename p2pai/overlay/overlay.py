@@ -79,6 +79,11 @@ class Overlay:
         self._members: dict[str, Member] = {}
         self._events: list[tuple[str, Member]] = []
         """Changes made by the current gossip call, published when it returns."""
+        self._unjudged: set[str] = set()
+        """Members whose online state may have changed since the last gossip call returned (see _refresh)."""
+        self._near: frozenset[str] = frozenset()
+        """The gossip neighbours (this node dials them), as of the ring change `_near_at` counts."""
+        self._near_at = -1
         self._remote: dict[str, str | None] = {}
         """Peer id -> the IP its messages last came from over its own connection."""
         self._connected: frozenset[str] = frozenset()
@@ -347,9 +352,7 @@ class Overlay:
             assert self._bridge is not None and self._host is not None
             self._bridge.call_soon(self._host.send, sends)
             ANNOUNCEMENTS_SENT.inc(len(sends))
-        near = frozenset(self._gossip.neighbours()) if self._gossip is not None else frozenset()
-        for member in self._members.values():
-            self._refresh(member, near)
+        self._judge_changed()
         if self._learned:
             self._learned = False
             self._push_dial_targets(time.time())
@@ -365,6 +368,7 @@ class Overlay:
                 self._remote.pop(peer_id, None)
                 self._events.append(("removed", member))
             return
+        self._unjudged.add(peer_id)
         a = peer.announcement
         if member is None:
             member = self._members[peer_id] = Member(peer_id, "", "", [], [], {}, peer.arrived, online=False,
@@ -381,11 +385,24 @@ class Overlay:
         self._book.learn(peer_id, a.addrs, time.time())  # signed by the member itself
         self._learned = True
 
-    def _refresh(self, member: Member, near: frozenset[str]) -> None:
-        """Judge ``member`` online or not; ``near``: the gossip neighbours (this node dials them)."""
+    def _judge_changed(self) -> None:
+        """Judge online or not the members whose gossip entry, connection or neighbourhood changed:
+        the work of a gossip call grows with what it changed, not with the swarm."""
+        gossip = self._gossip
+        if gossip is not None and gossip.ring_changes != self._near_at:
+            near = frozenset(gossip.neighbours())
+            self._unjudged |= near ^ self._near
+            self._near, self._near_at = near, gossip.ring_changes
+        for peer_id in self._unjudged:
+            if (member := self._members.get(peer_id)) is not None:
+                self._refresh(member)
+        self._unjudged.clear()
+
+    def _refresh(self, member: Member) -> None:
+        """Judge ``member`` online or not."""
         assert self._gossip is not None
         peer = self._gossip.peers.get(member.peer_id)
-        online = peer is not None and peer.online and (member.connected or member.peer_id not in near)
+        online = peer is not None and peer.online and (member.connected or member.peer_id not in self._near)
         if online != member.online:
             member.online = online
             self._events.append(("online" if online else "offline", member))
@@ -421,9 +438,11 @@ class Overlay:
             return
         self._connections = len(peers)
         new = peers - self._connected
+        for peer_id in peers ^ self._connected:
+            if (member := self._members.get(peer_id)) is not None:
+                member.connected = peer_id in peers
+                self._unjudged.add(peer_id)
         self._connected = peers
-        for member in self._members.values():
-            member.connected = member.peer_id in peers
         for gone in self._remote.keys() - peers - self._members.keys():
             del self._remote[gone]
         sends: list[Send] = []

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ..metrics import PROBES
 from ..overlay.gossip import SMALL_SWARM
 from ..protocol.figures import ModelFigures
-from ..serving.manager import ModelManager
+from ..serving.manager import FREE_MEMORY_MAX_AGE_S, ModelManager
 from .answer import AnswerBroken
 from .forward import Forwarder, PeerUnavailable
 
@@ -37,11 +37,12 @@ MAX_FIGURES_BYTES = 4096
 
 
 def own_figures(manager: ModelManager, model: str) -> ModelFigures:
-    """This node's current figures for ``model``: what it answers a probe, and what it places itself by."""
+    """This node's current figures for ``model``: what it answers a probe, and what it places itself by
+    (on every request: the free memory they weigh may be a second old)."""
     stats = manager.stats(model)
     loading = manager.loading(model)
     return ModelFigures(name=model, loaded=stats.loaded, loading=loading,
-                        fits=stats.loaded or loading or manager.plan(model).fits,
+                        fits=stats.loaded or loading or manager.plan(model, FREE_MEMORY_MAX_AGE_S).fits,
                         load_s=manager.load_seconds(model), slots=stats.slots, in_flight=stats.in_flight,
                         queued=stats.queued, decode_tps=stats.decode_tps, answer_tokens=stats.answer_tokens)
 

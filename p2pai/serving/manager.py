@@ -53,6 +53,9 @@ CRASH_WINDOW_S = 300.0
 MAX_RESTART_DELAY_S = 60.0
 HANDED_OUT_S = 2.0
 """The longest a model handed to a request stays in use before the request reaches it (see _claimed)."""
+FREE_MEMORY_MAX_AGE_S = 1.0
+"""How old the system's free memory a node's figures weigh may be (`plan`'s ``max_age``): they are asked for
+on every request routed here, and reading it costs about as much as the rest of the figures together."""
 CT2_WORKERS = 2
 """Concurrent requests of a CTranslate2 model, each on a replica of its own, when its config and the node
 say nothing: on 2 cores, 2 Whisper replicas of 1 thread serve four clients about twice the audio per
@@ -137,6 +140,10 @@ class ModelManager:
         self._handed: dict[str, tuple[float, int]] = {}
         """When each model was last handed to a request, and how many requests it had received then."""
         self._needs: dict[str, int | None] = {}
+        self._sizes: dict[str, int] = {}
+        """Model file sizes (for `load_seconds`), forgotten with the estimates in `_needs`."""
+        self._free: tuple[float, int] | None = None
+        """When the system's free memory was read (monotonic) and what it was; None after a load or unload."""
         self._load_seconds: dict[str, float] = {}
         self._room = asyncio.Lock()
         self.load_speed = LoadSpeed()
@@ -189,11 +196,13 @@ class ModelManager:
     def add(self, config: ModelConfig) -> None:
         """Serve a model installed while the node runs (it loads on first use)."""
         self.catalog.models[config.name] = config
+        self._forget_file(config.name)  # it may replace one of the same name
 
     async def remove(self, name: str) -> None:
         """Stop serving a model: its process ends (requests on it fail) and it leaves the catalog."""
         self.config(name)
         self.catalog.models.pop(name)
+        self._forget_file(name)
         if self.catalog.default == name:
             self.catalog.default = None
         task = self._loading.pop(name, None)
@@ -202,6 +211,7 @@ class ModelManager:
         engine = self._engines.pop(name, None)
         if engine is not None:
             await engine.close()
+            self._free = None
 
     def loaded(self) -> list[str]:
         return list(self._engines)
@@ -218,23 +228,41 @@ class ModelManager:
             self._needs[name] = self._estimate(config)
         return self._needs[name]
 
-    def plan(self, name: str) -> LoadPlan:
-        """Whether ``name`` can be loaded now, and which idle models would be unloaded for it."""
+    def plan(self, name: str, max_age: float = 0.0) -> LoadPlan:
+        """Whether ``name`` can be loaded now, and which idle models would be unloaded for it, weighing
+        the system's free memory as read at most ``max_age`` seconds ago (or since the last load or unload)."""
         if name in self._engines:
             return LoadPlan(True)
         need = self.memory_needed(name) or 0
-        return plan_load(need, psutil.virtual_memory().available, self._residents(), self._max_loaded,
+        return plan_load(need, self._free_memory(max_age), self._residents(), self._max_loaded,
                          self._memory_budget)
+
+    def _free_memory(self, max_age: float) -> int:
+        now = time.monotonic()
+        if self._free is None or now - self._free[0] > max_age:
+            self._free = (now, psutil.virtual_memory().available)
+        return self._free[1]
+
+    def _forget_file(self, name: str) -> None:
+        """Estimate ``name``'s memory and measure its file again when next asked: it may have changed."""
+        self._needs.pop(name, None)
+        self._sizes.pop(name, None)
 
     def load_seconds(self, name: str) -> float:
         """Expected time to load ``name`` here: as measured last time, else from this node's load speed."""
         if name in self._load_seconds:
             return self._load_seconds[name]
-        return self.load_speed.seconds(_file_size(self.config(name).model_path(self.catalog.models_dir)))
+        size = self._sizes.get(name)
+        if size is None:
+            size = _file_size(self.config(name).model_path(self.catalog.models_dir))
+            if size:  # asked again once the file exists, as memory_needed is
+                self._sizes[name] = size
+        return self.load_speed.seconds(size)
 
     async def _unload(self, name: str, engine: Engine) -> None:
         log.info("unloading model %r", name)
         await engine.close()
+        self._free = None
         self._on_load(LoadEvent(name, "unloaded"))
 
     def _residents(self) -> list[Resident]:
@@ -327,6 +355,7 @@ class ModelManager:
             raise ModelLoadError(f"could not prepare model {config.name!r}: {exc}") from exc
         labelled(LOADS, model_label(config.name)).inc()
         self._engines[config.name] = engine
+        self._free = None
         self._handed[config.name] = (time.monotonic(), engine.stats().submitted)  # its waiters resume next
         seconds = time.perf_counter() - started
         self._load_seconds[config.name] = seconds
@@ -338,7 +367,7 @@ class ModelManager:
 
     async def _make_room(self, name: str) -> None:
         """Unload what the plan says, or refuse a model that cannot fit (ModelLoadError)."""
-        self._needs.pop(name, None)  # the file may have changed (or appeared) since it was estimated
+        self._forget_file(name)  # the file may have changed (or appeared) since it was estimated
         plan = self.plan(name)
         if not plan.fits:
             raise ModelLoadError(f"the model {name!r} does not fit in this node's memory: {plan.reason}")
@@ -352,6 +381,7 @@ class ModelManager:
             """The model's process died (or lost an RPC worker): the next request starts it again."""
             if self._engines.get(config.name) is engine:
                 del self._engines[config.name]
+                self._free = None
             if isinstance(engine.failure, ModelCrashedError):
                 labelled(CRASHES, model_label(config.name)).inc()
                 crashes = self._crashes.setdefault(config.name, Crashes())
