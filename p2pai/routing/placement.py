@@ -22,8 +22,8 @@ bench/simulate_swarm.py measured the choice (bench/README.md, "Swarm at scale"):
 asking the four best by their stale figures was 1.3 and 5 times an oracle's mean
 time to first token at 100 and 1,000 nodes; sampling the nodes said to have the
 model loaded at random, in rounds of four of them and the two that would load the
-model soonest, is 0.85-1.07 times the oracle's at 100 nodes (eight seeds) with up
-to two rounds or three, and at 1,000 nodes (three seeds) 1.15-1.40 with up to two
+model soonest, is 0.79-1.07 times the oracle's at 100 nodes (eight seeds, up to
+two rounds or three), and at 1,000 nodes (three seeds) 1.15-1.40 with up to two
 rounds, 1.04-1.10 with up to three.
 """
 
