@@ -39,8 +39,8 @@ TYPICAL_ANSWER_TOKENS = 128  # assumed length of an answer where none was measur
 DEFAULT_LOAD_S = 2.0  # assumed load time where a node announced none
 PROBES_PER_ROUND = 6
 PROBE_ROUNDS = 3
-"""At 1,000 nodes a third round finds the holder that loads a mid-popular model soonest once the
-first two rounds' are all busy: the old figures say nothing of who loaded it since."""
+"""At 1,000 nodes a third round finds a holder that loads a mid-popular model soon when the holders
+the first two asked were all busy: the old figures do not say which of the fast loaders loaded it since."""
 LOADS_PER_ROUND = 2
 """Of each round, the nodes that would load the model soonest (the rest: nodes said to have it loaded)."""
 HOP_S = 0.002
