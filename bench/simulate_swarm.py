@@ -52,14 +52,13 @@ from p2pai.identity import Identity
 from p2pai.overlay.announcement import MAX_CLOCK_SKEW, Announcement, Rejected, open_sealed
 from p2pai.overlay.gossip import SMALL_SWARM, GossipNode, Keys, Peer
 from p2pai.routing.placement import (
-    PROBE_ROUNDS,
     PROBES_PER_ROUND,
     Candidate,
     Policy,
+    another_round,
     load_wait,
     rank,
     rank_probed,
-    settled,
     to_probe,
 )
 from p2pai.swarm.payload import Capacity, DataEndpoint, Memory, ModelOffer, NodePayload
@@ -328,6 +327,8 @@ class RoutingResult:
     queue_max: int
     probes: float
     """Candidates asked for their figures, per request."""
+    by_model: dict[str, tuple[int, float]]
+    """Model -> (requests, their summed time to first token), warm-up excluded."""
 
 
 MODES = ("oracle", "mesh", "gossip", "probe")
@@ -336,8 +337,8 @@ announced figures, its own requests and the loads they triggered) with today's f
 figures are at most PUBLISH_INTERVAL old; gossip: the same view with figures as old as
 GossipNode.announce_gap() makes them at that size; probe: the router's policy beyond SMALL_SWARM
 nodes: the gossip view, with rounds of `placement.to_probe` candidates asked for their exact
-figures (one round trip each) until one is `settled` or PROBE_ROUNDS are done (up to SMALL_SWARM
-nodes it is the mesh view, as the router does not probe there)."""
+figures (one round trip each) while `another_round` says so (up to SMALL_SWARM nodes it is the
+mesh view, as the router does not probe there)."""
 PROBE_RTT = 0.002
 """One probe round trip (loopback or LAN), added to a request's time to first token per round."""
 
@@ -373,6 +374,8 @@ class RoutingSim:
         self.outstanding: dict[tuple[str, str, str], int] = Counter()  # (entry, node, model)
         self.loads_triggered: dict[tuple[str, str, str], float] = {}  # (entry, node, model) -> ready at
         self.ttfts: list[float] = []
+        self.ttft_models: list[str] = []
+        """The model of each request in ``ttfts``."""
         self.queue_samples: list[int] = []
         self.loads = 0
         self.probes = 0
@@ -399,12 +402,17 @@ class RoutingSim:
             when, _, action = heapq.heappop(self.events)
             self.now = when
             action()
-        warm = self.ttfts[len(self.ttfts) // 10:]  # the first tenth warms the swarm up
+        skip = len(self.ttfts) // 10  # the first tenth warms the swarm up
+        warm = self.ttfts[skip:]
+        by_model: dict[str, tuple[int, float]] = {}
+        for model, ttft in zip(self.ttft_models[skip:], warm, strict=True):
+            count, total = by_model.get(model, (0, 0.0))
+            by_model[model] = (count + 1, total + ttft)
         queues = sorted(self.queue_samples)
         return RoutingResult(len(self.nodes), self.mode, len(self.ttfts),
                              statistics.fmean(warm), _quantile(warm, 0.95), self.loads,
                              statistics.fmean(queues), _quantile(queues, 0.95), queues[-1],
-                             self.probes / len(self.ttfts))
+                             self.probes / len(self.ttfts), by_model)
 
     def _ranked(self, entry: str, spec: ModelSpec) -> tuple[list[Candidate], int]:
         """The candidates best first, and the probe rounds that took."""
@@ -414,7 +422,7 @@ class RoutingSim:
         current = [c for c in view if c.is_self]
         announced = [c for c in view if not c.is_self]
         rounds = 0
-        while rounds < PROBE_ROUNDS and not any(settled(c) for c in current):
+        while another_round(rounds, current):
             asked = [c.node_id for c in to_probe(announced, PROBES_PER_ROUND, self.rng)]
             if not asked:
                 break
@@ -467,6 +475,7 @@ class RoutingSim:
 
         def first_token() -> None:
             self.ttfts.append(self.now - arrived)
+            self.ttft_models.append(spec.name)
 
         def done() -> None:
             self.outstanding[key] -= 1
@@ -549,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="virtual seconds of routing workload")
     parser.add_argument("--plot", type=Path, help="write a PNG of the results here")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--by-model", type=int, default=0, metavar="K",
+                        help="print the K models whose requests lose most time against the oracle, per mode")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     members, routes = [], []
@@ -571,9 +582,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"({result.mean_ttft / oracle:.2f} x oracle), p95 {result.p95_ttft:.3f} s, {result.loads} loads; "
                   f"queue mean {result.queue_mean:.2f}, p95 {result.queue_p95:.0f}, max {result.queue_max}; "
                   f"{result.probes:.1f} probes per request", flush=True)
+            if args.by_model and mode != "oracle":
+                _print_losses(result, routes[-1 - MODES.index(mode)], args.by_model)
     if args.plot:
         _plot(members, routes, args.plot)
     return 0
+
+
+def _print_losses(result: RoutingResult, oracle: RoutingResult, k: int) -> None:
+    """The ``k`` models whose requests took the most time to first token beyond the oracle's, summed."""
+    def excess(model: str) -> float:
+        return result.by_model.get(model, (0, 0.0))[1] - oracle.by_model.get(model, (0, 0.0))[1]
+
+    total = sum(ttft for _, ttft in result.by_model.values()) - sum(ttft for _, ttft in oracle.by_model.values())
+    for model in sorted(set(result.by_model) | set(oracle.by_model), key=excess, reverse=True)[:k]:
+        count, ttft = result.by_model.get(model, (0, 0.0))
+        oracle_count, oracle_ttft = oracle.by_model.get(model, (0, 0.0))
+        print(f"    {model}: {count} requests, mean TTFT {ttft / max(count, 1):.3f} s "
+              f"(oracle {oracle_ttft / max(oracle_count, 1):.3f} s); {excess(model):+.1f} s of the "
+              f"{total:+.1f} s lost in all", flush=True)
 
 
 def _plot(members: list[MembershipResult], routes: list[RoutingResult], path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pai.routing.placement import Candidate, Policy, rank, rank_probed, settled, to_probe
+from p2pai.routing.placement import Candidate, Policy, another_round, rank, rank_probed, settled, to_probe
 from p2pai.serving.residency import Resident, plan_load
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "placement.json").read_text())
@@ -50,6 +50,15 @@ def test_probe_fixtures(case: dict) -> None:
         assert not set(case.get("expect_never", ())) & set(asked)
         seen.update(asked)
     assert set(case.get("expect_sometimes", ())) <= set(seen)  # the loaded ones are sampled, not ranked
+
+
+ROUNDS = json.loads((Path(__file__).parent / "fixtures" / "probe_rounds.json").read_text())
+
+
+@pytest.mark.parametrize("case", ROUNDS, ids=[c["case"] for c in ROUNDS])
+def test_probe_round_fixtures(case: dict) -> None:
+    """Whether the router asks another round (routing.placement.another_round)."""
+    assert another_round(case["rounds"], candidates(case["current"])) is case["expect_another"]
 
 
 def test_settled_means_loaded_with_a_free_slot() -> None:

@@ -16,13 +16,15 @@ triggered (`load_left`): a burst does not stampede onto one node, loaded or not.
 In a large swarm the announced figures are minutes old (the gossip bounds its
 bytes by announcing less often), so the router asks a few candidates for their
 current figures before sending (`to_probe`), round after round until one can
-start the answer at once (`settled`) or PROBE_ROUNDS are done; the candidates
-that answered are ranked first (`rank_probed`). bench/simulate_swarm.py
-measured the choice (bench/README.md, "Swarm at scale"): asking the four best
-by their stale figures was 1.3 and 5 times an oracle's mean time to first token
-at 100 and 1,000 nodes; sampling the nodes said to have the model loaded at
-random, in up to two rounds of four of them and the two that would load the model soonest, is
-0.85-1.13 times the oracle's at 100 nodes (eight seeds) and 1.15-1.40 at 1,000 (three seeds).
+start the answer at once (`settled`) or PROBE_ROUNDS are done (`another_round`);
+the candidates that answered are ranked first (`rank_probed`).
+bench/simulate_swarm.py measured the choice (bench/README.md, "Swarm at scale"):
+asking the four best by their stale figures was 1.3 and 5 times an oracle's mean
+time to first token at 100 and 1,000 nodes; sampling the nodes said to have the
+model loaded at random, in rounds of four of them and the two that would load the
+model soonest, is 0.79-1.07 times the oracle's at 100 nodes (eight seeds, up to
+two rounds or three), and at 1,000 nodes (three seeds) 1.15-1.40 with up to two
+rounds, 1.04-1.10 with up to three.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ DEFAULT_TPS = 20.0  # assumed decode speed of a node that has not measured one y
 TYPICAL_ANSWER_TOKENS = 128  # assumed length of an answer where none was measured yet
 DEFAULT_LOAD_S = 2.0  # assumed load time where a node announced none
 PROBES_PER_ROUND = 6
-PROBE_ROUNDS = 2
+PROBE_ROUNDS = 3
+"""At 1,000 nodes a third round finds a holder that loads a mid-popular model soon when the holders
+the first two asked were all busy: the old figures do not say which of the fast loaders loaded it since."""
 LOADS_PER_ROUND = 2
 """Of each round, the nodes that would load the model soonest (the rest: nodes said to have it loaded)."""
 HOP_S = 0.002
@@ -115,6 +119,12 @@ def rank(candidates: list[Candidate], policy: Policy, rng: random.Random) -> lis
 def settled(candidate: Candidate) -> bool:
     """It has the model loaded and a free slot: no node can start the answer sooner (but for the hop)."""
     return candidate.loaded and expected_wait(candidate) == 0
+
+
+def another_round(rounds: int, current: list[Candidate]) -> bool:
+    """Whether to ask one more round, after ``rounds`` rounds that gave the ``current`` figures:
+    while no candidate can start the answer at once and fewer than PROBE_ROUNDS are done."""
+    return rounds < PROBE_ROUNDS and not any(settled(c) for c in current)
 
 
 def to_probe(candidates: list[Candidate], count: int, rng: random.Random) -> list[Candidate]:

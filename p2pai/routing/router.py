@@ -49,10 +49,10 @@ from .forward import Forwarder, PeerUnavailable
 from .metrics import PeerMetrics
 from .placement import (
     DEFAULT_LOAD_S,
-    PROBE_ROUNDS,
     PROBES_PER_ROUND,
     Candidate,
     Policy,
+    another_round,
     load_wait,
     rank,
     rank_probed,
@@ -234,7 +234,7 @@ class Router:
     async def placed(self, model: str, task: Task | None, pin: str | None = None) -> list[Target]:
         """As targets(); in a swarm of more than ``probe_above`` nodes, after asking rounds of
         candidates for their current figures (placement.to_probe), until one can start the
-        request at once or PROBE_ROUNDS are done. The ones that answered come first."""
+        request at once or PROBE_ROUNDS are done (placement.another_round). The ones that answered come first."""
         if pin or self._policy is not Policy.LEAST_LOADED or len(self._swarm.serving_ids()) <= self._probe_above:
             return self.targets(model, task, pin)
         online = {node.id: (node, offer) for node, offer in self._serving(model, task, None)}
@@ -248,12 +248,12 @@ class Router:
             node, offer = online[peer]
             return self._candidate(node, offer, loop.time(), figures)
 
-        for _ in range(PROBE_ROUNDS):
-            if any(settled(c) for c in current):
-                break
+        rounds = 0
+        while another_round(rounds, current):
             asked = to_probe(announced, PROBES_PER_ROUND, self._rng)
             if not asked:
                 break
+            rounds += 1
             names = {c.node_id for c in asked}
             announced = [c for c in announced if c.node_id not in names]
             answers = await self._prober.round(model, [(c.node_id, tuple(online[c.node_id][0].endpoint_urls()))
