@@ -72,6 +72,8 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePr
         started.append(b)
         b.wait_ready()
         wait_for(lambda: len(online_peers(a)) == 1, 10.0)
+        listed = lambda: {m["id"] for m in httpx.get(a.url + "/v1/models").json()["data"]}  # noqa: E731
+        wait_for(lambda: {EMBEDDER, RERANKER} <= listed(), 10.0)
         yield {"a": a, "b": b}
     finally:
         for node in started:
