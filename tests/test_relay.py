@@ -29,7 +29,7 @@ from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.chunked import Dechunker
 from p2pai.routing.peer_http import PeerClient, PeerResponse
 from p2pai.routing.peer_tls import PeerTLS
-from p2pai.routing.relay import IDLE_THREADS, ClientGone, StreamThread, relay
+from p2pai.routing.relay import HAND_OVER_AFTER, IDLE_THREADS, ClientGone, StreamThread, relay
 
 HOST = "127.0.0.1"
 ONE_READ = 256 * 1024
@@ -127,7 +127,9 @@ async def peer_client(side: Side) -> AsyncIterator[PeerClient]:
 
 
 async def start_entry(servers, client: PeerClient, peer_id: str, peer_url: str, threaded: bool,
-                      cancel_handlers: bool = True, rewrite: Callable[[bytes], bytes] | None = None) -> Entry:
+                      cancel_handlers: bool = True, rewrite: Callable[[bytes], bytes] | None = None,
+                      thread_after: int = 0) -> Entry:
+    """``threaded``: a thread takes each stream over after ``thread_after`` pieces (0: at once)."""
     entry = Entry()
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -141,7 +143,7 @@ async def start_entry(servers, client: PeerClient, peer_id: str, peer_url: str, 
             assert writer is not None
             try:
                 entry.outcomes.append(await relay(request, writer, upstream, keep=entry.kept, rewrite=rewrite,
-                                                   thread=threaded))
+                                                   thread=threaded, thread_after=thread_after))
             except ClientGone:
                 entry.outcomes.append("client gone")
                 raise
@@ -167,8 +169,9 @@ def sse_answer(events: list[bytes], pause: float = 0.0) -> Handler:
     return answer
 
 
+@pytest.mark.parametrize("thread_after", [0, HAND_OVER_AFTER], ids=["at-once", "handed-over"])
 async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_the_connection(
-        servers, peer_client: PeerClient, side: Side, threaded: bool) -> None:
+        servers, peer_client: PeerClient, side: Side, threaded: bool, thread_after: int) -> None:
     events = [b"data: {\"n\": %d, \"text\": \"\xc3\xa9t\xc3\xa9\"}\n\n" % i for i in range(300)]
     events[100] = b"data: " + b"x" * 300_000 + b"\n\n"  # larger than any single read
     events.append(DONE)
@@ -180,7 +183,7 @@ async def test_a_relayed_stream_is_byte_identical_to_the_direct_one_and_reuses_t
         return await answer(request)
 
     peer_url = await servers(side=side, handler=peer)
-    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded, thread_after=thread_after)
     async with side.direct() as direct_session, direct_session.post(peer_url + "/v1/completions", data=b"{}") as direct:
         expected = await direct.read()
     async with aiohttp.ClientSession() as session:
@@ -213,6 +216,41 @@ async def test_a_client_that_stops_reading_at_done_keeps_its_connection(servers,
                     pass
     assert len(connections) == 1  # the end of the body came with [DONE]
     assert entry.outcomes == [True] * 10
+
+
+async def test_a_short_stream_stays_on_the_loop_and_a_long_one_is_handed_to_a_thread(
+        servers, peer_client: PeerClient, side: Side) -> None:
+    """The peer sends each event only once the client has it: every event is a piece of its own."""
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(HAND_OVER_AFTER + 4)] + [DONE]
+    received = asyncio.Queue[None]()
+
+    async def lock_step(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+            if event != DONE:
+                await asyncio.wait_for(received.get(), 5.0)
+        await response.write_eof()
+        return response
+
+    peer_url = await servers(side=side, handler=lock_step)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded=True,
+                              thread_after=HAND_OVER_AFTER)
+    running = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+                body = b""
+                while not body.endswith(DONE):
+                    body += await asyncio.wait_for(routed.content.readuntil(b"\n\n"), 5.0)
+                    running.append(StreamThread.running)
+                    received.put_nowait(None)
+                assert body == b"".join(events)
+    on_loop = [0] * (HAND_OVER_AFTER - 1)
+    assert running[: HAND_OVER_AFTER - 1] == on_loop and running[HAND_OVER_AFTER : len(events) - 1] == [1] * 4
+    assert entry.outcomes == [True, True]
+    assert entry.upstreams[0]._connection is entry.upstreams[1]._connection  # given back after the thread
 
 
 async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: PeerClient, side: Side,
@@ -407,15 +445,16 @@ async def test_a_thread_waiting_for_a_slow_client_stops_when_the_answer_is_close
     assert StreamThread.running == 0
 
 
+@pytest.mark.parametrize("thread_after", [0, 5], ids=["at-once", "handed-over"])
 @pytest.mark.parametrize("split_every", [1, 7, 1000])
 async def test_a_stream_taken_over_mid_chunk_is_relayed_whole_and_its_connection_reused(
-        servers, peer_client: PeerClient, side: Side, threaded: bool, split_every: int) -> None:
+        servers, peer_client: PeerClient, side: Side, threaded: bool, split_every: int, thread_after: int) -> None:
     events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)] + [DONE]
     chunked = b"".join(b"%x\r\n%b\r\n" % (len(event), event) for event in events) + b"0\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     url, server, heads = await raw_peer([head + chunked, head + chunked], split_every, side)
     try:
-        entry = await start_entry(servers, peer_client, side.peer_id, url, threaded)
+        entry = await start_entry(servers, peer_client, side.peer_id, url, threaded, thread_after=thread_after)
         async with aiohttp.ClientSession() as session:
             for _ in range(2):
                 async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:

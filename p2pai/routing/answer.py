@@ -93,6 +93,10 @@ class Answer(ABC):
         else:
             self._sink = sink
 
+    def unsink(self) -> None:
+        """Buffer later pieces again (until the next stream_to() or take_buffered())."""
+        self._sink = None
+
     @abstractmethod
     def pause_reading(self) -> None: ...
 
