@@ -392,12 +392,13 @@ class _Connection(asyncio.Protocol):
         version, status = status_line.split(" ", 2)[:2]
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             raise ValueError(f"version {version!r}")
-        headers: CIMultiDict[str] = CIMultiDict()
+        pairs = []
         for line in lines:
             name, colon, value = line.partition(":")
             if not colon:
                 raise ValueError(f"header line {line!r}")
-            headers.add(name.strip(), value.strip())
+            pairs.append((name.strip(), value.strip()))
+        headers: CIMultiDict[str] = CIMultiDict(pairs)  # built at once: add() per header cost more
         connection = headers.get("Connection", "").lower()
         self._keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         response = self._response = PeerResponse(self, int(status), headers, self._pool.max_answer_bytes)

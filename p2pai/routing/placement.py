@@ -106,6 +106,8 @@ def time_to_first_token(candidate: Candidate) -> float:
 
 def rank(candidates: list[Candidate], policy: Policy, rng: random.Random) -> list[Candidate]:
     """All candidates, best first. Ties are broken at random so equal nodes share the load."""
+    if len(candidates) < 2:  # the usual swarm of one node per model: nothing to order (nor to draw)
+        return list(candidates)
     shuffled = list(candidates)
     rng.shuffle(shuffled)
     if policy is Policy.RANDOM:

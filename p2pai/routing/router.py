@@ -39,6 +39,7 @@ from ..swarm.view import SwarmNode
 from .answer import Answer, AnswerBroken
 from .continuation import (
     CHAT_PATHS,
+    COMPLETION_PATHS,
     Progress,
     Rewriter,
     continuable,
@@ -235,7 +236,7 @@ class Router:
         """As targets(); in a swarm of more than ``probe_above`` nodes, after asking rounds of
         candidates for their current figures (placement.to_probe), until one can start the
         request at once or PROBE_ROUNDS are done (placement.another_round). The ones that answered come first."""
-        if pin or self._policy is not Policy.LEAST_LOADED or len(self._swarm.serving_ids()) <= self._probe_above:
+        if pin or self._policy is not Policy.LEAST_LOADED or self._swarm.serving_count() <= self._probe_above:
             return self.targets(model, task, pin)
         online = {node.id: (node, offer) for node, offer in self._serving(model, task, None)}
         loop = asyncio.get_running_loop()
@@ -502,10 +503,13 @@ class Router:
         writer = await response.prepare(request)
         assert writer is not None  # a response prepared once has its writer
         kind = stream_kind(request.path)
-        original = continuable(request.path, body) if model is not None else None
-        relayed: list[bytes] | None = [] if original is not None or kind.keeps else None
+        # The body is parsed again (continuable()) only if the stream breaks: a long prompt costs the
+        # entry a parse per request otherwise. Until then the pieces are kept as a continuation needs them.
+        may_continue = model is not None and request.path in CHAT_PATHS + COMPLETION_PATHS
+        relayed: list[bytes] | None = [] if may_continue or kind.keeps else None
         if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed, final=kind.final)):
             self._failed(peer, "the stream broke off", lost=True)
+            original = continuable(request.path, body) if may_continue else None
             done = progress(b"".join(relayed)) if original is not None and relayed is not None else None
             if original is None or model is None or done is None or not journey.lose() or not await self._continue(
                 request, writer, original, done, model, peer, journey

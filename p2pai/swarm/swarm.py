@@ -89,6 +89,10 @@ class Swarm:
         """The federated nodes (this one first, then the peers online or not, until pruned)."""
         return [self.peer_id, *self._serving]
 
+    def serving_count(self) -> int:
+        """len(serving_ids()), without building the list (the router asks on every request)."""
+        return 1 + len(self._serving)
+
     def find_serving(self, pin: str) -> SwarmNode | None:
         """A federated node (this one included) by id or name."""
         me = self.self_node()
