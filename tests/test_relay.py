@@ -238,7 +238,7 @@ async def test_a_short_stream_stays_on_the_loop_and_a_long_one_is_handed_to_a_th
     entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded=True,
                               thread_after=HAND_OVER_AFTER)
     running = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         for _ in range(2):
             async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
                 body = b""
@@ -247,10 +247,44 @@ async def test_a_short_stream_stays_on_the_loop_and_a_long_one_is_handed_to_a_th
                     running.append(StreamThread.running)
                     received.put_nowait(None)
                 assert body == b"".join(events)
-    on_loop = [0] * (HAND_OVER_AFTER - 1)
-    assert running[: HAND_OVER_AFTER - 1] == on_loop and running[HAND_OVER_AFTER : len(events) - 1] == [1] * 4
+    # The first event may come with the answer's head, before the loop relay counts pieces: the
+    # hand-over follows the 16th or 17th event, and every later one goes through the thread.
+    assert running[: HAND_OVER_AFTER - 1] == [0] * (HAND_OVER_AFTER - 1)
+    assert running[HAND_OVER_AFTER + 1 : len(events) - 1] == [1] * 3
     assert entry.outcomes == [True, True]
     assert entry.upstreams[0]._connection is entry.upstreams[1]._connection  # given back after the thread
+
+
+async def test_a_stream_that_ends_as_it_is_handed_over_leaves_its_connection_ready(
+        servers, peer_client: PeerClient, side: Side) -> None:
+    """Its last piece and the end of the body arrive in one read, the one that would hand it to a
+    thread: the relay ends on the loop, and the peer connection reads again for the next request."""
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(HAND_OVER_AFTER + 1)]  # no [DONE]: never held back
+    received = asyncio.Queue[None]()
+
+    async def lock_step(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events[:-1]:
+            await response.write(event)
+            await asyncio.wait_for(received.get(), 5.0)
+        await response.write_eof(events[-1])  # with the end of the body
+        return response
+
+    peer_url = await servers(side=side, handler=lock_step)
+    entry = await start_entry(servers, peer_client, side.peer_id, peer_url, threaded=True,
+                              thread_after=HAND_OVER_AFTER)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for _ in range(2):
+            async with session.post(entry.url + "/v1/completions", data=b"{}") as routed:
+                body = b""
+                while len(body) < len(b"".join(events)):
+                    body += await asyncio.wait_for(routed.content.readuntil(b"\n\n"), 5.0)
+                    received.put_nowait(None)
+                assert body == b"".join(events)
+                assert await asyncio.wait_for(routed.read(), 5.0) == b""
+    assert entry.outcomes == [False, False]  # complete bodies, but without OpenAI's final event
+    assert entry.upstreams[0]._connection is entry.upstreams[1]._connection
 
 
 async def test_a_failing_rewrite_ends_the_stream_broken(servers, peer_client: PeerClient, side: Side,
