@@ -21,10 +21,11 @@ from overlay_helpers import overlay_pair
 from p2pai.api.peer_site import PeerSite, RefusalLog
 from p2pai.identity import Identity
 from p2pai.overlay import Overlay, OverlayConfig
+from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.forward import Forwarder, PeerUnavailable
 from p2pai.routing.peer_http import PeerClient
 from p2pai.routing.peer_tls import PeerTLS
-from p2pai.routing.tunnel_http import serve_locally
+from p2pai.routing.tunnel_http import TunnelResponse, serve_locally
 from p2pai.serving.limits import MAX_UPLOAD_BODY_BYTES
 from p2pai.token import derive_keys, new_token, parse_token
 
@@ -147,3 +148,29 @@ async def test_direct_attempts_are_lost_only_once_the_request_went_out(tmp_path:
         await forwarder.close()
         server.close()
         await server.wait_closed()
+
+
+async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.mark.parametrize("arrived_first", [True, False])
+async def test_a_tunnelled_answer_without_content_length_is_bounded_as_it_is_read(arrived_first: bool) -> None:
+    """A tunnelled answer carries no Content-Length: a caller's limit bounds its body instead,
+    also when the whole body arrived before the caller set it."""
+    head = b'{"status": 200, "headers": {"Content-Type": "application/octet-stream"}}'
+    for limit, fits in ((30, True), (29, False)):
+        answer = await TunnelResponse.open(pieces(len(head).to_bytes(4, "big") + head, b"a" * 10, b"b" * 20))
+        assert "Content-Length" not in answer.headers
+        for _ in range(100 if arrived_first else 0):
+            if answer.complete:
+                break
+            await asyncio.sleep(0.01)
+        assert answer.complete is arrived_first
+        if fits:
+            assert await answer.read_at_most(limit) == b"a" * 10 + b"b" * 20
+        else:
+            with pytest.raises(AnswerBroken, match="exceeded 29 bytes"):
+                await answer.read_at_most(limit)
+        answer.release()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from metrics_helpers import Samples
 from p2pai.models.digests import MIN_CHUNK
 from p2pai.token import new_token
 from tiny_gguf import write_tiny_gguf
@@ -128,6 +129,24 @@ def test_pull_from_one_peer(start_node, big, token: str) -> None:
     # Every node now sees the file on both disks.
     wait_for(lambda: announced_by(a, [b]), 30, "the puller's announcement")
     assert card(a)["sha256"] == sha256 and card(a)["pullable"]
+
+
+def test_pull_from_a_peer_reachable_only_through_the_tunnel(start_node, big, token: str) -> None:
+    """The source advertises a peer endpoint where nobody listens, so every request of the pull
+    goes through the overlay's tunnel, whose answers carry no Content-Length."""
+    from ports import free_port
+
+    path, sha256 = big
+    a = start_node("--token", token, "--model", str(path), "--peer-advertise", f"127.0.0.1:{free_port()}", name="a")
+    b = puller(start_node, token, a)
+    wait_for(lambda: announced_by(b, [a]), 30, "the announcement of the file")
+    status = finished(b, start_pull(b))
+    assert status["error"] is None, status
+    assert status["downloaded_bytes"] == status["total_bytes"] == path.stat().st_size
+    assert only_from(status, a)
+    check_installed(b, sha256)
+    tunnelled = Samples(httpx.get(b.url + "/metrics", timeout=5).text)
+    assert tunnelled.value("p2pai_overlay_tunnel_bytes_total", direction="received") >= path.stat().st_size
 
 
 def test_pull_from_two_peers_goes_on_when_one_is_killed(start_node, big, token: str) -> None:
