@@ -54,7 +54,9 @@ from bench_single_node import HOST, CpuMeter, free_port, machine, tree_ticks  # 
 from p2pai.token import new_token  # noqa: E402
 
 MODEL = "bench"
-CONTENDERS = ("http", "peer1", "peer2")
+TUNNEL = "tunnel1"
+"""With --tunnel: one source whose advertised peer endpoint has no listener, so the pull goes through
+the libp2p tunnel (the fallback for peers that cannot be reached directly; no target)."""
 TARGETS = {"peer1": 0.9, "peer2": 1.5}
 """Minimum throughput against the single HTTP stream (issue #16)."""
 READY_TIMEOUT_S = 60.0
@@ -160,11 +162,11 @@ class Node(Process):
 class Swarm:
     """Source nodes serving the file, and a node that pulls it."""
 
-    def __init__(self, name: str, workdir: Path, model: Path, sources: int, rate: str) -> None:
+    def __init__(self, name: str, workdir: Path, model: Path, sources: int, rate: str, *extra: str) -> None:
         self.name = name
         self.workdir = workdir
         self.token = new_token()
-        self.serve = ["--model", str(model), "--serve-rate", rate]
+        self.serve = ["--model", str(model), "--serve-rate", rate, *extra]
         self.count = sources
         self.sources: list[Node] = []
         self.puller: Node | None = None
@@ -247,6 +249,9 @@ async def measure_mode(session: aiohttp.ClientSession, mode: str, rate: float, a
                                      str(rate)], workdir / f"{mode}-http-server.log")
     swarms = {"peer1": Swarm(f"{mode}-one", workdir, model, 1, rate_flag),
               "peer2": Swarm(f"{mode}-two", workdir, model, 2, rate_flag)}
+    if args.tunnel:
+        closed = f"{HOST}:{free_port()}"  # nobody listens there
+        swarms[TUNNEL] = Swarm(f"{mode}-tunnel", workdir, model, 1, rate_flag, "--peer-advertise", closed)
     try:
         for swarm in swarms.values():
             await swarm.start(session)
@@ -257,7 +262,7 @@ async def measure_mode(session: aiohttp.ClientSession, mode: str, rate: float, a
         pids = [server.proc.pid] + [p.proc.pid for s in swarms.values() for p in s.processes()]
         meter = CpuMeter(pids)
         for round_ in range(args.rounds + 1):  # round 0 warms every contender up
-            for contender in CONTENDERS:
+            for contender in ["http", *swarms]:
                 meter.wait_quiet()
                 since = meter.mark()
                 if contender == "http":
@@ -290,9 +295,10 @@ def summarise(blocks: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     summary: dict[str, Any] = {}
     lines = ["| mode | contender | MB/s | x http | target | client CPU s/GB | sources CPU s/GB |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    contenders = list(dict.fromkeys(b["contender"] for b in blocks))
     for mode in dict.fromkeys(b["mode"] for b in blocks):
         medians = {}
-        for contender in CONTENDERS:
+        for contender in contenders:
             mine = [b for b in blocks if b["mode"] == mode and b["contender"] == contender]
             medians[contender] = {key: statistics.median(b[key] for b in mine)
                                   for key in ("mb_per_s", "client_cpu_s_per_gb", "sources_cpu_s_per_gb")}
@@ -301,7 +307,7 @@ def summarise(blocks: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
                 mine, [b for b in blocks if b["mode"] == mode and b["contender"] == "http"], strict=True)]
             medians[contender]["ratio"] = statistics.median(ratios)
         summary[mode] = medians
-        for contender in CONTENDERS:
+        for contender in contenders:
             row = medians[contender]
             target = TARGETS.get(contender)
             verdict = "" if target is None else f"≥ {target} {'✓' if row['ratio'] >= target else '✗'}"
@@ -320,6 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help=f"where the file and the nodes' data dirs go (default {DEFAULT_WORKDIR})")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--tunnel", action="store_true", help=f"also pull through the libp2p tunnel ({TUNNEL})")
     parser.add_argument("--http-server", nargs=3, metavar=("FILE", "PORT", "RATE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

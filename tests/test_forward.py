@@ -10,8 +10,9 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,12 +21,16 @@ from conftest import free_port
 from overlay_helpers import overlay_pair
 from p2pai.api.peer_site import PeerSite, RefusalLog
 from p2pai.identity import Identity
+from p2pai.models.fetch import SourceError
 from p2pai.overlay import Overlay, OverlayConfig
+from p2pai.routing.answer import AnswerBroken
 from p2pai.routing.forward import Forwarder, PeerUnavailable
+from p2pai.routing.peer_files import PeerSource
 from p2pai.routing.peer_http import PeerClient
 from p2pai.routing.peer_tls import PeerTLS
-from p2pai.routing.tunnel_http import serve_locally
+from p2pai.routing.tunnel_http import TunnelResponse, serve_locally
 from p2pai.serving.limits import MAX_UPLOAD_BODY_BYTES
+from p2pai.swarm.swarm import Swarm
 from p2pai.token import derive_keys, new_token, parse_token
 
 KEY = os.urandom(32)
@@ -147,3 +152,59 @@ async def test_direct_attempts_are_lost_only_once_the_request_went_out(tmp_path:
         await forwarder.close()
         server.close()
         await server.wait_closed()
+
+
+async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.mark.parametrize("arrived_first", [True, False])
+async def test_a_tunnelled_answer_without_content_length_is_bounded_as_it_is_read(arrived_first: bool) -> None:
+    """A tunnelled answer carries no Content-Length: a caller's limit bounds its body instead,
+    also when the whole body arrived before the caller set it."""
+    head = b'{"status": 200, "headers": {"Content-Type": "application/octet-stream"}}'
+    for limit, fits in ((30, True), (29, False)):
+        answer = await TunnelResponse.open(pieces(len(head).to_bytes(4, "big") + head, b"a" * 10, b"b" * 20))
+        assert "Content-Length" not in answer.headers
+        for _ in range(100 if arrived_first else 0):
+            if answer.complete:
+                break
+            await asyncio.sleep(0.01)
+        assert answer.complete is arrived_first
+        if fits:
+            assert await answer.read_at_most(limit) == b"a" * 10 + b"b" * 20
+        else:
+            with pytest.raises(AnswerBroken, match="exceeded 29 bytes"):
+                await answer.read_at_most(limit)
+        answer.release()
+
+
+async def test_a_pull_source_is_asked_at_the_addresses_its_peer_announces_now(overlays) -> None:
+    """A source made while its peer had announced no endpoint (a puller can see the models first)
+    is asked at the endpoint announced since, not through the tunnel for the rest of the pull."""
+    a, b = overlays
+    swarm = Swarm(b, dict)
+    a.set_payload({"cpus": 2})  # announced as a change: B's swarm indexes A
+    stale = await until(5, lambda: swarm.serving_peer(a.peer_id), "A in B's view")
+    assert stale.endpoint_urls() == []
+    closed = free_port()
+    a.set_payload({"endpoint": {"hosts": ["127.0.0.1"], "port": closed}})
+    await until(5, lambda: (node := swarm.serving_peer(a.peer_id)) is not None and node.endpoint_urls(),
+                 "A's endpoint in B's view")
+    forwarder = Forwarder(b.peer_id, KEY, None)
+    try:
+        with pytest.raises(SourceError, match=f"https://127.0.0.1:{closed}"):
+            await asyncio.wait_for(PeerSource(forwarder, swarm, stale, "0" * 64).read(0, 16), 10)
+    finally:
+        await forwarder.close()
+
+
+async def until(seconds: float, value: Callable[[], Any], what: str) -> Any:
+    """``value()`` once it is truthy, polled for at most ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if got := value():
+            return got
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from metrics_helpers import Samples
 from p2pai.models.digests import MIN_CHUNK
 from p2pai.token import new_token
 from tiny_gguf import write_tiny_gguf
@@ -115,9 +116,9 @@ def check_installed(node, sha256: str) -> None:
     assert reply.status_code == 200 and reply.headers["X-P2PAI-Served-By"] == node.peer_id()
 
 
-def test_pull_from_one_peer(start_node, big, token: str) -> None:
+def pull_whole_file_from(start_node, token: str, a, big) -> object:
+    """A puller that has pulled ``big`` from ``a`` alone (checked) and serves it."""
     path, sha256 = big
-    a = start_node("--token", token, "--model", str(path), name="a")
     b = puller(start_node, token, a)
     wait_for(lambda: announced_by(b, [a]), 30, "the announcement of the file")
     status = finished(b, start_pull(b))
@@ -125,9 +126,28 @@ def test_pull_from_one_peer(start_node, big, token: str) -> None:
     assert status["downloaded_bytes"] == status["total_bytes"] == path.stat().st_size
     assert only_from(status, a)
     check_installed(b, sha256)
+    return b
+
+
+def test_pull_from_one_peer(start_node, big, token: str) -> None:
+    path, sha256 = big
+    a = start_node("--token", token, "--model", str(path), name="a")
+    b = pull_whole_file_from(start_node, token, a, big)
     # Every node now sees the file on both disks.
     wait_for(lambda: announced_by(a, [b]), 30, "the puller's announcement")
     assert card(a)["sha256"] == sha256 and card(a)["pullable"]
+
+
+def test_pull_from_a_peer_reachable_only_through_the_tunnel(start_node, big, token: str) -> None:
+    """The source advertises a peer endpoint where nobody listens, so every request of the pull
+    goes through the overlay's tunnel, whose answers carry no Content-Length."""
+    from ports import free_port
+
+    path, _ = big
+    a = start_node("--token", token, "--model", str(path), "--peer-advertise", f"127.0.0.1:{free_port()}", name="a")
+    b = pull_whole_file_from(start_node, token, a, big)
+    tunnelled = Samples(httpx.get(b.url + "/metrics", timeout=5).text)
+    assert tunnelled.value("p2pai_overlay_tunnel_bytes_total", direction="received") >= path.stat().st_size
 
 
 def test_pull_from_two_peers_goes_on_when_one_is_killed(start_node, big, token: str) -> None:

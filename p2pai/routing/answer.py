@@ -78,6 +78,15 @@ class Answer(ABC):
             raise self._error
         return b"".join(self._buffered)
 
+    async def read_at_most(self, limit: int) -> bytes:
+        """The whole body, which must not exceed ``limit`` bytes (whatever the headers said, if
+        anything: a tunnelled answer has no Content-Length); AnswerBroken if it does."""
+        self.limit = min(self.limit, limit)
+        if self.received > self.limit:  # it arrived before the limit was set
+            self.close()
+            raise AnswerBroken(f"the answer exceeded {self.limit} bytes")
+        return await self.read()
+
     def take_buffered(self) -> bytes:
         """What arrived so far and nobody took yet."""
         buffered = b"".join(self._buffered)

@@ -39,10 +39,12 @@ class Holder:
 
 
 class PeerSource:
-    """Chunks of one file from one peer."""
+    """Chunks of one file from one peer, at the addresses it announces at the time of each request (a
+    peer seen before its endpoint was announced is reached through the tunnel until it is)."""
 
-    def __init__(self, forwarder: Forwarder, node: SwarmNode, sha256: str) -> None:
+    def __init__(self, forwarder: Forwarder, swarm: Swarm, node: SwarmNode, sha256: str) -> None:
         self._forwarder = forwarder
+        self._swarm = swarm
         self._node = node
         self._sha256 = sha256
         self.label = f"peer {node.name} ({node.id[-8:]})"
@@ -63,7 +65,8 @@ class PeerSource:
 
     async def _get(self, path: str, limit: int) -> bytes:
         try:
-            answer = await self._forwarder.send(self._node.id, self._node.endpoint_urls(), "GET", path, b"", None)
+            node = self._swarm.serving_peer(self._node.id) or self._node
+            answer = await self._forwarder.send(node.id, node.endpoint_urls(), "GET", path, b"", None)
         except PeerUnavailable as exc:
             raise SourceError(str(exc)) from exc
         try:
@@ -71,10 +74,10 @@ class PeerSource:
                 raise SourceGone(f"no longer has it ({_error_text(await answer.read())})")
             if answer.status != 200:
                 raise SourceError(f"answered {answer.status}")
-            length = answer.headers.get("Content-Length", "")
-            if not length.isdigit() or int(length) > limit:
-                raise SourceGone(f"announced {length or 'no'} Content-Length for at most {limit} bytes")
-            return await answer.read()
+            length = answer.headers.get("Content-Length")  # none through the tunnel: read_at_most bounds it
+            if length is not None and not (length.isdigit() and int(length) <= limit):
+                raise SourceGone(f"announced a Content-Length of {length} for at most {limit} bytes")
+            return await answer.read_at_most(limit)
         except AnswerBroken as exc:
             raise SourceError(f"the answer broke off: {exc}") from exc
         finally:
@@ -113,7 +116,7 @@ class SwarmFiles:
 
     def sources(self, sha256: str, size: int, root: str | None) -> list[PeerSource]:
         """The peers announcing the file with this size (and chunk root, when given)."""
-        return [PeerSource(self._forwarder, h.node, sha256) for h in self._unique(sha256)
+        return [PeerSource(self._forwarder, self._swarm, h.node, sha256) for h in self._unique(sha256)
                 if h.offer.size == size and (root is None or h.offer.root == root)]
 
     async def hashes(self, sha256: str, size: int) -> FileDigest | None:
@@ -125,7 +128,7 @@ class SwarmFiles:
         for holder in holders:
             if holder.offer.root != root:
                 continue
-            source = PeerSource(self._forwarder, holder.node, sha256)
+            source = PeerSource(self._forwarder, self._swarm, holder.node, sha256)
             expected = chunk_count(size, holder.offer.chunk_size) * 32
             try:
                 hashes = await source.hashes(expected)
@@ -143,7 +146,7 @@ class SwarmFiles:
             if holder.model != model:
                 continue
             try:
-                shared = await PeerSource(self._forwarder, holder.node, sha256).shared_model(model)
+                shared = await PeerSource(self._forwarder, self._swarm, holder.node, sha256).shared_model(model)
             except SourceError as exc:
                 log.info("%s could not describe %s: %s", holder.node.name, model, exc)
                 continue

@@ -92,8 +92,7 @@ class Prober:
                 if answer.status != 200:
                     log.debug("%s answered a probe with %d", peer, answer.status)
                     return None
-                answer.limit = MAX_FIGURES_BYTES
-                figures = ModelFigures.model_validate_json(await answer.read())
+                figures = ModelFigures.model_validate_json(await answer.read_at_most(MAX_FIGURES_BYTES))
                 if figures.name != model:
                     return None
                 outcome = "answered"

@@ -30,7 +30,7 @@ from ..backends.llama.devices import Device, gpus
 from ..backends.tasks import TASKS, Task
 from ..models.digests import MAX_CHUNKS, MAX_RANGE, FileDigest, chunk_size_for
 from ..overlay.announcement import MAX_PAYLOAD_BYTES
-from ..serving.manager import ModelManager
+from ..serving.manager import FREE_MEMORY_MAX_AGE_S, ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def model_offers(manager: ModelManager, files: FileDigests | None = None) -> lis
                 size=_file_size(path),
                 loaded=stats.loaded,
                 loading=manager.loading(name),
-                fits=stats.loaded or manager.plan(name).fits,
+                fits=stats.loaded or manager.plan(name, FREE_MEMORY_MAX_AGE_S).fits,  # one memory read per second
                 memory=manager.memory_needed(name) or 0,
                 load_s=round(manager.load_seconds(name), 1),
                 tasks=list(tasks),
