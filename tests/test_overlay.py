@@ -32,7 +32,6 @@ from p2pai.overlay.announcement import (
 from p2pai.overlay.gossip import RUMOUR, SMALL_SWARM, GossipNode, Keys
 from p2pai.overlay.host import MEMBERSHIP_PROTOCOL
 from p2pai.overlay.trio_bridge import BridgeClosed, TrioBridge
-from p2pai.swarm.swarm import Swarm
 from p2pai.token import NetworkKeys
 from ports import free_port
 
@@ -490,27 +489,3 @@ def test_with_a_lowered_threshold_nodes_join_through_one_and_see_a_dead_or_froze
         resumed = victim.signal(signal.SIGCONT)
         for node in everyone[:-1]:
             node.wait_for(sees_online(victim.peer_id), 5.0, "the victim online again", since=resumed)
-
-
-async def test_a_node_joins_with_its_payload(tmp_path: Path) -> None:
-    """The member that a node joins through learns its payload (its models) with the join itself,
-    not at its next announcement: it never sees the node online without its models."""
-    keys = NetworkKeys(*(os.urandom(32) for _ in range(5)), discriminator=os.urandom(4).hex())
-
-    def config(name: str, bootstrap: list[str]) -> OverlayConfig:
-        return OverlayConfig(data_dir=tmp_path / name, keys=keys, name=name, version="0.1.0", roles=[],
-                             listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=bootstrap, mdns=False)
-
-    a = Overlay(config("a", []))
-    events = a.subscribe()
-    await a.start()
-    swarm = Swarm(Overlay(config("b", a.self_member().addrs)), lambda: {"models": [{"name": "tiny"}]})
-    try:
-        await swarm.start()
-        while (event := await asyncio.wait_for(events.get(), 10)).kind != "online":
-            pass
-        assert event.member.peer_id == swarm.peer_id
-        assert event.member.payload == {"models": [{"name": "tiny"}]}
-    finally:
-        await swarm.stop()
-        await a.stop()

@@ -55,11 +55,8 @@ class Swarm:
         return self.overlay.peer_id
 
     async def start(self) -> None:
-        # The payload first: the announcement a bootstrap peer gets with this node's join carries it.
-        # Set after, it waited for the next announcement, and peers saw this node online without its
-        # models for up to a second.
-        self.overlay.set_payload(self._payload())
         await self.overlay.start()
+        self.overlay.set_payload(self._payload())
         self._task = asyncio.create_task(self._publish_forever(), name="swarm-publish")
 
     async def stop(self) -> None:
