@@ -48,7 +48,8 @@ def test_uploads_are_routed_over_the_direct_path_and_the_tunnel_with_failover(st
                    "--name", "e", name="e", ready=False)
     for node in (b, c, e):
         node.wait_ready()
-    wait_for(lambda: len(online_peers(a)) == 3, 10.0)
+    # Online first, then their endpoints with their models: a node offers models only once it listens.
+    wait_for(lambda: len(online_peers(a)) == 3 and all(n["address"] for n in online_peers(a).values()), 10.0)
     ids = {b.peer_id(): "b", c.peer_id(): "c"}
     assert online_peers(a)[c.peer_id()]["address"] == f"https://127.0.0.1:{closed}"
     api = client(a)

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from p2pai.models.catalog import build_catalog
 from p2pai.models.digests import MIN_CHUNK, chunk_size_for, digest_file
 from p2pai.overlay.announcement import MAX_PAYLOAD_BYTES
+from p2pai.serving.manager import ModelManager
 from p2pai.swarm.payload import (
     MAX_ANNOUNCED_MODELS,
+    DataEndpoint,
     FileOffer,
     ModelOffer,
     NodePayload,
     _within_limit,
     announced,
+    local_payload,
 )
 
 GOOD = {"sha256": "a" * 64, "size": 100 << 20, "chunk_size": MIN_CHUNK, "root": "b" * 64}
@@ -62,3 +66,15 @@ def test_the_payload_stays_announceable_with_every_model_pullable_or_not() -> No
     assert len(json.dumps(announced(payload)).encode()) <= MAX_PAYLOAD_BYTES
     assert len(payload.models) == MAX_ANNOUNCED_MODELS
     assert payload.models[0].file is not None and payload.models[-1].file is None
+
+
+async def test_models_are_offered_only_once_the_data_endpoint_listens(models_dir: Path, tmp_path: Path) -> None:
+    """Offered before, a peer would route to them through the tunnel, for want of an address."""
+    manager = ModelManager(build_catalog(models_dir, tmp_path, []), threads=1)
+    try:
+        endpoint = DataEndpoint()
+        assert local_payload(manager, endpoint).models == []
+        endpoint.hosts, endpoint.port = ["127.0.0.1"], 4443
+        assert "tiny" in [offer.name for offer in local_payload(manager, endpoint).models]
+    finally:
+        await manager.close()

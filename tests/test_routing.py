@@ -196,7 +196,8 @@ def test_a_peer_that_cannot_be_reached_directly_is_served_through_the_tunnel(sta
     closed = free_port()  # nobody listens there: every direct attempt fails
     b = start_node("--token", token, "--bootstrap", a.bootstrap_addr(), "--model", str(tiny_path),
                    "--peer-advertise", f"127.0.0.1:{closed}", "--name", "b", name="b")
-    wait_for(lambda: len(online_peers(a)) == 1, 3.0)
+    # Online first, then its endpoint with its models: a node offers models only once it listens.
+    wait_for(lambda: online_peers(a).get(b.peer_id(), {}).get("address"), 5.0)
     assert online_peers(a)[b.peer_id()]["address"] == f"https://127.0.0.1:{closed}"
     api = client(a)
     direct = client(b).completions.create(model="tiny", prompt="the people", max_tokens=40, temperature=0)

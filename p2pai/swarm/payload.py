@@ -257,11 +257,13 @@ def _file_size(path: Path) -> int:
     return size
 
 
-def local_payload(manager: ModelManager, endpoint: DataEndpoint | None, files: FileDigests | None = None
-                  ) -> NodePayload:
+def local_payload(manager: ModelManager, endpoint: DataEndpoint, files: FileDigests | None = None) -> NodePayload:
     """This node's payload now. Figures are rounded so that noise alone does not
-    trigger an announcement (every change is announced within 0.1 s)."""
-    offers = model_offers(manager, files)
+    trigger an announcement (every change is announced within 0.1 s).
+
+    The models are offered only once the endpoint listens (it has a port): offered before, a peer would
+    route requests to them through the overlay's tunnel, for want of an address, until the next announcement."""
+    offers = model_offers(manager, files) if endpoint.port else []
     loaded = [offer for offer in offers if offer.loaded]
     memory = psutil.virtual_memory()
     mib = 1 << 20
