@@ -18,6 +18,8 @@ from typing import Any
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 COMPLETION_PATHS = ("/v1/completions", "/completions")
+CONTINUABLE_PATHS = CHAT_PATHS + COMPLETION_PATHS
+"""Where a broken stream may be continued on another node (continuable() says whether this one may)."""
 _BLOCKING_FIELDS = ("logprobs", "top_logprobs", "tools", "response_format", "grammar", "suffix", "echo")
 
 
@@ -34,7 +36,7 @@ class Progress:
 
 def continuable(path: str, body: bytes) -> dict[str, Any] | None:
     """The request as JSON if its stream could be continued elsewhere."""
-    if path not in CHAT_PATHS + COMPLETION_PATHS:
+    if path not in CONTINUABLE_PATHS:
         return None
     try:
         request = json.loads(body)

@@ -39,7 +39,7 @@ from ..swarm.view import SwarmNode
 from .answer import Answer, AnswerBroken
 from .continuation import (
     CHAT_PATHS,
-    COMPLETION_PATHS,
+    CONTINUABLE_PATHS,
     Progress,
     Rewriter,
     continuable,
@@ -505,7 +505,7 @@ class Router:
         kind = stream_kind(request.path)
         # The body is parsed again (continuable()) only if the stream breaks: a long prompt costs the
         # entry a parse per request otherwise. Until then the pieces are kept as a continuation needs them.
-        may_continue = model is not None and request.path in CHAT_PATHS + COMPLETION_PATHS
+        may_continue = model is not None and request.path in CONTINUABLE_PATHS
         relayed: list[bytes] | None = [] if may_continue or kind.keeps else None
         if not await self._pump(peer, upstream, relay(request, writer, upstream, keep=relayed, final=kind.final)):
             self._failed(peer, "the stream broke off", lost=True)
